@@ -1,0 +1,1 @@
+"""The learning system of the seed: components, world model, imagination, update, schedule."""

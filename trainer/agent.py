@@ -1,0 +1,172 @@
+"""The agent and its update: three optimizers, each stepped by its own loss only (diagram 3).
+
+The seed's KEY INSIGHT, made structural: every step takes `torch.autograd.grad` of its loss
+with respect to its own parameter group and nothing else. The actor's loss flows *through*
+dynamics, reward and value to the actions, but no gradient is ever written into those
+modules, so there is nothing to save and restore.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .components import PolicyHead, ValueFunction, orthogonal_init, symexp, symlog
+from .config import Config, UpdateCounts
+from .envs import SpaceInfo
+from .imagination import Trajectory, imagine
+from .losses import actor_loss, critic_loss, discount_weights, lambda_return, world_model_loss
+from .world_model import WorldModel
+
+
+def own_gradient_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, clip: float) -> float:
+    """Gradients of `loss` for `params` only, clipped at `clip`, applied by `optimizer`. Returns the norm.
+
+    A non-finite gradient is not applied (the norm is still returned, so diagnostics see it).
+    """
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for p, g in zip(params, grads):
+        p.grad = torch.zeros_like(p) if g is None else g
+    norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    if torch.isfinite(norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+class Agent(nn.Module):
+    def __init__(self, cfg: Config, space: SpaceInfo):
+        super().__init__()
+        self.cfg = cfg
+        self.space = space
+        self.world_model = WorldModel(cfg, space)
+        self.policy = PolicyHead(cfg, space)
+        self.value = ValueFunction(cfg)
+        if cfg.orthogonal_init:
+            orthogonal_init(self.policy)
+            orthogonal_init(self.value)
+        # Small last layers: an untrained policy is near uniform and an untrained critic near zero.
+        for head in (self.policy.net[-1], self.value.net[-1]):
+            nn.init.uniform_(head.weight, -1e-3, 1e-3)
+        self.target_value = copy.deepcopy(self.value).requires_grad_(False)
+        default_target = 0.5 * math.log(space.action_dim) if space.discrete else -float(space.action_dim)
+        self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else default_target
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(max(cfg.entropy_coef, 1e-8))))
+        self.register_buffer("return_scale", torch.tensor(1.0))
+
+        self.world_model_params = list(self.world_model.parameters())
+        self.actor_params = list(self.policy.parameters()) + ([self.log_alpha] if cfg.adaptive_entropy else [])
+        self.critic_params = list(self.value.parameters())
+        self.world_model_optimizer = torch.optim.Adam(self.world_model_params, lr=cfg.world_model_lr, eps=1e-8)
+        self.actor_optimizer = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, eps=1e-5)
+        self.critic_optimizer = torch.optim.Adam(self.critic_params, lr=cfg.critic_lr, eps=1e-5)
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        """One observation -> one agent action (index, or vector in [-1, 1])."""
+        state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
+        dist = self.policy(state)
+        return (dist.mode() if deterministic else dist.sample())[0].numpy()
+
+    def entropy_coef(self) -> torch.Tensor | float:
+        return self.log_alpha.exp().detach() if self.cfg.adaptive_entropy else self.cfg.entropy_coef
+
+    def critic_values(self, states: torch.Tensor) -> torch.Tensor:
+        """Bootstrap values for returns: the slow target critic when configured (diagram 6, failure 4)."""
+        return (self.target_value if self.cfg.target_critic else self.value)(states)
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: dict[str, torch.Tensor], counts: UpdateCounts, critic_real_mix: float) -> dict[str, float]:
+        """One batch: `counts` world-model, actor and critic steps, in that order (diagram 3)."""
+        metrics: dict[str, float] = {}
+        for _ in range(counts.world_model):
+            metrics.update(self.world_model_step(batch))
+        if counts.actor == 0 and counts.critic == 0:
+            return metrics
+        with torch.no_grad():  # imagination starts from the (updated) world model's states of real data
+            states, next_states = self.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
+        imagined = None
+        for _ in range(counts.actor):
+            step_metrics, imagined = self.actor_step(states)
+            metrics.update(step_metrics)
+        if counts.critic:
+            if imagined is None:
+                with torch.no_grad():
+                    trajectory = imagine(self.world_model, self.policy, states, self.cfg.horizon)
+                    imagined = (trajectory, *self.imagined_returns(trajectory))
+            for _ in range(counts.critic):
+                metrics.update(self.critic_step(*imagined, batch, next_states, critic_real_mix))
+        return metrics
+
+    def world_model_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        losses = world_model_loss(
+            self.world_model, batch,
+            {"dynamics": self.cfg.dynamics_weight, "reward": self.cfg.reward_weight,
+             "continue": self.cfg.continue_weight, "decoder": self.cfg.decoder_weight},
+            self.cfg.symlog,
+        )
+        norm = own_gradient_step(losses.total, self.world_model_params, self.world_model_optimizer, self.cfg.grad_clip)
+        return {**losses.metrics, "world_model_grad_norm": norm}
+
+    def imagined_returns(self, trajectory: Trajectory) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lambda-returns [B, H], discount weights [B, H]) of an imagined trajectory."""
+        values = self.critic_values(trajectory.states)
+        returns = lambda_return(trajectory.rewards, trajectory.continues, values, self.cfg.gamma, self.cfg.lambda_)
+        if self.cfg.critic_target_clip is not None:
+            returns = returns.clamp(-self.cfg.critic_target_clip, self.cfg.critic_target_clip)
+        return returns, discount_weights(trajectory.continues)
+
+    def actor_step(self, states: torch.Tensor) -> tuple[dict[str, float], tuple]:
+        """Returns metrics and the detached (trajectory, returns, weights) for the critic to learn from."""
+        trajectory = imagine(self.world_model, self.policy, states, self.cfg.horizon)
+        returns, weights = self.imagined_returns(trajectory)
+        if self.cfg.return_norm:
+            with torch.no_grad():
+                low, high = torch.quantile(returns.detach().flatten(), torch.tensor([0.05, 0.95]))
+                spread = high - low
+                self.return_scale.mul_(0.99).add_(0.01 * spread)
+        scale = torch.clamp(self.return_scale, min=1.0) if self.cfg.return_norm else 1.0
+        loss = actor_loss(returns, trajectory.entropies, weights, self.entropy_coef(), scale)
+        entropy = trajectory.entropies.mean()
+        if self.cfg.adaptive_entropy:
+            loss = loss + self.log_alpha * (entropy.detach() - self.target_entropy)
+        norm = own_gradient_step(loss, self.actor_params, self.actor_optimizer, self.cfg.grad_clip)
+        detached = Trajectory(*(t.detach() for t in (trajectory.states, trajectory.actions, trajectory.rewards,
+                                                      trajectory.continues, trajectory.entropies)))
+        return {
+            "actor_loss": loss.item(),
+            "actor_grad_norm": norm,
+            "entropy": entropy.item(),
+            "entropy_coef": float(self.entropy_coef()),
+            "mean_imagined_return": returns.mean().item(),
+            "imagined_reward_mean": trajectory.rewards.mean().item(),
+            "return_scale": float(scale),
+        }, (detached, returns.detach(), weights)
+
+    def critic_step(self, trajectory: Trajectory, returns: torch.Tensor, weights: torch.Tensor,
+                    batch: dict[str, torch.Tensor], next_states: torch.Tensor, real_mix: float) -> dict[str, float]:
+        """MSE to detached imagined lambda-returns, blended with real one-step targets by `real_mix`."""
+        to_raw = symlog if self.cfg.symlog else (lambda x: x)
+        prediction = self.value.raw(trajectory.states[:, :-1])
+        loss = (1.0 - real_mix) * critic_loss(prediction, to_raw(returns), weights)
+        if real_mix > 0:
+            with torch.no_grad():
+                real_target = batch["reward"] + self.cfg.gamma * (1.0 - batch["terminated"]) * self.critic_values(next_states)
+            loss = loss + real_mix * critic_loss(prediction[:, 0], to_raw(real_target))
+        norm = own_gradient_step(loss, self.critic_params, self.critic_optimizer, self.cfg.grad_clip)
+        with torch.no_grad():
+            for target, source in zip(self.target_value.parameters(), self.value.parameters()):
+                target.lerp_(source, self.cfg.target_critic_tau)
+            values = symexp(prediction) if self.cfg.symlog else prediction
+        return {
+            "critic_loss": loss.item(),
+            "critic_grad_norm": norm,
+            "critic_value_mean": values.mean().item(),
+            "critic_td_error": (values - returns).abs().mean().item(),
+            "critic_real_mix": real_mix,
+        }

@@ -1,0 +1,296 @@
+"""The networks of diagram 1, with the seed's names and default sizes.
+
+observation -> Encoder (MLP or CNN) -> features [256] -> RepresentationLearner.encode -> state [64]
+state -> DynamicsModel, RewardPredictor, ContinuePredictor, PolicyHead, ValueFunction
+state -> RepresentationLearner.decode -> observation (reconstruction)
+
+Every component takes an optional `context` (diagram 4's sequence context); the MLP
+components ignore it, sequence-aware ones use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Categorical, Normal
+
+from .config import Config
+from .envs import SpaceInfo
+
+# Argument validation costs more than the arithmetic in a 15-step imagination loop of small MLPs.
+torch.distributions.Distribution.set_default_validate_args(False)
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(torch.abs(x))
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(dim, hidden), nn.SiLU()]
+        dim = hidden
+    mods.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*mods)
+
+
+def orthogonal_init(module: nn.Module) -> None:
+    """Diagram 6, failure 1, remedy 4: orthogonal weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.orthogonal_(m.weight, gain=math.sqrt(2))
+            nn.init.zeros_(m.bias)
+
+
+class ObservationNormalizer(nn.Module):
+    """Running mean/variance of observations (diagram 6: 'obs should be ~ N(0,1)').
+
+    Lives in the encoder's graph so that an exported encoder takes raw observations.
+    """
+
+    def __init__(self, shape: tuple[int, ...], enabled: bool):
+        super().__init__()
+        self.enabled = enabled
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("var", torch.ones(shape))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, batch: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        n = batch.shape[0]
+        b_mean, b_var = batch.mean(0), batch.var(0, unbiased=False)
+        total = self.count + n
+        delta = b_mean - self.mean
+        self.mean += delta * (n / total).float()
+        m2 = self.var * self.count.float() + b_var * n + delta.pow(2) * (self.count * n / total).float()
+        self.var.copy_(m2 / total.float())
+        self.count.copy_(total)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return obs
+        return ((obs - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10.0, 10.0)
+
+    def denormalize(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return obs
+        return obs * torch.sqrt(self.var + 1e-8) + self.mean
+
+
+class MLPEncoder(nn.Module):
+    """Vector observations [B, obs] -> features [B, feature_dim]."""
+
+    def __init__(self, obs_dim: int, cfg: Config):
+        super().__init__()
+        self.net = nn.Sequential(mlp(obs_dim, cfg.feature_dim, cfg.hidden_dim, cfg.hidden_layers - 1), nn.SiLU())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+class CNNEncoder(nn.Module):
+    """Image observations [B, 84, 84, 3] (channels last, as gymnasium gives them) -> features."""
+
+    def __init__(self, obs_shape: tuple[int, ...], cfg: Config):
+        super().__init__()
+        d = cfg.cnn_depth
+        channels = obs_shape[-1]
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, d, 8, stride=4), nn.SiLU(),
+            nn.Conv2d(d, 2 * d, 4, stride=2), nn.SiLU(),
+            nn.Conv2d(2 * d, 2 * d, 3, stride=1), nn.SiLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n = self.conv(torch.zeros(1, channels, *obs_shape[:2])).shape[1]
+        self.head = nn.Sequential(nn.Linear(n, cfg.feature_dim), nn.SiLU())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(obs.movedim(-1, -3)))
+
+
+class CNNDecoder(nn.Module):
+    """state -> image [B, 84, 84, 3], mirroring the CNN encoder."""
+
+    def __init__(self, obs_shape: tuple[int, ...], cfg: Config):
+        super().__init__()
+        d = cfg.cnn_depth
+        self.obs_shape = obs_shape
+        self.fc = nn.Linear(cfg.state_dim, 2 * d * 7 * 7)
+        self.deconv = nn.Sequential(
+            nn.SiLU(), nn.ConvTranspose2d(2 * d, 2 * d, 3, stride=1),  # 9
+            nn.SiLU(), nn.ConvTranspose2d(2 * d, d, 4, stride=2),  # 20
+            nn.SiLU(), nn.ConvTranspose2d(d, obs_shape[-1], 8, stride=4),  # 84
+        )
+        self.depth = 2 * d
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        x = self.fc(state).view(-1, self.depth, 7, 7)
+        return self.deconv(x).movedim(-3, -1)
+
+
+class RepresentationLearner(nn.Module):
+    """Autoencoder between features and states: `encode()` features -> state, `decode()` state -> obs.
+
+    States are layer-normalised (no affine), so their scale cannot shrink to make the dynamics
+    loss trivially zero: one of the guards against representation collapse (the other is the
+    stop-gradient on the dynamics target, and the decoder that must reconstruct from them).
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], cfg: Config):
+        super().__init__()
+        self.to_state = nn.Linear(cfg.feature_dim, cfg.state_dim)
+        self.norm = nn.LayerNorm(cfg.state_dim, elementwise_affine=False)
+        if len(obs_shape) == 3:
+            self.decoder: nn.Module = CNNDecoder(obs_shape, cfg)
+        else:
+            self.decoder = mlp(cfg.state_dim, obs_shape[0], cfg.hidden_dim, cfg.hidden_layers)
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.to_state(features))
+
+    def decode(self, state: torch.Tensor) -> torch.Tensor:
+        return self.decoder(state)
+
+
+class DynamicsModel(nn.Module):
+    """(state, action) -> Normal over the next state; an ensemble votes by its mean (diagram 6, failure 2)."""
+
+    def __init__(self, cfg: Config, action_dim: int):
+        super().__init__()
+        self.members = nn.ModuleList(
+            mlp(cfg.state_dim + action_dim, cfg.state_dim, cfg.hidden_dim, cfg.hidden_layers)
+            for _ in range(cfg.dynamics_ensemble)
+        )
+        self.std = cfg.dynamics_std
+
+    def member_means(self, state: torch.Tensor, action: torch.Tensor, context: dict | None = None) -> torch.Tensor:
+        """[K, B, state_dim]: each member predicts a residual step, normalised like encoded states.
+
+        The normalisation keeps imagined states on the encoder's manifold, so a long rollout
+        cannot drift into regions where reward and value heads extrapolate wildly.
+        """
+        x = torch.cat([state, action], -1)
+        return torch.stack([torch.nn.functional.layer_norm(state + m(x), state.shape[-1:]) for m in self.members])
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor, context: dict | None = None) -> Normal:
+        return Normal(self.member_means(state, action, context).mean(0), self.std)
+
+
+class RewardPredictor(nn.Module):
+    """(state, action) -> Normal over the reward of that transition (symlog space when configured).
+
+    Conditioned on the action because a transition's reward may depend on it (Pendulum's torque cost).
+    """
+
+    def __init__(self, cfg: Config, action_dim: int):
+        super().__init__()
+        self.net = mlp(cfg.state_dim + action_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
+        self.symlog = cfg.symlog
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor, context: dict | None = None) -> Normal:
+        return Normal(self.net(torch.cat([state, action], -1)).squeeze(-1), 1.0)
+
+    def mean(self, state: torch.Tensor, action: torch.Tensor, context: dict | None = None) -> torch.Tensor:
+        """The predicted reward in env units."""
+        mu = self(state, action, context).mean
+        return symexp(mu) if self.symlog else mu
+
+
+class ContinuePredictor(nn.Module):
+    """state -> Bernoulli that the episode continues from this state (1 - terminated)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.net = mlp(cfg.state_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
+
+    def forward(self, state: torch.Tensor, context: dict | None = None) -> Bernoulli:
+        return Bernoulli(logits=self.net(state).squeeze(-1))
+
+
+class PolicyHead(nn.Module):
+    """state -> action distribution parameters: logits (Categorical) or mean, std (tanh-squashed Normal)."""
+
+    def __init__(self, cfg: Config, space: SpaceInfo):
+        super().__init__()
+        self.discrete = space.discrete
+        self.action_dim = space.action_dim
+        out = space.action_dim if space.discrete else 2 * space.action_dim
+        self.net = mlp(cfg.state_dim, out, cfg.hidden_dim, cfg.hidden_layers)
+
+    def params(self, state: torch.Tensor, context: dict | None = None) -> tuple[torch.Tensor, ...]:
+        """The raw outputs that are exported: (logits,) or (mean, std)."""
+        out = self.net(state)
+        if self.discrete:
+            return (out,)
+        mean, raw_std = out.chunk(2, -1)
+        return mean, 0.05 + torch.nn.functional.softplus(raw_std + 0.5)
+
+    def forward(self, state: torch.Tensor, context: dict | None = None) -> "ActionDistribution":
+        return ActionDistribution(self.discrete, self.params(state, context))
+
+
+class ActionDistribution:
+    """The policy's distribution in the agent's action encoding (one-hot, or a vector in [-1, 1]).
+
+    `rsample` is differentiable: straight-through one-hot for Categorical, reparameterised tanh
+    for Normal, so the actor's gradient reaches the policy through dynamics and reward.
+    """
+
+    def __init__(self, discrete: bool, params: tuple[torch.Tensor, ...]):
+        self.discrete = discrete
+        if discrete:
+            self.dist = Categorical(logits=params[0])
+        else:
+            self.dist = Normal(*params)
+
+    def rsample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encoded action with gradient, entropy estimate per sample)."""
+        if self.discrete:
+            probs = self.dist.probs
+            index = self.dist.sample()
+            onehot = torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
+            return onehot + probs - probs.detach(), self.dist.entropy()
+        raw = self.dist.rsample()
+        action = torch.tanh(raw)
+        log_prob = (self.dist.log_prob(raw) - torch.log1p(-action.pow(2) + 1e-6)).sum(-1)
+        return action, -log_prob
+
+    def sample(self) -> torch.Tensor:
+        """Env-ready agent action: class index, or a vector in [-1, 1]."""
+        if self.discrete:
+            return self.dist.sample()
+        return torch.tanh(self.dist.sample())
+
+    def mode(self) -> torch.Tensor:
+        if self.discrete:
+            return self.dist.probs.argmax(-1)
+        return torch.tanh(self.dist.mean)
+
+    def entropy(self) -> torch.Tensor:
+        return self.dist.entropy() if self.discrete else self.dist.entropy().sum(-1)
+
+
+class ValueFunction(nn.Module):
+    """state -> value (the raw output is in symlog space when configured)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.net = mlp(cfg.state_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
+        self.symlog = cfg.symlog
+
+    def raw(self, state: torch.Tensor, context: dict | None = None) -> torch.Tensor:
+        return self.net(state).squeeze(-1)
+
+    def forward(self, state: torch.Tensor, context: dict | None = None) -> torch.Tensor:
+        out = self.raw(state, context)
+        return symexp(out) if self.symlog else out

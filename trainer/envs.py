@@ -1,0 +1,58 @@
+"""Gymnasium environments and the two action kinds the agent speaks (Discrete, Box).
+
+The agent always acts in a normalised space: a class index for Discrete, a vector in
+[-1, 1] for Box. `to_env_action` maps that onto the env's own bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    """What the components need to know about an env's spaces."""
+
+    obs_shape: tuple[int, ...]
+    discrete: bool
+    action_dim: int  # number of classes (Discrete) or vector size (Box)
+    action_low: np.ndarray | None = None
+    action_high: np.ndarray | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.obs_shape) == 3
+
+    def to_env_action(self, action: np.ndarray | int):
+        """Agent action (index, or vector in [-1, 1]) -> the value `env.step` takes."""
+        if self.discrete:
+            return int(action)
+        unit = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        return (self.action_low + (unit + 1.0) * 0.5 * (self.action_high - self.action_low)).astype(np.float32)
+
+
+def space_info(env: gym.Env) -> SpaceInfo:
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise ValueError(f"observation space must be a Box, got {obs_space}")
+    if isinstance(act_space, gym.spaces.Discrete):
+        return SpaceInfo(tuple(obs_space.shape), True, int(act_space.n))
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            raise ValueError("Box action spaces need finite bounds")
+        return SpaceInfo(tuple(obs_space.shape), False, int(act_space.shape[0]), low, high)
+    raise ValueError(f"action space must be Discrete or a 1-d Box, got {act_space}")
+
+
+def make_env(env_id: str, seed: int | None = None) -> gym.Env:
+    """A gymnasium env with its spaces checked; `seed` seeds its first reset and action space."""
+    env = gym.make(env_id)
+    space_info(env)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env

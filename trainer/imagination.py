@@ -1,0 +1,42 @@
+"""The imagination rollout of diagram 2, phase 2: H steps of policy and dynamics from real states."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .components import PolicyHead
+from .world_model import WorldModel
+
+
+@dataclass
+class Trajectory:
+    states: torch.Tensor  # [B, H + 1, state_dim]; states[:, 0] are the real start states
+    actions: torch.Tensor  # [B, H, action_dim] (one-hot or [-1, 1] vector)
+    rewards: torch.Tensor  # [B, H]: reward of transition t
+    continues: torch.Tensor  # [B, H]: continue probability of the state reached by transition t
+    entropies: torch.Tensor  # [B, H]
+
+
+def imagine(wm: WorldModel, policy: PolicyHead, start: torch.Tensor, horizon: int) -> Trajectory:
+    """Roll the policy through the learned dynamics; differentiable with respect to the actions.
+
+    The world model is not updated by anything computed here (the actor step takes gradients for
+    the policy's parameters only), but gradients flow *through* it to the actions.
+    """
+    state = start.detach()
+    states, actions, rewards, continues, entropies = [state], [], [], [], []
+    for _ in range(horizon):
+        action, entropy = policy(state).rsample()
+        next_state = wm.dynamics(state, action).mean
+        rewards.append(wm.reward.mean(state, action))
+        continues.append(wm.continue_(next_state).probs)
+        actions.append(action)
+        entropies.append(entropy)
+        states.append(next_state)
+        state = next_state
+    return Trajectory(
+        torch.stack(states, 1), torch.stack(actions, 1), torch.stack(rewards, 1),
+        torch.stack(continues, 1), torch.stack(entropies, 1),
+    )

@@ -1,0 +1,213 @@
+"""The phased training loop: env -> replay -> update -> metrics, evaluation, checkpoint, export.
+
+Updates are paid for by env steps (`replay_ratio` rounds per step) from a credit that is part
+of the checkpoint, so a resumed run neither repeats warmup nor catches up on missed updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from reverie.evaluation import evaluate_policy
+
+from .agent import Agent
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import Config
+from .diagnostics import diagnose
+from .envs import make_env, space_info
+from .metrics import MetricAverager, MetricsWriter, plot_training_curves, read_metrics
+from .replay import Replay
+from .schedule import Schedule
+
+log = logging.getLogger("reverie.trainer")
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
+                 exporter: Callable[["Trainer"], object] | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = latest_checkpoint(self.run_dir) if resume else None
+        if resume and checkpoint is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        if checkpoint is not None:
+            saved = Config.model_validate_json((self.run_dir / "config.json").read_text())
+            cfg = saved.model_copy(update={"total_steps": max(cfg.total_steps, saved.total_steps)})
+        self.cfg = cfg
+        (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+
+        torch.set_num_threads(cfg.threads)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+
+        self.env = make_env(cfg.env_id)
+        self.eval_env = make_env(cfg.env_id)
+        self.space = space_info(self.env)
+        self.solved_return = self.env.spec.reward_threshold if self.env.spec else None
+        self.agent = Agent(cfg, self.space)
+        action_shape = () if self.space.discrete else (self.space.action_dim,)
+        obs_dtype = np.uint8 if self.space.is_image else np.float32
+        self.replay = Replay(cfg.replay_capacity, self.space.obs_shape, action_shape, obs_dtype)
+        self.schedule = Schedule(cfg)
+        self.writer = MetricsWriter(self.run_dir)
+        self.averager = MetricAverager()
+        self.exporter = exporter
+
+        self.env_step = 0
+        self.updates = 0
+        self.update_credit = 0.0
+        self.episodes = 0
+        self.last_eval: float | None = None
+        self.wall_offset = 0.0
+        if checkpoint is not None:
+            self._restore(load_checkpoint(checkpoint))
+            log.info("resumed from %s at env step %d (%s)", checkpoint.name, self.env_step, self.phase.value)
+        self.episode_returns: list[float] = []
+        self.obs, self.episode_return = self._reset_env()
+
+    @property
+    def phase(self):
+        return self.schedule.phase(self.env_step)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        """Train to `total_steps`; Ctrl-C / SIGTERM (as KeyboardInterrupt) saves a resumable checkpoint."""
+        cfg = self.cfg
+        self.started = time.perf_counter()
+        bar = tqdm(total=cfg.total_steps, initial=self.env_step, unit="step", dynamic_ncols=True,
+                   desc=cfg.env_id, mininterval=1.0)
+        try:
+            while self.env_step < cfg.total_steps:
+                self._env_step()
+                self._train()
+                evaluated = self.env_step % cfg.eval_every == 0
+                if evaluated:
+                    self._evaluate()
+                if evaluated or self.env_step % cfg.log_every == 0:
+                    self._log(evaluated)
+                if self.env_step % cfg.checkpoint_every == 0:
+                    self.save()
+                if self.exporter is not None and self.env_step % cfg.export_every == 0:
+                    self.exporter(self)
+                bar.update(1)
+                bar.set_postfix(phase=self.phase.value, eval=self.last_eval, updates=self.updates, refresh=False)
+        except KeyboardInterrupt:
+            log.info("interrupted at env step %d; saving a checkpoint", self.env_step)
+            self.save()
+            raise
+        finally:
+            bar.close()
+            self.writer.close()
+        if self.env_step % cfg.checkpoint_every != 0:
+            self.save()
+
+    def _reset_env(self) -> tuple[np.ndarray, float]:
+        obs, _ = self.env.reset(seed=self.cfg.seed * 100_003 + self.episodes)
+        self.env.action_space.seed(self.cfg.seed * 100_003 + self.episodes)
+        return obs, 0.0
+
+    def _env_step(self) -> None:
+        if self.schedule.explores_randomly(self.env_step) or self.rng.random() < self.cfg.epsilon:
+            action = self._random_action()
+        else:
+            action = self.agent.act(self.obs, deterministic=False)
+        next_obs, reward, terminated, truncated, _ = self.env.step(self.space.to_env_action(action))
+        self.replay.add(self.obs, action, reward, next_obs, terminated, truncated)
+        if not self.space.is_image:
+            self.agent.world_model.normalizer.update(torch.as_tensor(np.asarray(next_obs, np.float32)).unsqueeze(0))
+        self.episode_return += float(reward)
+        self.env_step += 1
+        self.obs = next_obs
+        if terminated or truncated:
+            self.episodes += 1
+            self.episode_returns.append(self.episode_return)
+            self.obs, self.episode_return = self._reset_env()
+
+    def _random_action(self) -> np.ndarray:
+        if self.space.discrete:
+            return np.asarray(self.rng.integers(self.space.action_dim))
+        return self.rng.uniform(-1.0, 1.0, self.space.action_dim).astype(np.float32)
+
+    def _train(self) -> None:
+        if self.env_step < self.cfg.learning_starts:
+            return
+        self.update_credit += self.cfg.replay_ratio
+        counts = self.schedule.updates(self.env_step)
+        mix = self.schedule.critic_real_mix(self.env_step)
+        while self.update_credit >= 1.0:
+            self.update_credit -= 1.0
+            batch = self.replay.sample(self.cfg.batch_size, self.rng)
+            self.averager.add(self.agent.update(batch, counts, mix))
+            self.updates += 1
+
+    def _evaluate(self) -> None:
+        act = lambda obs: self.space.to_env_action(self.agent.act(obs, deterministic=True))  # noqa: E731
+        returns = evaluate_policy(act, self.cfg.env_id, self.cfg.eval_episodes, self.cfg.seed, env=self.eval_env)
+        self.last_eval = float(np.mean(returns))
+
+    def _log(self, evaluated: bool) -> None:
+        elapsed = self.wall_offset + time.perf_counter() - self.started
+        row: dict = {"env_step": self.env_step, "phase": self.phase.value, "updates": self.updates,
+                     "episodes": self.episodes, "wall_s": round(elapsed, 2), **self.averager.pop()}
+        if self.episode_returns:
+            row["episode_return"] = float(np.mean(self.episode_returns))
+            self.episode_returns.clear()
+        if evaluated:
+            row["eval_return"] = self.last_eval
+        window = read_metrics(self.run_dir)[-(self.cfg.diagnostics_window - 1):] + [row]
+        failures = diagnose(window, self.solved_return)
+        row["failure_modes"] = [f.name for f in failures]
+        for f in failures:
+            log.warning("failure mode %s at env step %d; remedies: %s", f.name, self.env_step, "; ".join(f.remedies))
+        self.writer.write(row)
+        if evaluated:
+            plot_training_curves(
+                read_metrics(self.run_dir), self.run_dir / "training_curves.png",
+                {"transition": self.schedule.warmup_end, "full": self.schedule.transition_end},
+                f"{self.cfg.env_id} seed {self.cfg.seed}",
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        elapsed = self.wall_offset + (time.perf_counter() - self.started if hasattr(self, "started") else 0.0)
+        state = {
+            "agent": self.agent.state_dict(),
+            "world_model_optimizer": self.agent.world_model_optimizer.state_dict(),
+            "actor_optimizer": self.agent.actor_optimizer.state_dict(),
+            "critic_optimizer": self.agent.critic_optimizer.state_dict(),
+            "position": {"env_step": self.env_step, "updates": self.updates, "update_credit": self.update_credit,
+                         "episodes": self.episodes, "last_eval": self.last_eval, "wall_s": elapsed},
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "generator": self.rng.bit_generator.state},
+            "replay": self.replay.state_dict() if self.cfg.checkpoint_replay else None,
+        }
+        return save_checkpoint(self.run_dir, self.env_step, state)
+
+    def _restore(self, state: dict) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.agent.world_model_optimizer.load_state_dict(state["world_model_optimizer"])
+        self.agent.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.agent.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        pos = state["position"]
+        self.env_step, self.updates, self.update_credit = pos["env_step"], pos["updates"], pos["update_credit"]
+        self.episodes, self.last_eval, self.wall_offset = pos["episodes"], pos["last_eval"], pos["wall_s"]
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.rng.bit_generator.state = state["rng"]["generator"]
+        if state["replay"] is not None:
+            self.replay.load_state_dict(state["replay"])
+        # The episode in progress at the stop cannot be continued: close it as truncated.
+        self.replay.close_episode()
+

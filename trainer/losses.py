@@ -1,0 +1,103 @@
+"""The losses of diagram 2 as pure functions of tensors, each testable on its own.
+
+world_model_loss -> world-model optimizer; actor_loss -> actor optimizer; critic_loss -> critic
+optimizer. Which parameters each may touch is decided in `agent.py`, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .components import symexp, symlog
+from .world_model import WorldModel
+
+
+def lambda_return(
+    rewards: torch.Tensor, continues: torch.Tensor, values: torch.Tensor, gamma: float, lambda_: float
+) -> torch.Tensor:
+    """R_t = r_t + gamma * c_t * ((1 - lambda) * V_{t+1} + lambda * R_{t+1}), with R_H = V_H.
+
+    rewards, continues: [B, H] (c_t is the continue probability of the state reached by step t);
+    values: [B, H + 1]. Returns [B, H].
+    """
+    horizon = rewards.shape[1]
+    next_return = values[:, -1]
+    returns = []
+    for t in reversed(range(horizon)):
+        next_return = rewards[:, t] + gamma * continues[:, t] * (
+            (1 - lambda_) * values[:, t + 1] + lambda_ * next_return
+        )
+        returns.append(next_return)
+    return torch.stack(returns[::-1], 1)
+
+
+def discount_weights(continues: torch.Tensor) -> torch.Tensor:
+    """w_t = prod_{k<t} c_k: how likely imagined step t is still inside the episode. [B, H]."""
+    ones = torch.ones_like(continues[:, :1])
+    return torch.cumprod(torch.cat([ones, continues[:, :-1]], 1), 1).detach()
+
+
+@dataclass
+class WorldModelLosses:
+    total: torch.Tensor
+    metrics: dict[str, float]
+    states: torch.Tensor  # encoded states of the batch's observations (for imagination starts)
+    next_states: torch.Tensor
+
+
+def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: dict[str, float], symlog_rewards: bool) -> WorldModelLosses:
+    """dynamics (MSE to the stop-gradient encoded next state) + reward (NLL) + continue (BCE) + decoder (MSE)."""
+    obs, next_obs = batch["obs"], batch["next_obs"]
+    n = obs.shape[0]
+    states_all = wm.encode(torch.cat([obs, next_obs]))
+    states, next_states = states_all[:n], states_all[n:]
+    action = wm.encode_action(batch["action"])
+
+    # Stop-gradient on the target: the encoder cannot make dynamics easy by moving the target.
+    member_means = wm.dynamics.member_means(states, action)
+    dynamics = (member_means - next_states.detach()).pow(2).mean()
+
+    reward_pred = wm.reward(states, action).mean
+    reward_target = symlog(batch["reward"]) if symlog_rewards else batch["reward"]
+    reward = 0.5 * (reward_pred - reward_target).pow(2).mean()  # Gaussian NLL, unit std, up to a constant
+
+    continue_target = 1.0 - batch["terminated"]
+    continue_logits = wm.continue_(next_states).logits
+    cont = F.binary_cross_entropy_with_logits(continue_logits, continue_target)
+
+    decoder = (wm.repr_learner.decode(states_all) - wm.prepare_obs(torch.cat([obs, next_obs]))).pow(2).mean()
+
+    total = (
+        weights["dynamics"] * dynamics + weights["reward"] * reward
+        + weights["continue"] * cont + weights["decoder"] * decoder
+    )
+    with torch.no_grad():
+        reward_env = symexp(reward_pred) if symlog_rewards else reward_pred
+        metrics = {
+            "world_model_loss": total.item(),
+            "dynamics_loss": dynamics.item(),
+            "reward_loss": reward.item(),
+            "continue_loss": cont.item(),
+            "decoder_loss": decoder.item(),
+            "reward_mae": (reward_env - batch["reward"]).abs().mean().item(),
+            "continue_acc": ((continue_logits > 0).float() == continue_target).float().mean().item(),
+            "state_std": states.std(0).mean().item(),
+        }
+    return WorldModelLosses(total, metrics, states, next_states)
+
+
+def actor_loss(
+    returns: torch.Tensor, entropy: torch.Tensor, weights: torch.Tensor, entropy_coef: float | torch.Tensor,
+    return_scale: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """-mean(R / scale) - entropy_coef * entropy, each imagined step weighted by its continue product."""
+    return -(weights * returns).mean() / return_scale - entropy_coef * (weights * entropy).mean()
+
+
+def critic_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE(V, R.detach()): the target never carries gradient back to the policy or world model."""
+    err = (prediction - target.detach()).pow(2)
+    return (err * weights).mean() if weights is not None else err.mean()

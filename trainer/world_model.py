@@ -1,0 +1,66 @@
+"""The world model: everything that learns to predict the environment (diagram 2, phase 1).
+
+Owns the observation normaliser, encoder, representation learner (and its decoder), dynamics,
+reward and continue predictors. Its parameters are exactly the world-model optimizer's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .components import (
+    CNNEncoder,
+    ContinuePredictor,
+    DynamicsModel,
+    MLPEncoder,
+    ObservationNormalizer,
+    RepresentationLearner,
+    RewardPredictor,
+    orthogonal_init,
+)
+from .config import Config
+from .envs import SpaceInfo
+
+
+class WorldModel(nn.Module):
+    def __init__(self, cfg: Config, space: SpaceInfo):
+        super().__init__()
+        self.space = space
+        self.normalizer = ObservationNormalizer(space.obs_shape, enabled=cfg.obs_norm and not space.is_image)
+        self.encoder: nn.Module = CNNEncoder(space.obs_shape, cfg) if space.is_image else MLPEncoder(space.obs_shape[0], cfg)
+        self.repr_learner = RepresentationLearner(space.obs_shape, cfg)
+        self.dynamics = DynamicsModel(cfg, space.action_dim)
+        self.reward = RewardPredictor(cfg, space.action_dim)
+        self.continue_ = ContinuePredictor(cfg)
+        if cfg.orthogonal_init:
+            orthogonal_init(self)
+
+    def prepare_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Raw observation -> network input: images to [0, 1] minus 0.5, vectors normalised."""
+        if self.space.is_image:
+            return obs.float() / 255.0 - 0.5
+        return self.normalizer(obs.float())
+
+    def encode(self, obs: torch.Tensor, context: dict | None = None) -> torch.Tensor:
+        """Raw observation [B, *obs_shape] -> state [B, state_dim]."""
+        return self.repr_learner.encode(self.encoder(self.prepare_obs(obs)))
+
+    def decode(self, state: torch.Tensor) -> torch.Tensor:
+        """State -> reconstructed observation in env units (images in [0, 255])."""
+        out = self.repr_learner.decode(state)
+        if self.space.is_image:
+            return ((out + 0.5) * 255.0).clamp(0.0, 255.0)
+        return self.normalizer.denormalize(out)
+
+    def encode_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Stored agent action (index or [-1, 1] vector) -> the dynamics/reward input."""
+        if self.space.discrete:
+            return torch.nn.functional.one_hot(action.long(), self.space.action_dim).float()
+        return action.float()
+
+    @torch.no_grad()
+    def step(self, state: torch.Tensor, action: torch.Tensor):
+        """One imagined transition, as exported: (next state, reward, continue probability)."""
+        next_state = self.dynamics(state, action).mean
+        return next_state, self.reward.mean(state, action), self.continue_(next_state).probs
