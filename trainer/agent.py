@@ -62,7 +62,10 @@ class Agent(nn.Module):
         self.actor_params = list(self.policy.parameters()) + ([self.log_alpha] if cfg.adaptive_entropy else [])
         self.critic_params = list(self.value.parameters())
         self.world_model_optimizer = torch.optim.Adam(self.world_model_params, lr=cfg.world_model_lr, eps=1e-8)
-        self.actor_optimizer = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, eps=1e-5)
+        actor_groups = [{"params": list(self.policy.parameters())}]
+        if cfg.adaptive_entropy:  # the temperature must move on the scale of the policy's own change
+            actor_groups.append({"params": [self.log_alpha], "lr": 1e-2})
+        self.actor_optimizer = torch.optim.Adam(actor_groups, lr=cfg.actor_lr, eps=1e-5)
         self.critic_optimizer = torch.optim.Adam(self.critic_params, lr=cfg.critic_lr, eps=1e-5)
 
     # ------------------------------------------------------------------ acting
@@ -136,8 +139,6 @@ class Agent(nn.Module):
         if self.cfg.adaptive_entropy:
             loss = loss + self.log_alpha * (entropy.detach() - self.target_entropy)
         norm = own_gradient_step(loss, self.actor_params, self.actor_optimizer, self.cfg.grad_clip)
-        detached = Trajectory(*(t.detach() for t in (trajectory.states, trajectory.actions, trajectory.rewards,
-                                                      trajectory.continues, trajectory.entropies)))
         return {
             "actor_loss": loss.item(),
             "actor_grad_norm": norm,
@@ -146,7 +147,7 @@ class Agent(nn.Module):
             "mean_imagined_return": returns.mean().item(),
             "imagined_reward_mean": trajectory.rewards.mean().item(),
             "return_scale": float(scale),
-        }, (detached, returns.detach(), weights)
+        }, (trajectory.detach(), returns.detach(), weights)
 
     def critic_step(self, trajectory: Trajectory, returns: torch.Tensor, weights: torch.Tensor,
                     batch: dict[str, torch.Tensor], next_states: torch.Tensor, real_mix: float) -> dict[str, float]:

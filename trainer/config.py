@@ -101,9 +101,10 @@ class Config(BaseModel):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "cartpole": {"env_id": "CartPole-v1", "warmup_steps": 500, "transition_steps": 500, "total_steps": 2500},
+    "cartpole": {"env_id": "CartPole-v1", "warmup_steps": 500, "transition_steps": 500, "total_steps": 2500,
+                 "eval_every": 250},
     "pendulum": {"env_id": "Pendulum-v1", "warmup_steps": 1000, "transition_steps": 1000, "total_steps": 15000,
-                 "eval_every": 1000},
+                 "eval_every": 1000, "replay_ratio": 1.0},
     "smoke": {"hidden_dim": 32, "feature_dim": 32, "state_dim": 16, "batch_size": 16, "horizon": 5,
               "warmup_steps": 100, "transition_steps": 100, "learning_starts": 32, "replay_ratio": 0.25,
               "log_every": 50, "eval_every": 100, "eval_episodes": 2, "checkpoint_every": 100,

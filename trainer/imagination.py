@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -17,6 +17,9 @@ class Trajectory:
     rewards: torch.Tensor  # [B, H]: reward of transition t
     continues: torch.Tensor  # [B, H]: continue probability of the state reached by transition t
     entropies: torch.Tensor  # [B, H]
+
+    def detach(self) -> "Trajectory":
+        return Trajectory(*(getattr(self, f.name).detach() for f in fields(self)))
 
 
 def imagine(wm: WorldModel, policy: PolicyHead, start: torch.Tensor, horizon: int) -> Trajectory:

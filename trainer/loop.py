@@ -36,9 +36,12 @@ class Trainer:
                  exporter: Callable[["Trainer"], object] | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = latest_checkpoint(self.run_dir) if resume else None
+        checkpoint = latest_checkpoint(self.run_dir)
         if resume and checkpoint is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        if not resume and (checkpoint is not None or (self.run_dir / "metrics.jsonl").exists()):
+            # Two runs in one directory would share checkpoints and metrics: refuse rather than mix them.
+            raise FileExistsError(f"{self.run_dir} already holds a run: continue it with --resume, or pick a new --run-dir")
         if checkpoint is not None:
             saved = Config.model_validate_json((self.run_dir / "config.json").read_text())
             cfg = saved.model_copy(update={"total_steps": max(cfg.total_steps, saved.total_steps)})
@@ -140,7 +143,7 @@ class Trainer:
         return self.rng.uniform(-1.0, 1.0, self.space.action_dim).astype(np.float32)
 
     def _train(self) -> None:
-        if self.env_step < self.cfg.learning_starts:
+        if len(self.replay) < self.cfg.learning_starts:  # also after a resume without the replay
             return
         self.update_credit += self.cfg.replay_ratio
         counts = self.schedule.updates(self.env_step)

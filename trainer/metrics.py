@@ -41,10 +41,19 @@ def _json_safe(value):
     return value
 
 
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _from_json(value):
+    return NON_FINITE.get(value, value) if isinstance(value, str) else value
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
-    """All rows of a run's metrics.jsonl, oldest first."""
+    """All rows of a run's metrics.jsonl, oldest first, with non-finite values restored as floats."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    return [{k: _from_json(v) for k, v in json.loads(line).items()} for line in path.read_text().splitlines() if line.strip()]
 
 
 class MetricsWriter:

@@ -1,0 +1,160 @@
+"""Sample efficiency and update cost: CartPole-v1 and Pendulum-v1, several seeds, one table.
+
+    python benchmarks/learning.py                      # 3 seeds each, the presets' budgets
+    python benchmarks/learning.py --envs cartpole --seeds 0 1 2
+    python benchmarks/learning.py --baselines          # + stable-baselines3 PPO and DQN rows on CartPole
+
+Prints env, seed, steps to threshold (first eval mean >= threshold), final eval return, wall seconds,
+updates per second and the time of one full update split into world model, imagination, actor
+backward and critic. Results go to the README by hand, with the machine they came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.config import build_config
+from trainer.imagination import imagine
+from trainer.loop import Trainer
+from trainer.metrics import read_metrics
+
+THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -200.0)}
+
+
+def time_update(trainer: Trainer, repeats: int = 20) -> dict[str, float]:
+    """Milliseconds of each part of one full update, on the trained agent and its replay."""
+    agent, cfg = trainer.agent, trainer.cfg
+    batch = trainer.replay.sample(cfg.batch_size, trainer.rng)
+    timings = {"world_model": [], "imagination": [], "actor": [], "critic": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        agent.world_model_step(batch)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            states, next_states = agent.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
+        t2 = time.perf_counter()
+        imagine(agent.world_model, agent.policy, states, cfg.horizon)
+        t3 = time.perf_counter()
+        _, imagined = agent.actor_step(states)
+        t4 = time.perf_counter()
+        agent.critic_step(*imagined, batch, next_states, 0.0)
+        t5 = time.perf_counter()
+        timings["world_model"].append(t1 - t0)
+        timings["imagination"].append(t3 - t2)
+        timings["actor"].append((t4 - t3) - (t3 - t2))  # actor step minus its own imagination
+        timings["critic"].append(t5 - t4)
+    return {k: 1000 * float(np.median(v)) for k, v in timings.items()}
+
+
+def run_reverie(preset: str, seed: int, steps: int | None, out: Path, threads: int | None = None) -> dict:
+    env_id, threshold = THRESHOLDS[preset]
+    cfg = build_config(preset, seed=seed, total_steps=steps, threads=threads)
+    run_dir = out / f"{preset}_seed{seed}"
+    trainer = Trainer(cfg, run_dir)
+    start = time.perf_counter()
+    trainer.run()
+    wall = time.perf_counter() - start
+    evals = [(r["env_step"], r["eval_return"]) for r in read_metrics(run_dir) if "eval_return" in r]
+    reached = next((s for s, v in evals if v >= threshold), None)
+    parts = time_update(trainer)
+    return {"agent": "reverie", "env": env_id, "seed": seed, "steps_to_threshold": reached,
+            "final_eval": evals[-1][1] if evals else None, "wall_s": wall,
+            "updates_per_s": trainer.updates / wall, "update_ms": parts, "evals": evals}
+
+
+def run_sb3(algo: str, seed: int, eval_every: int = 2000) -> dict:
+    """stable-baselines3 with rl-baselines3-zoo's CartPole-v1 hyperparameters (see shared/BASELINES.md)."""
+    import gymnasium as gym
+    from stable_baselines3 import DQN, PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from reverie.evaluation import evaluate_policy
+
+    if algo == "PPO":
+        env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
+        lin = lambda v: (lambda progress: progress * v)  # noqa: E731
+        model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+                    ent_coef=0.0, learning_rate=lin(0.001), clip_range=lin(0.2), seed=seed, verbose=0)
+        budget = 100_000
+    else:
+        env = gym.make("CartPole-v1")
+        model = DQN("MlpPolicy", env, learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000,
+                    gamma=0.99, target_update_interval=10, train_freq=256, gradient_steps=128,
+                    exploration_fraction=0.16, exploration_final_eps=0.04,
+                    policy_kwargs={"net_arch": [256, 256]}, seed=seed, verbose=0)
+        budget = 50_000
+    evals: list[tuple[int, float]] = []
+    eval_env = gym.make("CartPole-v1")
+
+    class Every(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps // eval_every > len(evals):
+                act = lambda obs: int(model.predict(obs, deterministic=True)[0])  # noqa: E731
+                evals.append((self.num_timesteps, float(np.mean(evaluate_policy(act, "CartPole-v1", 10, seed, eval_env)))))
+            return True
+
+    start = time.perf_counter()
+    model.learn(budget, callback=Every())
+    wall = time.perf_counter() - start
+    reached = next((s for s, v in evals if v >= 475.0), None)
+    return {"agent": f"sb3 {algo}", "env": "CartPole-v1", "seed": seed, "steps_to_threshold": reached,
+            "final_eval": evals[-1][1] if evals else None, "wall_s": wall, "updates_per_s": None,
+            "update_ms": None, "evals": evals}
+
+
+def print_table(rows: list[dict]) -> None:
+    header = ("agent", "env", "seed", "steps to thr.", "final eval", "wall s", "upd/s", "WM ms", "imag ms", "actor ms", "critic ms")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    fmt = lambda v, spec="": "–" if v is None else format(v, spec)  # noqa: E731
+    for r in rows:
+        ms = r["update_ms"] or {}
+        print("| " + " | ".join([
+            r["agent"], r["env"], str(r["seed"]), fmt(r["steps_to_threshold"], ","), fmt(r["final_eval"], ".1f"),
+            fmt(r["wall_s"], ".0f"), fmt(r["updates_per_s"], ".1f"), fmt(ms.get("world_model"), ".1f"),
+            fmt(ms.get("imagination"), ".1f"), fmt(ms.get("actor"), ".1f"), fmt(ms.get("critic"), ".1f"),
+        ]) + " |")
+    for env in sorted({r["env"] for r in rows}):
+        for agent in sorted({r["agent"] for r in rows if r["env"] == env}):
+            reached = [r["steps_to_threshold"] for r in rows if r["env"] == env and r["agent"] == agent]
+            known = sorted(s if s is not None else float("inf") for s in reached)
+            print(f"median steps to threshold, {agent} on {env}: {known[len(known) // 2]:,}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="*", default=["cartpole", "pendulum"], choices=sorted(THRESHOLDS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="override the presets' step budgets")
+    parser.add_argument("--out", default="runs/benchmark")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs in parallel processes (each with one torch thread; wall times then share the CPU)")
+    parser.add_argument("--baselines", action="store_true", help="add stable-baselines3 PPO and DQN on CartPole")
+    args = parser.parse_args()
+    out = Path(args.out)
+    runs = [(env, seed, args.steps, out, 1 if args.jobs > 1 else None) for env in args.envs for seed in args.seeds]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(run_reverie, *zip(*runs)))
+    else:
+        rows = [run_reverie(*run) for run in runs]
+    if args.baselines:
+        rows += [run_sb3(algo, seed) for algo in ("PPO", "DQN") for seed in args.seeds]
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, jobs {args.jobs}, torch {torch.__version__}")
+    print_table(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

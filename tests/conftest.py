@@ -1,0 +1,74 @@
+"""Shared helpers for the learning-core tests: tiny configs and real-env transitions.
+
+Everything here runs on real gymnasium envs (CartPole-v1, Pendulum-v1) and the real
+trainer classes; nothing is mocked. Sizes are the "smoke" preset's so the suite stays cheap.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.config import Config, build_config
+from trainer.envs import SpaceInfo, make_env, space_info
+from trainer.replay import Replay
+
+# One intra-op thread from the start, before any fixture of wider scope builds a model.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_and_seeded():
+    """One intra-op thread (the suite shares 2 cores) and a fixed torch seed for every test."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_sigterm():
+    """`reverie train` installs a SIGTERM handler; keep it from leaking into later tests."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def small_config(**fields) -> Config:
+    """The smoke preset (tiny networks) on one thread, with `fields` on top."""
+    return build_config("smoke", threads=1, **fields)
+
+
+def random_action(space: SpaceInfo, rng: np.random.Generator) -> np.ndarray:
+    """A random action in the agent's encoding: class index, or a vector in [-1, 1]."""
+    if space.discrete:
+        return np.asarray(rng.integers(space.action_dim))
+    return rng.uniform(-1.0, 1.0, space.action_dim).astype(np.float32)
+
+
+def collect_replay(env_id: str, steps: int, seed: int = 0) -> tuple[Replay, SpaceInfo]:
+    """`steps` real env transitions under random actions, stored the way the trainer stores them."""
+    env = make_env(env_id)
+    space = space_info(env)
+    rng = np.random.default_rng(seed)
+    replay = Replay(steps, space.obs_shape, () if space.discrete else (space.action_dim,))
+    obs, _ = env.reset(seed=seed)
+    episode = 0
+    for _ in range(steps):
+        action = random_action(space, rng)
+        next_obs, reward, terminated, truncated, _ = env.step(space.to_env_action(action))
+        replay.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = next_obs
+        if terminated or truncated:
+            episode += 1
+            obs, _ = env.reset(seed=seed * 1000 + episode)
+    env.close()
+    return replay, space
+
+
+def real_batch(env_id: str, batch_size: int = 16, steps: int = 200, seed: int = 0):
+    """A replay-style batch (float tensors obs, action, reward, next_obs, terminated) and the env's SpaceInfo."""
+    replay, space = collect_replay(env_id, steps, seed)
+    return replay.sample(batch_size, np.random.default_rng(seed)), space

@@ -1,0 +1,115 @@
+"""One source of configuration: precedence of defaults, presets, --set overrides and CLI flags, and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.config import PRESETS, Config, UpdateCounts, build_config, parse_override
+
+
+def test_defaults_without_preset_or_overrides():
+    assert build_config() == Config()
+
+
+def test_preset_overrides_defaults_and_leaves_the_rest():
+    cfg = build_config("smoke")
+    assert cfg.hidden_dim == PRESETS["smoke"]["hidden_dim"] != Config().hidden_dim
+    assert cfg.gamma == Config().gamma  # not in the preset
+
+
+def test_set_overrides_beat_the_preset_and_later_ones_win():
+    cfg = build_config("smoke", ["hidden_dim=48", "horizon=7", "horizon=9"])
+    assert cfg.hidden_dim == 48
+    assert cfg.horizon == 9
+    assert cfg.batch_size == PRESETS["smoke"]["batch_size"]
+
+
+def test_explicit_fields_beat_overrides_and_none_means_unset():
+    """CLI flags (--steps, --seed, --env) win over --set; a flag left at None does not erase anything."""
+    cfg = build_config("cartpole", ["total_steps=100", "seed=3"], total_steps=200, seed=None, env_id=None)
+    assert cfg.total_steps == 200
+    assert cfg.seed == 3
+    assert cfg.env_id == "CartPole-v1"
+    assert build_config("cartpole", total_steps=None).total_steps == PRESETS["cartpole"]["total_steps"]
+
+
+@pytest.mark.parametrize("item, key, value", [
+    ("gamma=0.9", "gamma", 0.9),
+    ("batch_size=64", "batch_size", 64),
+    ("symlog=false", "symlog", False),
+    ("critic_target_clip=null", "critic_target_clip", None),
+    ("env_id=Pendulum-v1", "env_id", "Pendulum-v1"),
+    ("env_id=ALE/Pong-v5", "env_id", "ALE/Pong-v5"),
+    ('update_schedule=[{"from_step": 0, "actor": 2}]', "update_schedule", [{"from_step": 0, "actor": 2}]),
+    ("a=b=c", "a", "b=c"),
+])
+def test_parse_override_reads_json_else_string(item, key, value):
+    assert parse_override(item) == (key, value)
+
+
+def test_json_values_reach_the_config_typed():
+    cfg = build_config(None, ["symlog=false", "critic_target_clip=100", "target_entropy=-0.5",
+                              'update_schedule=[{"from_step": 0}, {"from_step": 500, "actor": 3}]'])
+    assert cfg.symlog is False
+    assert cfg.critic_target_clip == 100
+    assert cfg.target_entropy == -0.5
+    assert cfg.update_schedule[1] == UpdateCounts(from_step=500, actor=3)
+
+
+@pytest.mark.parametrize("item", ["novalue", "=5"])
+def test_malformed_override_raises(item):
+    with pytest.raises(ValueError):
+        parse_override(item)
+
+
+def test_unknown_key_and_unknown_preset_raise_value_error():
+    with pytest.raises(ValueError, match="unknown config key"):
+        build_config(None, ["hiden_dim=3"])
+    with pytest.raises(ValueError, match="unknown preset.*cartpole"):
+        build_config("cartpol")
+
+
+def test_invalid_values_raise_value_error():
+    """Pydantic's ValidationError is a ValueError, which the CLI turns into exit code 2."""
+    with pytest.raises(ValueError):
+        build_config(None, ["batch_size=0"])
+    with pytest.raises(ValueError):
+        build_config(None, ["gamma=1.5"])
+    cfg = Config()
+    with pytest.raises(ValueError):
+        cfg.horizon = 0  # validate_assignment
+
+
+@pytest.mark.parametrize("schedule", [
+    [],
+    [{"from_step": 10}],
+    [{"from_step": 0}, {"from_step": 0}],
+    [{"from_step": 0}, {"from_step": 500}, {"from_step": 200}],
+    [{"from_step": 0, "actor": -1}],
+    [{"from_step": 0, "actors": 2}],
+])
+def test_update_schedule_validation(schedule):
+    """Must start at from_step 0, increase strictly, have non-negative counts and no unknown keys."""
+    with pytest.raises(ValueError):
+        Config(update_schedule=schedule)
+
+
+def test_valid_update_schedule_is_accepted():
+    cfg = Config(update_schedule=[{"from_step": 0}, {"from_step": 100, "world_model": 2, "critic": 0}])
+    assert [c.from_step for c in cfg.update_schedule] == [0, 100]
+    assert cfg.update_schedule[1].critic == 0
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_config(name):
+    """A typo in a preset's keys would otherwise only show when someone uses it."""
+    cfg = build_config(name)
+    for key, value in PRESETS[name].items():
+        assert getattr(cfg, key) == value
+
+
+def test_config_json_round_trip():
+    """Resume reloads config.json: the saved config must come back equal, schedule entries included."""
+    cfg = build_config("pendulum", ['update_schedule=[{"from_step": 0}, {"from_step": 9, "actor": 2}]'],
+                       critic_target_clip=50.0)
+    assert Config.model_validate_json(cfg.model_dump_json()) == cfg

@@ -1,0 +1,121 @@
+"""Diagram 6: each failure mode is recognised from its seed symptom, and only that one; healthy runs are quiet."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trainer.diagnostics import FAILURE_MODES, diagnose
+from trainer.metrics import MetricsWriter, read_metrics
+
+
+def rows_from(**columns: list) -> list[dict]:
+    """Column lists -> metric rows (oldest first), as the loop logs them; None leaves a key out of a row."""
+    n = max(len(v) for v in columns.values())
+    rows = []
+    for i in range(n):
+        row = {"env_step": 250 * (i + 1)}
+        row.update({k: v[i] for k, v in columns.items() if i < len(v) and v[i] is not None})
+        rows.append(row)
+    return rows
+
+
+def names(rows: list[dict], solved_return: float | None = None) -> list[str]:
+    return [mode.name for mode in diagnose(rows, solved_return)]
+
+
+SYMPTOMS = {
+    "world_model_not_learning": (rows_from(
+        dynamics_loss=[5.0, 5.0, 5.0, 5.0], reward_mae=[2.0, 2.0, 2.0, 2.0],
+        world_model_grad_norm=[1e-4, 1e-4, 1e-4, 1e-4]), None),
+    "policy_exploits_model": (rows_from(
+        mean_imagined_return=[10.0, 50.0, 100.0], eval_return=[10.0, 10.0, 10.0]), None),
+    "gradient_explosion": (rows_from(
+        actor_grad_norm=[0.5, 2.0, 50.0, float("nan")]), None),
+    "critic_divergence": (rows_from(
+        critic_loss=[1.0, 5.0, 20.0, 100.0], critic_value_mean=[10.0, 100.0, 1000.0],
+        critic_td_error=[50.0, 500.0, 5000.0]), None),
+    "policy_converges_too_fast": (rows_from(
+        entropy=[1.5, 0.5, 0.01, 0.0], eval_return=[50.0, 100.0, 100.0, 100.0]), 475.0),
+}
+
+
+def test_every_failure_mode_has_a_symptom_case():
+    assert set(SYMPTOMS) == {mode.name for mode in FAILURE_MODES}
+    assert all(mode.remedies for mode in FAILURE_MODES)
+
+
+@pytest.mark.parametrize("mode", sorted(SYMPTOMS))
+def test_symptom_names_exactly_its_mode(mode):
+    """The seed's symptom series fires its own detector and no other."""
+    rows, solved = SYMPTOMS[mode]
+    assert names(rows, solved) == [mode]
+
+
+@pytest.mark.parametrize("mode", sorted(SYMPTOMS))
+def test_two_rows_are_not_enough_to_diagnose(mode):
+    """A trend needs at least three points; one noisy pair of rows must not raise an alarm."""
+    rows, solved = SYMPTOMS[mode]
+    clean = [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))} for r in rows[:2]]
+    assert names(clean, solved) == []
+
+
+def test_gradient_explosion_on_growth_alone_and_on_nan_loss_alone():
+    """Tenfold actor-gradient growth fires without any NaN; so does a single NaN loss with flat gradients."""
+    assert names(rows_from(actor_grad_norm=[0.5, 2.0, 50.0])) == ["gradient_explosion"]
+    assert names(rows_from(actor_grad_norm=[0.5, 2.0, 4.0])) == []
+    assert names(rows_from(actor_grad_norm=[0.5, 0.5, 0.5], critic_loss=[1.0, float("nan"), 1.0])) == [
+        "gradient_explosion"]
+
+
+def test_nan_loss_is_still_diagnosed_after_a_round_trip_through_metrics_jsonl(tmp_path):
+    """The loop diagnoses a window read back from metrics.jsonl; a NaN loss logged earlier must still count."""
+    rows = rows_from(actor_grad_norm=[0.5, 0.5, 0.5], actor_loss=[1.0, float("nan"), 1.0])
+    writer = MetricsWriter(tmp_path)
+    for row in rows:
+        writer.write(row)
+    writer.close()
+    assert names(read_metrics(tmp_path)) == ["gradient_explosion"]
+
+
+def test_policy_exploits_model_needs_flat_real_returns():
+    """Imagined returns rising together with real ones is learning, not exploitation."""
+    assert names(rows_from(mean_imagined_return=[10.0, 50.0, 100.0], eval_return=[10.0, 50.0, 100.0])) == []
+
+
+def test_critic_divergence_needs_all_three_growing():
+    """A rising value mean alone (a critic tracking better returns) is not divergence."""
+    rows = rows_from(critic_loss=[1.0, 0.8, 0.6, 0.5], critic_value_mean=[10.0, 100.0, 1000.0, 2000.0],
+                     critic_td_error=[5.0, 4.0, 3.0, 2.0])
+    assert names(rows) == []
+
+
+def healthy_rows() -> list[dict]:
+    n = 8
+    return rows_from(
+        dynamics_loss=[1.0 * 0.85**i for i in range(n)],
+        reward_mae=[0.5 * 0.9**i for i in range(n)],
+        world_model_grad_norm=[0.6, 0.5, 0.55, 0.45, 0.5, 0.4, 0.45, 0.4],
+        mean_imagined_return=[10.0 + 5 * i for i in range(n)],
+        eval_return=[20.0, 35.0, 60.0, 90.0, 130.0, 180.0, 240.0, 300.0],
+        actor_loss=[-1.0 - 0.1 * i for i in range(n)],
+        actor_grad_norm=[0.5, 0.6, 0.4, 0.55, 0.5, 0.45, 0.6, 0.5],
+        critic_loss=[1.0 * 0.9**i for i in range(n)],
+        critic_value_mean=[5.0 + 2 * i for i in range(n)],
+        critic_td_error=[3.0 * 0.9**i for i in range(n)],
+        entropy=[0.69, 0.67, 0.64, 0.6, 0.57, 0.53, 0.5, 0.47],
+    )
+
+
+def test_healthy_run_raises_no_alarm():
+    """Losses falling, eval rising, entropy easing down, gradients stable: diagnose() stays silent."""
+    assert names(healthy_rows(), 475.0) == []
+
+
+def test_solved_cartpole_is_not_premature_convergence():
+    """Low entropy at a flat 500 is success, not collapse, once the env's solved return is known."""
+    rows = rows_from(entropy=[0.6, 0.3, 0.05, 0.01, 0.005], eval_return=[200.0, 450.0, 500.0, 500.0, 500.0])
+    assert "policy_converges_too_fast" not in names(rows, solved_return=475.0)
+    # Without the solved threshold the same rows do look like a collapse: the threshold is what decides.
+    assert "policy_converges_too_fast" in names(rows, solved_return=None)

@@ -1,0 +1,142 @@
+"""Replay: the batch contract the agent relies on, episode bookkeeping, the ring, and checkpoint round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from conftest import collect_replay
+from trainer.replay import Replay
+
+BATCH_KEYS = {"obs", "action", "reward", "next_obs", "terminated"}
+
+
+def obs(i: float) -> np.ndarray:
+    """A recognisable observation for step i."""
+    return np.array([i, i + 0.5, -i, 2 * i], dtype=np.float32)
+
+
+def fill(replay: Replay, steps: list[tuple[bool, bool]], start: int = 0) -> None:
+    """Add one step per (terminated, truncated) pair, with obs/reward/action identifying the step."""
+    for k, (terminated, truncated) in enumerate(steps, start):
+        replay.add(obs(k), np.asarray(k % 2), float(k), obs(k + 1), terminated, truncated)
+
+
+def test_sample_shapes_and_dtypes_discrete_and_box():
+    """Float32 tensors of the agent's shapes: scalar index actions for Discrete, vectors for Box."""
+    rng = np.random.default_rng(0)
+    discrete, _ = collect_replay("CartPole-v1", 50)
+    batch = discrete.sample(8, rng)
+    assert set(batch) == BATCH_KEYS
+    assert batch["obs"].shape == batch["next_obs"].shape == (8, 4)
+    assert batch["action"].shape == batch["reward"].shape == batch["terminated"].shape == (8,)
+    assert all(t.dtype == torch.float32 for t in batch.values())
+    assert set(batch["action"].tolist()) <= {0.0, 1.0}
+
+    box, _ = collect_replay("Pendulum-v1", 50)
+    batch = box.sample(8, rng)
+    assert batch["obs"].shape == (8, 3) and batch["action"].shape == (8, 1)
+    assert batch["action"].abs().max() <= 1.0
+    assert all(t.dtype == torch.float32 for t in batch.values())
+
+
+def test_sampled_transitions_are_stored_ones():
+    """A sampled row's fields belong to the same stored step (obs, reward and next_obs stay aligned)."""
+    replay = Replay(100, (4,), ())
+    fill(replay, [(False, False)] * 20)
+    batch = replay.sample(64, np.random.default_rng(1))
+    k = batch["reward"]
+    torch.testing.assert_close(batch["obs"][:, 0], k)
+    torch.testing.assert_close(batch["next_obs"][:, 0], k + 1)
+    torch.testing.assert_close(batch["action"], k % 2)
+
+
+def test_episode_ids_and_end_flags():
+    """Episode ids advance after an end; truncation ends an episode without marking it terminated."""
+    replay = Replay(100, (4,), ())
+    fill(replay, [(False, False), (False, False), (True, False), (False, False), (False, True), (False, False)])
+    n = len(replay)
+    assert n == 6
+    assert replay.data["episode"][:n].tolist() == [0, 0, 0, 1, 1, 2]
+    assert replay.data["episode_end"][:n].tolist() == [False, False, True, False, True, False]
+    assert replay.data["terminated"][:n].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    assert replay.episodes == 2
+
+
+def test_close_episode_marks_the_cut_step_once():
+    """A stop mid-episode closes it (so the next step starts a new id); closing twice changes nothing."""
+    replay = Replay(100, (4,), ())
+    fill(replay, [(False, False)] * 3)
+    replay.close_episode()
+    assert replay.data["episode_end"][2] and replay.episodes == 1
+    replay.close_episode()
+    assert replay.episodes == 1
+    fill(replay, [(False, False)], start=3)
+    assert replay.data["episode"][3] == 1
+
+
+def test_ring_overwrites_oldest_at_capacity():
+    """Past capacity the oldest steps are replaced and only live steps can be sampled."""
+    replay = Replay(4, (4,), ())
+    fill(replay, [(False, False)] * 6)
+    assert len(replay) == 4 and replay.cursor == 2
+    assert replay.data["obs"][:, 0].tolist() == [4.0, 5.0, 2.0, 3.0]
+    batch = replay.sample(200, np.random.default_rng(0))
+    assert set(batch["reward"].tolist()) == {2.0, 3.0, 4.0, 5.0}
+
+
+def test_lazy_growth_keeps_earlier_steps():
+    """Storage doubles on demand (1024 first); what was written before a growth must survive it."""
+    replay = Replay(5000, (4,), ())
+    fill(replay, [(False, False)] * 1500)
+    assert replay._allocated < replay.capacity
+    np.testing.assert_array_equal(replay.data["obs"][:1500, 0], np.arange(1500, dtype=np.float32))
+    np.testing.assert_array_equal(replay.data["reward"][:1500], np.arange(1500, dtype=np.float32))
+
+
+def assert_same(a: Replay, b: Replay) -> None:
+    assert (a.size, a.cursor, a.episodes) == (b.size, b.cursor, b.episodes)
+    for key in Replay.FIELDS:
+        np.testing.assert_array_equal(a.data[key][: a.size], b.data[key][: b.size])
+    for key, t in a.sample(32, np.random.default_rng(7)).items():
+        assert torch.equal(t, b.sample(32, np.random.default_rng(7))[key])
+
+
+def test_state_dict_round_trip():
+    """A restored replay has the same contents, position and episode count, and samples identically."""
+    replay = Replay(100, (4,), ())
+    fill(replay, [(False, False), (True, False), (False, False), (False, False)])
+    restored = Replay(100, (4,), ())
+    restored.load_state_dict(replay.state_dict())
+    assert_same(replay, restored)
+    # Both continue identically after the restore.
+    fill(replay, [(False, True)], start=4)
+    fill(restored, [(False, True)], start=4)
+    assert_same(replay, restored)
+
+
+def test_state_dict_round_trip_after_wrap_and_empty():
+    """The ring position survives a round trip once wrapped; an empty replay round-trips too."""
+    replay = Replay(5, (4,), ())
+    fill(replay, [(False, False)] * 7)
+    restored = Replay(5, (4,), ())
+    restored.load_state_dict(replay.state_dict())
+    assert_same(replay, restored)
+    fill(replay, [(False, False)], start=7)
+    fill(restored, [(False, False)], start=7)
+    assert_same(replay, restored)
+    assert restored.data["obs"][2, 0] == 7.0
+
+    empty = Replay(5, (4,), ())
+    empty.load_state_dict(Replay(5, (4,), ()).state_dict())
+    assert len(empty) == 0 and empty.cursor == 0
+
+
+def test_state_dict_is_a_copy():
+    """The saved state must not alias the live arrays (later adds would rewrite a checkpoint in memory)."""
+    replay = Replay(3, (4,), ())
+    fill(replay, [(False, False)] * 3)
+    state = replay.state_dict()
+    fill(replay, [(False, False)] * 3, start=100)  # the ring overwrites every stored step
+    assert replay.data["obs"][:, 0].tolist() == [100.0, 101.0, 102.0]
+    assert state["data"]["obs"][:, 0].tolist() == [0.0, 1.0, 2.0]
