@@ -163,3 +163,10 @@ def test_world_model_step_predicts_next_state_reward_continue():
     next_state, reward, cont = agent.world_model.step(states, agent.world_model.encode_action(batch["action"]))
     assert next_state.shape == states.shape and reward.shape == cont.shape == (8,)
     assert ((cont >= 0) & (cont <= 1)).all()
+
+
+@pytest.mark.parametrize("env_id", ["NoSuchEnv-v9", "CartPole-v99"])
+def test_unknown_env_id_is_a_value_error_naming_it(env_id):
+    """`reverie train --env` with a bad id must exit with a message (ValueError -> exit 2), not a traceback."""
+    with pytest.raises(ValueError, match=env_id):
+        make_env(env_id)

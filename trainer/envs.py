@@ -50,7 +50,10 @@ def space_info(env: gym.Env) -> SpaceInfo:
 
 def make_env(env_id: str, seed: int | None = None) -> gym.Env:
     """A gymnasium env with its spaces checked; `seed` seeds its first reset and action space."""
-    env = gym.make(env_id)
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as err:  # unknown id, missing extra (Box2D, MuJoCo, ...): a clear message, not a traceback
+        raise ValueError(f"cannot make env {env_id!r}: {err}") from err
     space_info(env)
     if seed is not None:
         env.reset(seed=seed)
