@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
@@ -77,6 +78,9 @@ class Trainer:
             self._restore(load_checkpoint(checkpoint))
             log.info("resumed from %s at env step %d (%s)", checkpoint.name, self.env_step, self.phase.value)
         self.episode_returns: list[float] = []
+        # The diagnostics window: the last rows before the next one (read back after a resume).
+        self.recent_rows = deque(read_metrics(self.run_dir)[-(cfg.diagnostics_window - 1):],
+                                 maxlen=cfg.diagnostics_window - 1)
         self.obs, self.episode_return = self._reset_env()
 
     @property
@@ -168,12 +172,12 @@ class Trainer:
             self.episode_returns.clear()
         if evaluated:
             row["eval_return"] = self.last_eval
-        window = read_metrics(self.run_dir)[-(self.cfg.diagnostics_window - 1):] + [row]
-        failures = diagnose(window, self.solved_return)
+        failures = diagnose([*self.recent_rows, row], self.solved_return)
         row["failure_modes"] = [f.name for f in failures]
         for f in failures:
             log.warning("failure mode %s at env step %d; remedies: %s", f.name, self.env_step, "; ".join(f.remedies))
         self.writer.write(row)
+        self.recent_rows.append(row)
         if evaluated:
             plot_training_curves(
                 read_metrics(self.run_dir), self.run_dir / "training_curves.png",
