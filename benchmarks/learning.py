@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--baselines", action="store_true", help="add stable-baselines3 PPO and DQN on CartPole")
     args = parser.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     runs = [(env, seed, args.steps, out, 1 if args.jobs > 1 else None) for env in args.envs for seed in args.seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
