@@ -19,13 +19,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    trainer = Trainer(cfg, Path(args.run_dir), resume=args.resume)
+    trainer = Trainer(cfg, Path(args.run_dir), resume=args.resume, export=True)
     try:
         trainer.run()
     except KeyboardInterrupt:
         print(f"stopped at env step {trainer.env_step}; resume with --resume", file=sys.stderr)
         return 130
     print(f"done: env step {trainer.env_step}, last eval return {trainer.last_eval}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.export import export_run
+
+    print(export_run(Path(args.run_dir)))
     return 0
 
 
@@ -42,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
     train.set_defaults(func=cmd_train)
+
+    export = sub.add_parser("export", help="publish a new ONNX bundle version from the newest checkpoint")
+    export.add_argument("--run-dir", required=True)
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -11,7 +11,6 @@ import random
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -34,7 +33,7 @@ log = logging.getLogger("reverie.trainer")
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
-                 exporter: Callable[["Trainer"], object] | None = None):
+                 export: bool = False):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = latest_checkpoint(self.run_dir)
@@ -66,7 +65,7 @@ class Trainer:
         self.schedule = Schedule(cfg)
         self.writer = MetricsWriter(self.run_dir)
         self.averager = MetricAverager()
-        self.exporter = exporter
+        self.export = export  # publish ONNX bundles to RUN_DIR/export every `export_every` steps
 
         self.env_step = 0
         self.updates = 0
@@ -105,8 +104,8 @@ class Trainer:
                     self._log(evaluated)
                 if self.env_step % cfg.checkpoint_every == 0:
                     self.save()
-                if self.exporter is not None and self.env_step % cfg.export_every == 0:
-                    self.exporter(self)
+                if self.export and self.env_step % cfg.export_every == 0:
+                    self.publish_bundle()
                 bar.update(1)
                 bar.set_postfix(phase=self.phase.value, eval=self.last_eval, updates=self.updates, refresh=False)
         except KeyboardInterrupt:
@@ -184,6 +183,12 @@ class Trainer:
                 {"transition": self.schedule.warmup_end, "full": self.schedule.transition_end},
                 f"{self.cfg.env_id} seed {self.cfg.seed}",
             )
+
+    def publish_bundle(self) -> Path:
+        from .export import export_bundle  # the ONNX exporter loads only when a run exports
+
+        return export_bundle(self.agent, self.run_dir / "export", self.env_step, self.phase.value,
+                             self.last_eval, self.cfg.export_keep)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:

@@ -1,0 +1,141 @@
+"""The export bundle: the one contract between trainer and service (torch-free, defined once).
+
+    EXPORT_DIR/
+      v000001/  manifest.json  encoder.onnx  policy.onnx  value.onnx  world_model.onnx  decoder.onnx
+      v000002/  ...
+      LATEST    -> the name of the newest complete version (replaced atomically)
+
+A version is written under a temporary name and renamed into place, so a reader never sees a
+half-written bundle; the manifest carries a sha256 of every file so a reader can refuse a
+corrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FORMAT_VERSION = 1
+POINTER = "LATEST"
+VERSION_DIR = re.compile(r"^v(\d{6,})$")
+GRAPHS = ("encoder", "policy", "value", "world_model", "decoder")
+
+
+class GraphSpec(BaseModel):
+    file: str
+    inputs: list[str]
+    outputs: list[str]
+
+
+class ObservationSpace(BaseModel):
+    shape: list[int]
+    dtype: str = "float32"
+
+
+class ActionSpace(BaseModel):
+    kind: str = Field(pattern="^(discrete|box)$")
+    n: int | None = None  # discrete: number of actions
+    shape: list[int] | None = None  # box
+    low: list[float] | None = None
+    high: list[float] | None = None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    model_version: int
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    training_step: int
+    phase: str
+    env_id: str
+    observation_space: ObservationSpace
+    action_space: ActionSpace
+    state_size: int
+    gamma: float
+    lambda_: float
+    default_horizon: int
+    max_horizon: int
+    last_eval_return: float | None
+    graphs: dict[str, GraphSpec]
+    sha256: dict[str, str] = Field(default_factory=dict)
+
+
+class BundleError(Exception):
+    """A bundle that must not be served: missing files, bad manifest, checksum mismatch."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def versions(export_dir: Path) -> list[int]:
+    """Published version numbers, ascending."""
+    if not export_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in export_dir.iterdir() if p.is_dir() and (m := VERSION_DIR.match(p.name)))
+
+
+def version_dir(export_dir: Path, version: int) -> Path:
+    return export_dir / f"v{version:06d}"
+
+
+def publish(export_dir: Path, staging: Path, manifest: Manifest, keep: int) -> Path:
+    """Checksum the staged graphs, write the manifest, rename the folder into place, move the pointer.
+
+    `manifest.model_version` is overwritten with the next free version number.
+    """
+    export_dir.mkdir(parents=True, exist_ok=True)
+    manifest.model_version = (versions(export_dir) or [0])[-1] + 1
+    manifest.sha256 = {spec.file: sha256_of(staging / spec.file) for spec in manifest.graphs.values()}
+    (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    final = version_dir(export_dir, manifest.model_version)
+    os.replace(staging, final)
+    pointer_tmp = export_dir / f".{POINTER}.tmp"
+    pointer_tmp.write_text(final.name)
+    os.replace(pointer_tmp, export_dir / POINTER)
+    for old in versions(export_dir)[:-keep]:
+        shutil.rmtree(version_dir(export_dir, old), ignore_errors=True)
+    return final
+
+
+def load_manifest(bundle: Path) -> Manifest:
+    """The manifest of one bundle folder, with every file's checksum verified."""
+    try:
+        manifest = Manifest.model_validate_json((bundle / "manifest.json").read_text())
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{bundle}: unreadable manifest: {err}") from err
+    if manifest.format_version != FORMAT_VERSION:
+        raise BundleError(f"{bundle}: format version {manifest.format_version}, expected {FORMAT_VERSION}")
+    for spec in manifest.graphs.values():
+        path = bundle / spec.file
+        if not path.is_file():
+            raise BundleError(f"{bundle}: missing {spec.file}")
+        if sha256_of(path) != manifest.sha256.get(spec.file):
+            raise BundleError(f"{bundle}: checksum mismatch for {spec.file}")
+    return manifest
+
+
+def latest_bundle(path: Path) -> Path | None:
+    """PATH may be a run dir, its export folder or one bundle: the newest complete bundle there."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return path
+    export_dir = path / "export" if (path / "export").is_dir() else path
+    pointer = export_dir / POINTER
+    if pointer.is_file():
+        candidate = export_dir / pointer.read_text().strip()
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    found = versions(export_dir)
+    return version_dir(export_dir, found[-1]) if found else None

@@ -1,0 +1,127 @@
+"""ONNX export of the agent into a versioned bundle (format: `reverie/bundle.py`).
+
+Each graph takes and returns float32 tensors with a dynamic batch dimension. Sampling stays
+outside the graphs: the policy graph returns distribution parameters (logits, or mean and std
+of the pre-tanh Normal), and the runtime samples from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from reverie.bundle import ActionSpace, GraphSpec, Manifest, ObservationSpace, publish
+
+from .agent import Agent
+
+log = logging.getLogger("reverie.export")
+MAX_HORIZON = 64
+
+
+class _Encoder(nn.Module):
+    def __init__(self, agent: Agent):
+        super().__init__()
+        self.wm = agent.world_model
+
+    def forward(self, obs):
+        return self.wm.encode(obs)
+
+
+class _Policy(nn.Module):
+    def __init__(self, agent: Agent):
+        super().__init__()
+        self.policy = agent.policy
+
+    def forward(self, state):
+        return self.policy.params(state)
+
+
+class _WorldModelStep(nn.Module):
+    def __init__(self, agent: Agent):
+        super().__init__()
+        self.wm = agent.world_model
+
+    def forward(self, state, action):
+        next_state = self.wm.dynamics(state, action).mean
+        return next_state, self.wm.reward.mean(state, action), self.wm.continue_(next_state).probs
+
+
+class _Decoder(nn.Module):
+    def __init__(self, agent: Agent):
+        super().__init__()
+        self.wm = agent.world_model
+
+    def forward(self, state):
+        return self.wm.decode(state)
+
+
+def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], GraphSpec]]:
+    """name -> (module, example inputs, spec): the five graphs of the bundle."""
+    space, cfg = agent.space, agent.cfg
+    state = torch.zeros(2, cfg.state_dim)
+    action = torch.zeros(2, space.action_dim)
+    policy_out = ["logits"] if space.discrete else ["mean", "std"]
+    return {
+        "encoder": (_Encoder(agent), (torch.zeros(2, *space.obs_shape),), GraphSpec(file="encoder.onnx", inputs=["obs"], outputs=["state"])),
+        "policy": (_Policy(agent), (state,), GraphSpec(file="policy.onnx", inputs=["state"], outputs=policy_out)),
+        "value": (agent.value, (state,), GraphSpec(file="value.onnx", inputs=["state"], outputs=["value"])),
+        "world_model": (_WorldModelStep(agent), (state, action),
+                        GraphSpec(file="world_model.onnx", inputs=["state", "action"], outputs=["next_state", "reward", "continue"])),
+        "decoder": (_Decoder(agent), (state,), GraphSpec(file="decoder.onnx", inputs=["state"], outputs=["obs"])),
+    }
+
+
+def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path) -> None:
+    dynamic = {name: {0: "batch"} for name in spec.inputs + spec.outputs}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), inputs, str(path), input_names=spec.inputs, output_names=spec.outputs,
+                          dynamic_axes=dynamic, dynamo=True, verbose=False)
+
+
+def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str, last_eval: float | None, keep: int) -> Path:
+    """Write every graph into a staging folder inside `export_dir`, then publish it atomically."""
+    export_dir = Path(export_dir)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=export_dir))
+    specs = graph_specs(agent)
+    for module, inputs, spec in specs.values():
+        export_graph(module, inputs, spec, staging / spec.file)
+    space, cfg = agent.space, agent.cfg
+    action_space = (ActionSpace(kind="discrete", n=space.action_dim) if space.discrete else
+                    ActionSpace(kind="box", shape=[space.action_dim], low=space.action_low.tolist(), high=space.action_high.tolist()))
+    manifest = Manifest(
+        model_version=0, training_step=training_step, phase=phase, env_id=cfg.env_id,
+        observation_space=ObservationSpace(shape=list(space.obs_shape), dtype="uint8" if space.is_image else "float32"),
+        action_space=action_space, state_size=cfg.state_dim, gamma=cfg.gamma, lambda_=cfg.lambda_,
+        default_horizon=cfg.horizon, max_horizon=MAX_HORIZON, last_eval_return=last_eval,
+        graphs={name: spec for name, (_, _, spec) in specs.items()},
+    )
+    final = publish(export_dir, staging, manifest, keep)
+    log.info("exported %s (env step %d)", final, training_step)
+    return final
+
+
+def export_run(run_dir: Path) -> Path:
+    """`reverie export`: publish a bundle from the newest checkpoint of a run directory."""
+    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .config import Config
+    from .envs import make_env, space_info
+    from .schedule import Schedule
+
+    run_dir = Path(run_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
+    cfg = Config.model_validate_json((run_dir / "config.json").read_text())
+    state = load_checkpoint(checkpoint)
+    agent = Agent(cfg, space_info(make_env(cfg.env_id)))
+    agent.load_state_dict(state["agent"])
+    step = state["position"]["env_step"]
+    return export_bundle(agent, run_dir / "export", step, Schedule(cfg).phase(step).value,
+                         state["position"]["last_eval"], cfg.export_keep)
