@@ -110,10 +110,11 @@ def test_resumed_run_continues_without_warmup_or_update_burst(stopped_copy):
 
 def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path):
     """Ctrl-C / SIGTERM (a KeyboardInterrupt) between checkpoints still leaves a checkpoint at the exact step."""
-    def interrupt(trainer):
+    def interrupt():
         raise KeyboardInterrupt
 
-    trainer = Trainer(tiny(END, export_every=150), tmp_path, exporter=interrupt)
+    trainer = Trainer(tiny(END, export_every=150), tmp_path, export=True)
+    trainer.publish_bundle = interrupt  # the signal arrives at step 150, between two checkpoints
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     assert trainer.env_step == 150
