@@ -47,8 +47,7 @@ class _WorldModelStep(nn.Module):
         self.wm = agent.world_model
 
     def forward(self, state, action):
-        next_state = self.wm.dynamics(state, action).mean
-        return next_state, self.wm.reward.mean(state, action), self.wm.continue_(next_state).probs
+        return self.wm.step(state, action)
 
 
 class _Decoder(nn.Module):
