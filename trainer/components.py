@@ -276,9 +276,6 @@ class ActionDistribution:
             return self.dist.probs.argmax(-1)
         return torch.tanh(self.dist.mean)
 
-    def entropy(self) -> torch.Tensor:
-        return self.dist.entropy() if self.discrete else self.dist.entropy().sum(-1)
-
 
 class ValueFunction(nn.Module):
     """state -> value (the raw output is in symlog space when configured)."""

@@ -23,22 +23,16 @@ log = logging.getLogger("reverie.export")
 MAX_HORIZON = 64
 
 
-class _Encoder(nn.Module):
-    def __init__(self, agent: Agent):
+class _OneInput(nn.Module):
+    """A one-input function of the agent (encode, policy parameters, decode) as an exportable module."""
+
+    def __init__(self, agent: Agent, fn):
         super().__init__()
-        self.wm = agent.world_model
+        self.agent = agent  # registers the parameters the function uses
+        self.fn = fn
 
-    def forward(self, obs):
-        return self.wm.encode(obs)
-
-
-class _Policy(nn.Module):
-    def __init__(self, agent: Agent):
-        super().__init__()
-        self.policy = agent.policy
-
-    def forward(self, state):
-        return self.policy.params(state)
+    def forward(self, x):
+        return self.fn(x)
 
 
 class _WorldModelStep(nn.Module):
@@ -50,15 +44,6 @@ class _WorldModelStep(nn.Module):
         return self.wm.step(state, action)
 
 
-class _Decoder(nn.Module):
-    def __init__(self, agent: Agent):
-        super().__init__()
-        self.wm = agent.world_model
-
-    def forward(self, state):
-        return self.wm.decode(state)
-
-
 def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], GraphSpec]]:
     """name -> (module, example inputs, spec): the five graphs of the bundle."""
     space, cfg = agent.space, agent.cfg
@@ -66,12 +51,12 @@ def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, 
     action = torch.zeros(2, space.action_dim)
     policy_out = ["logits"] if space.discrete else ["mean", "std"]
     return {
-        "encoder": (_Encoder(agent), (torch.zeros(2, *space.obs_shape),), GraphSpec(file="encoder.onnx", inputs=["obs"], outputs=["state"])),
-        "policy": (_Policy(agent), (state,), GraphSpec(file="policy.onnx", inputs=["state"], outputs=policy_out)),
+        "encoder": (_OneInput(agent, agent.world_model.encode), (torch.zeros(2, *space.obs_shape),), GraphSpec(file="encoder.onnx", inputs=["obs"], outputs=["state"])),
+        "policy": (_OneInput(agent, agent.policy.params), (state,), GraphSpec(file="policy.onnx", inputs=["state"], outputs=policy_out)),
         "value": (agent.value, (state,), GraphSpec(file="value.onnx", inputs=["state"], outputs=["value"])),
         "world_model": (_WorldModelStep(agent), (state, action),
                         GraphSpec(file="world_model.onnx", inputs=["state", "action"], outputs=["next_state", "reward", "continue"])),
-        "decoder": (_Decoder(agent), (state,), GraphSpec(file="decoder.onnx", inputs=["state"], outputs=["obs"])),
+        "decoder": (_OneInput(agent, agent.world_model.decode), (state,), GraphSpec(file="decoder.onnx", inputs=["state"], outputs=["obs"])),
     }
 
 
