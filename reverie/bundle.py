@@ -63,6 +63,8 @@ class Manifest(BaseModel):
     default_horizon: int
     max_horizon: int
     last_eval_return: float | None
+    seed: int = 0  # the run's seed and eval episodes: `reverie eval` replays the trainer's own evaluation
+    eval_episodes: int = 10
     graphs: dict[str, GraphSpec]
     sha256: dict[str, str] = Field(default_factory=dict)
 

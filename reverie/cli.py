@@ -8,8 +8,13 @@ import signal
 import sys
 from pathlib import Path
 
+from reverie.bundle import BundleError
+
 
 def _sigterm_as_interrupt(*_):
+    """SIGTERM behaves like Ctrl-C; a second signal while the checkpoint is written is ignored."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -19,6 +24,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGINT, _sigterm_as_interrupt)
     trainer = Trainer(cfg, Path(args.run_dir), resume=args.resume, export=True)
     try:
         trainer.run()
@@ -34,6 +40,67 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     print(export_run(Path(args.run_dir)))
     return 0
+
+
+def _settings(args: argparse.Namespace, models: Path):
+    from service.settings import ServiceSettings
+
+    return ServiceSettings(models=models, host=args.host, port=args.port, grpc_port=args.grpc_port)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+
+    models = Path(args.models)
+    if not models.exists():
+        raise FileNotFoundError(f"--models {models} does not exist (a run dir, its export folder, or a bundle)")
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        serve(_settings(args, models))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .up import up
+
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    train_args = (["--env", args.env] if args.env else []) + (["--preset", args.preset] if args.preset else [])
+    train_args += [arg for item in args.set for arg in ("--set", item)]
+    return up(Path(args.run_dir), train_args, _settings(args, Path(args.run_dir)))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from reverie.bundle import latest_bundle
+    from reverie.evaluation import evaluate_policy
+    from service.runtime import Runtime
+
+    bundle = latest_bundle(Path(args.bundle))
+    if bundle is None:
+        raise FileNotFoundError(f"no bundle under {args.bundle}")
+    runtime = Runtime.load(bundle)
+    manifest = runtime.manifest
+    env_id = args.env or manifest.env_id
+    episodes = args.episodes or manifest.eval_episodes
+    seed = manifest.seed if args.seed is None else args.seed
+
+    def act(obs):
+        action = runtime.act(np.asarray(obs, np.float32)[None], deterministic=True, seed=None).actions[0]
+        return action if runtime.discrete else np.asarray(action, np.float32)
+
+    returns = evaluate_policy(act, env_id, episodes, seed)
+    print(f"{env_id}: model version {runtime.version} (env step {manifest.training_step}), "
+          f"{episodes} episodes, mean return {np.mean(returns):.2f} (min {np.min(returns):.1f}, max {np.max(returns):.1f})")
+    return 0
+
+
+def _server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="REST port")
+    parser.add_argument("--grpc-port", type=int, default=50051, help="gRPC port")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="publish a new ONNX bundle version from the newest checkpoint")
     export.add_argument("--run-dir", required=True)
     export.set_defaults(func=cmd_export)
+
+    serve = sub.add_parser("serve", help="serve the newest bundle over REST and gRPC, following new ones")
+    serve.add_argument("--models", required=True, help="a run dir, its export folder, or one bundle")
+    _server_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    up = sub.add_parser("up", help="the main job: train in the background and serve what it exports")
+    up.add_argument("--run-dir", default="runs/default")
+    up.add_argument("--env", default=None, help="gymnasium env id (default CartPole-v1)")
+    up.add_argument("--preset", default=None, help="trainer preset (see reverie train)")
+    up.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="trainer config override")
+    _server_flags(up)
+    up.set_defaults(func=cmd_up)
+
+    evaluate = sub.add_parser("eval", help="play a bundle through onnxruntime in the real env")
+    evaluate.add_argument("--bundle", required=True, help="a bundle, an export folder or a run dir (newest bundle)")
+    evaluate.add_argument("--env", default=None, help="default: the bundle's env")
+    evaluate.add_argument("--episodes", type=int, default=None, help="default: the trainer's eval episodes")
+    evaluate.add_argument("--seed", type=int, default=None, help="default: the run's seed (the trainer's eval episodes)")
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -61,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, BundleError) as err:
         print(f"reverie {args.command}: {err}", file=sys.stderr)
         return 2
 

@@ -87,15 +87,15 @@ def test_versions_increase_pointer_moves_and_old_ones_are_pruned(tmp_path):
 
 
 def test_training_publishes_bundles_and_reverie_export_adds_one(tmp_path):
-    """`reverie train` exports every export_every steps; `reverie export` publishes the newest checkpoint."""
+    """`reverie train` exports at once, every export_every steps and at the end; `reverie export` adds one."""
     from reverie.cli import main
 
     args = ["train", "--run-dir", str(tmp_path), "--preset", "smoke", "--steps", "200", "--set", "threads=1"]
     assert main(args) == 0
     export_dir = tmp_path / "export"
-    assert versions(export_dir) == [1, 2]  # smoke exports every 100 steps
-    assert load_manifest(latest_bundle(tmp_path)).training_step == 200
+    assert versions(export_dir) == [1, 2, 3]  # at step 0, then every 100 steps (smoke)
+    assert [load_manifest(export_dir / f"v00000{v}").training_step for v in (1, 2, 3)] == [0, 100, 200]
     assert main(["export", "--run-dir", str(tmp_path)]) == 0
     newest = load_manifest(latest_bundle(tmp_path))
-    assert newest.model_version == 3 and newest.training_step == 200
+    assert newest.model_version == 4 and newest.training_step == 200
     assert main(["export", "--run-dir", str(tmp_path / "missing")]) == 2

@@ -111,10 +111,11 @@ def test_resumed_run_continues_without_warmup_or_update_burst(stopped_copy):
 def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path):
     """Ctrl-C / SIGTERM (a KeyboardInterrupt) between checkpoints still leaves a checkpoint at the exact step."""
     def interrupt():
-        raise KeyboardInterrupt
+        if trainer.env_step == 150:  # the signal arrives at step 150, between two checkpoints
+            raise KeyboardInterrupt
 
     trainer = Trainer(tiny(END, export_every=150), tmp_path, export=True)
-    trainer.publish_bundle = interrupt  # the signal arrives at step 150, between two checkpoints
+    trainer.publish_bundle = interrupt
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     assert trainer.env_step == 150

@@ -84,9 +84,10 @@ class Config(BaseModel):
     log_every: int = Field(250, ge=1)
     eval_every: int = Field(500, ge=1)
     eval_episodes: int = Field(10, ge=1)
+    target_return: float | None = Field(None, description="stop once an evaluation reaches this return")
     checkpoint_every: int = Field(2500, ge=1)
     checkpoint_replay: bool = True
-    export_every: int = Field(2500, ge=1)
+    export_every: int = Field(1000, ge=1)
     export_keep: int = Field(5, ge=1)
     diagnostics_window: int = Field(8, ge=3)
 

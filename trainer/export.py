@@ -61,6 +61,7 @@ def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, 
 
 
 def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path) -> None:
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision is not installed"
     dynamic = {name: {0: "batch"} for name in spec.inputs + spec.outputs}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -84,6 +85,7 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
         observation_space=ObservationSpace(shape=list(space.obs_shape), dtype="uint8" if space.is_image else "float32"),
         action_space=action_space, state_size=cfg.state_dim, gamma=cfg.gamma, lambda_=cfg.lambda_,
         default_horizon=cfg.horizon, max_horizon=MAX_HORIZON, last_eval_return=last_eval,
+        seed=cfg.seed, eval_episodes=cfg.eval_episodes,
         graphs={name: spec for name, (_, _, spec) in specs.items()},
     )
     final = publish(export_dir, staging, manifest, keep)

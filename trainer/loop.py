@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from reverie.bundle import versions
 from reverie.evaluation import evaluate_policy
 
 from .agent import Agent
@@ -93,6 +94,8 @@ class Trainer:
         self.started = time.perf_counter()
         bar = tqdm(total=cfg.total_steps, initial=self.env_step, unit="step", dynamic_ncols=True,
                    desc=cfg.env_id, mininterval=1.0)
+        if self.export and not versions(self.run_dir / "export"):
+            self.publish_bundle()  # something to serve from the first second (`reverie up`)
         try:
             while self.env_step < cfg.total_steps:
                 self._env_step()
@@ -108,6 +111,10 @@ class Trainer:
                     self.publish_bundle()
                 bar.update(1)
                 bar.set_postfix(phase=self.phase.value, eval=self.last_eval, updates=self.updates, refresh=False)
+                if evaluated and cfg.target_return is not None and self.last_eval >= cfg.target_return:
+                    log.info("eval return %.1f reached target_return %.1f at env step %d: stopping",
+                             self.last_eval, cfg.target_return, self.env_step)
+                    break
         except KeyboardInterrupt:
             log.info("interrupted at env step %d; saving a checkpoint", self.env_step)
             self.save()
@@ -117,6 +124,8 @@ class Trainer:
             self.writer.close()
         if self.env_step % cfg.checkpoint_every != 0:
             self.save()
+        if self.export and self.env_step % cfg.export_every != 0:
+            self.publish_bundle()  # the final weights, with the eval that scored them
 
     def _reset_env(self) -> tuple[np.ndarray, float]:
         obs, _ = self.env.reset(seed=self.cfg.seed * 100_003 + self.episodes)

@@ -1,0 +1,137 @@
+"""A small typed REST client for the Reverie service (httpx; no torch, no onnxruntime).
+
+    client = RestClient("http://127.0.0.1:8000")
+    step = client.act(obs, deterministic=True)      # step.action is ready for env.step
+    plan = client.imagine(obs, horizon=15, samples=4)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import httpx
+import numpy as np
+
+
+class ApiError(Exception):
+    """A 4xx/5xx answer: `status`, the server's `detail`, and the `field` it names."""
+
+    def __init__(self, status: int, detail: str, field: str | None):
+        super().__init__(f"{status} {field + ': ' if field else ''}{detail}")
+        self.status, self.detail, self.field = status, detail, field
+
+
+@dataclass
+class Action:
+    action: Any  # int for Discrete, list of floats for Box: what env.step takes
+    value: float
+    model_version: int
+    probs: list[float] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class Trajectory:
+    states: np.ndarray
+    actions: list
+    rewards: np.ndarray
+    continues: np.ndarray
+    values: np.ndarray
+    lambda_return: np.ndarray
+
+
+@dataclass
+class Imagination:
+    model_version: int
+    horizon: int
+    trajectories: list[Trajectory] = field(default_factory=list)
+
+
+def _listed(obs) -> list:
+    return np.asarray(obs, dtype=np.float64).tolist() if isinstance(obs, np.ndarray) else list(obs)
+
+
+class RestClient:
+    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 10.0):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "RestClient":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"detail": response.text}
+            raise ApiError(response.status_code, str(body.get("detail")), body.get("field"))
+        return response
+
+    # ------------------------------------------------------------------ agent
+    def act(self, obs, deterministic: bool = False, seed: int | None = None) -> Action:
+        body = {"obs": _listed(obs), "deterministic": deterministic, "seed": seed}
+        return Action(**self._call("POST", "/act", json=body).json())
+
+    def act_batch(self, observations: Sequence, deterministic: bool = False, seed: int | None = None) -> list[Action]:
+        body = {"observations": [_listed(o) for o in observations], "deterministic": deterministic, "seed": seed}
+        answer = self._call("POST", "/act", json=body).json()
+        params = {k: answer[k] for k in ("probs", "mean", "std") if k in answer}
+        return [Action(a, v, answer["model_version"], **{k: p[i] for k, p in params.items()})
+                for i, (a, v) in enumerate(zip(answer["actions"], answer["values"]))]
+
+    def value(self, obs) -> tuple[float, int]:
+        answer = self._call("POST", "/value", json={"obs": _listed(obs)}).json()
+        return answer["value"], answer["model_version"]
+
+    def values(self, observations: Sequence) -> tuple[list[float], int]:
+        answer = self._call("POST", "/value", json={"observations": [_listed(o) for o in observations]}).json()
+        return answer["values"], answer["model_version"]
+
+    def _imagine_body(self, obs, horizon, samples, deterministic, seed, actions, fmt) -> dict:
+        body = {"obs": _listed(obs), "samples": samples, "deterministic": deterministic, "format": fmt}
+        optional = {"horizon": horizon, "seed": seed, "actions": actions}
+        return body | {k: v for k, v in optional.items() if v is not None}
+
+    def imagine(self, obs, horizon: int | None = None, samples: int = 1, deterministic: bool = False,
+                seed: int | None = None, actions: list | None = None) -> Imagination:
+        """Imagined rollouts of the policy, or of an `actions` plan, from one observation."""
+        body = self._imagine_body(obs, horizon, samples, deterministic, seed, actions, "json")
+        answer = self._call("POST", "/imagine", json=body).json()
+        trajectories = [Trajectory(np.asarray(t["states"]), t["actions"], np.asarray(t["rewards"]),
+                                   np.asarray(t["continues"]), np.asarray(t["values"]), np.asarray(t["lambda_return"]))
+                        for t in answer["trajectories"]]
+        return Imagination(answer["model_version"], answer["horizon"], trajectories)
+
+    def preview_png(self, obs, horizon: int | None = None, samples: int = 4, seed: int | None = None,
+                    actions: list | None = None) -> bytes:
+        """The PNG a person looks at to judge a plan."""
+        body = self._imagine_body(obs, horizon, samples, False, seed, actions, "png")
+        return self._call("POST", "/imagine", json=body).content
+
+    # ------------------------------------------------------------------ status
+    def model(self) -> dict:
+        return self._call("GET", "/model").json()
+
+    def ready(self) -> bool:
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.http.base_url} not ready after {timeout:.0f} s")
+            time.sleep(0.2)

@@ -1,0 +1,306 @@
+"""The REST front end: FastAPI over the shared runtime.
+
+Every answer comes from one runtime taken from the store at the start of the request and names
+its `model_version`. Bad input is a 4xx whose JSON body names the field and never echoes the
+value; a 5xx means a bug, never a client's mistake.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any, Literal
+
+import anyio
+import orjson
+from fastapi import Depends, FastAPI, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+import reverie
+
+from . import inputs, preview
+from .guard import Guard
+from .inputs import InputError
+from .metrics import ServiceMetrics
+from .runtime import Runtime
+from .settings import ServiceSettings
+from .status import run_dir_of, training_status
+from .store import ModelStore, NotReady
+
+log = logging.getLogger("reverie.service")
+SEED_MAX = 2**63 - 1
+
+Observation = list[Any]  # nested lists of numbers; the shape comes from the served manifest
+Action = int | list[float]  # env form: an index for Discrete, a vector for Box
+PlanAction = Any  # checked against the served action space by inputs.plan, which names the bad element
+
+
+# ---------------------------------------------------------------------------- request / response
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ObservationRequest(Strict):
+    obs: Observation | None = Field(None, description="one observation")
+    observations: list[Observation] | None = Field(None, description="a batch of observations")
+
+
+class ActRequest(ObservationRequest):
+    deterministic: bool = Field(False, description="the most likely action instead of a sample")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="makes a sampled action reproducible")
+
+
+class ImagineRequest(Strict):
+    obs: Observation = Field(description="the observation to imagine from")
+    horizon: int | None = Field(None, ge=1, description="steps to imagine (default: the manifest's); the plan's length when `actions` is given")
+    samples: int = Field(1, ge=1, description="trajectories, batched through the graphs together")
+    deterministic: bool = False
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    actions: list[PlanAction] | None = Field(None, description="an action plan to evaluate instead of the policy")
+    format: Literal["json", "png"] = "json"
+
+
+class ActResponse(BaseModel):
+    action: Action
+    value: float
+    model_version: int
+    probs: list[float] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+class ActBatchResponse(BaseModel):
+    actions: list[Action]
+    values: list[float]
+    model_version: int
+    probs: list[list[float]] | None = None
+    mean: list[list[float]] | None = None
+    std: list[list[float]] | None = None
+
+
+class ValueResponse(BaseModel):
+    value: float
+    model_version: int
+
+
+class ValueBatchResponse(BaseModel):
+    values: list[float]
+    model_version: int
+
+
+class Trajectory(BaseModel):
+    states: list[list[float]]
+    actions: list[Action]
+    rewards: list[float]
+    continues: list[float]
+    values: list[float]
+    lambda_return: list[float]
+
+
+class ImagineResponse(BaseModel):
+    model_version: int
+    horizon: int
+    trajectories: list[Trajectory]
+
+
+class Error(BaseModel):
+    detail: str
+    field: str | None = None
+
+
+ERRORS = {code: {"model": Error} for code in (401, 413, 422, 503)}
+PNG = {200: {"content": {"application/json": {}, "image/png": {}}, "description": "JSON trajectories, or the PNG preview"}}
+
+
+class FieldError(HTTPException):
+    def __init__(self, status: int, field: str, detail: str, headers: dict | None = None):
+        super().__init__(status, detail, headers)
+        self.field = field
+
+
+# ---------------------------------------------------------------------------- helpers
+def json_response(payload: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, "application/json")
+
+
+def error_response(status: int, detail: str, field: str | None, headers: dict | None = None) -> Response:
+    return json_response({"detail": detail, "field": field}, status, headers)
+
+
+def field_name(loc: tuple) -> str:
+    """('body', 'observations', 3, 1) -> 'observations[3][1]'."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    name = ""
+    for p in parts:
+        name += f"[{p}]" if isinstance(p, int) else (f".{p}" if name else str(p))
+    return name or str(loc[0] if loc else "body")
+
+
+def observations_of(request: ObservationRequest, runtime: Runtime, max_batch: int):
+    """(float32 batch, batched?) from whichever of `obs` / `observations` the request gave."""
+    if (request.obs is None) == (request.observations is None):
+        raise InputError("obs", "give exactly one of `obs` (one observation) or `observations` (a batch)")
+    space = runtime.manifest.observation_space
+    if request.obs is not None:
+        return inputs.observation_batch(request.obs, space, "obs", batched=False), False
+    if len(request.observations) > max_batch:
+        raise InputError("observations", f"at most {max_batch} observations per request")
+    return inputs.observation_batch(request.observations, space, "observations", batched=True), True
+
+
+def parse_csv_observation(text: str) -> list[float]:
+    values = []
+    for i, item in enumerate(text.split(",")):
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise InputError(f"obs[{i}]", "expected a number") from None
+    return values
+
+
+# ---------------------------------------------------------------------------- the app
+def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
+    app = FastAPI(title="Reverie", version=reverie.__version__,
+                  description="A world-model agent: actions, values and imagined rollouts from the newest exported bundle.")
+    metrics = ServiceMetrics(store)
+    bearer = HTTPBearer(auto_error=False, description="set when the server has REVERIE_API_TOKEN")
+
+    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if settings.api_token is None:
+            return
+        given = credentials.credentials.encode() if credentials else b""
+        if not hmac.compare_digest(given, settings.api_token.encode()):
+            raise FieldError(401, "Authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorized)]
+
+    # -------------------------------------------------------------- errors
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_, exc: RequestValidationError):
+        first = exc.errors()[0]  # its `input` may be a NaN or a megabyte: never echoed
+        loc, kind = tuple(first.get("loc", ())), first.get("type")
+        if kind == "json_invalid":
+            return error_response(422, f"invalid JSON at character {loc[-1]}", "body")
+        if loc == ("body",) and kind in ("model_attributes_type", "dict_type"):
+            return error_response(422, "expected a JSON object (Content-Type: application/json)", "body")
+        return error_response(422, first.get("msg", "invalid"), field_name(loc))
+
+    @app.exception_handler(InputError)
+    async def _bad_input(_, exc: InputError):
+        return error_response(422, exc.message, exc.field)
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(_, exc: NotReady):
+        return error_response(503, str(exc), None, {"Retry-After": "1"})
+
+    @app.exception_handler(HTTPException)
+    async def _http(_, exc: HTTPException):
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "field", None), exc.headers)
+
+    # -------------------------------------------------------------- agent
+    @app.post("/act", response_model=ActResponse | ActBatchResponse, dependencies=guarded, responses=ERRORS)
+    async def act(request: ActRequest):
+        """An action for one observation (`obs`) or for each of a batch (`observations`)."""
+        runtime = store.require()
+        obs, batched = observations_of(request, runtime, settings.max_batch)
+        result = runtime.act(obs, request.deterministic, request.seed)
+        params = {k: v for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
+        if batched:
+            return json_response({"actions": result.actions, "values": result.values,
+                                  "model_version": runtime.version, **params})
+        return json_response({"action": result.actions[0], "value": float(result.values[0]),
+                              "model_version": runtime.version, **{k: v[0] for k, v in params.items()}})
+
+    @app.post("/value", response_model=ValueResponse | ValueBatchResponse, dependencies=guarded, responses=ERRORS)
+    async def value(request: ObservationRequest):
+        """The critic's value of one observation or of each of a batch."""
+        runtime = store.require()
+        obs, batched = observations_of(request, runtime, settings.max_batch)
+        values = runtime.value(obs)
+        if batched:
+            return json_response({"values": values, "model_version": runtime.version})
+        return json_response({"value": float(values[0]), "model_version": runtime.version})
+
+    async def imagine(runtime: Runtime, obs, horizon, samples, deterministic, seed, actions, fmt) -> Response:
+        manifest = runtime.manifest
+        inputs.check_range("samples", samples, 1, settings.max_samples)
+        plan = None
+        if actions is not None:
+            plan = inputs.plan(actions, manifest.action_space)
+            if horizon is not None and horizon != len(plan):
+                raise InputError("horizon", f"disagrees with the plan: `actions` holds {len(plan)} steps")
+            horizon = len(plan)
+            inputs.check_range("actions", horizon, 1, manifest.max_horizon)
+        horizon = inputs.check_range("horizon", horizon if horizon is not None else manifest.default_horizon,
+                                     1, manifest.max_horizon)
+        batch = inputs.observation_batch(obs, manifest.observation_space, "obs", batched=False)
+        result = runtime.imagine(batch, horizon, samples, deterministic, seed, plan)
+        if fmt == "png":
+            png = await anyio.to_thread.run_sync(preview.render, runtime, result)
+            return Response(png, media_type="image/png", headers={"X-Model-Version": str(runtime.version)})
+        trajectories = [{"states": result.states[i], "actions": result.actions[i], "rewards": result.rewards[i],
+                         "continues": result.continues[i], "values": result.values[i],
+                         "lambda_return": result.lambda_return[i]} for i in range(samples)]
+        return json_response({"model_version": runtime.version, "horizon": horizon, "trajectories": trajectories})
+
+    @app.get("/imagine", response_model=ImagineResponse, dependencies=guarded, responses={**ERRORS, **PNG})
+    async def imagine_get(
+        obs: str = Query(description="one vector observation, comma-separated"),
+        horizon: int | None = Query(None, ge=1),
+        samples: int = Query(1, ge=1),
+        deterministic: bool = False,
+        seed: int | None = Query(None, ge=0, le=SEED_MAX),
+        format: Literal["json", "png"] = "json",
+    ):
+        """Imagined rollouts of the policy through the world model (`format=png`: the preview picture)."""
+        runtime = store.require()
+        if len(runtime.manifest.observation_space.shape) != 1:
+            raise InputError("obs", "GET takes vector observations; POST /imagine takes any observation")
+        return await imagine(runtime, parse_csv_observation(obs), horizon, samples, deterministic, seed, None, format)
+
+    @app.post("/imagine", response_model=ImagineResponse, dependencies=guarded, responses={**ERRORS, **PNG})
+    async def imagine_post(request: ImagineRequest):
+        """Imagined rollouts of the policy, or of the client's `actions` plan, through the world model."""
+        runtime = store.require()
+        return await imagine(runtime, request.obs, request.horizon, request.samples, request.deterministic,
+                             request.seed, request.actions, request.format)
+
+    # -------------------------------------------------------------- status
+    @app.get("/model", dependencies=guarded, responses=ERRORS)
+    async def model():
+        """The served bundle's manifest, when it was loaded, and the run's training progress."""
+        runtime = store.require()
+        return json_response({
+            "model_version": runtime.version,
+            "bundle": str(runtime.bundle),
+            "loaded_at": store.loaded_at,
+            "reloads": store.reloads,
+            "refused": [{"bundle": str(b), "reason": reason} for b, (_, reason) in store.refused.items()],
+            "manifest": runtime.manifest.model_dump(),
+            "training": training_status(run_dir_of(settings.models)),  # looked up each time: `up` starts before the run
+        })
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": Error}})
+    async def readyz():
+        runtime = store.current
+        if runtime is None:
+            return error_response(503, f"no bundle loaded yet from {settings.models}", None, {"Retry-After": "1"})
+        return json_response({"status": "ready", "model_version": runtime.version})
+
+    @app.get("/metrics", dependencies=guarded, responses=ERRORS)
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    endpoints = {route.path for route in app.routes}
+    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, metrics=metrics, endpoints=endpoints)
+    app.state.store, app.state.metrics, app.state.settings = store, metrics, settings
+    return app

@@ -1,0 +1,114 @@
+"""Checks on client input, shared by every front end: each failure names the field it is about.
+
+JSON arrives as nested lists; a boolean or a string is not a number, NaN and infinity are not
+observations, and a value that overflows float32 would silently become infinity in the graph.
+Messages never echo the offending value back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reverie.bundle import ActionSpace, ObservationSpace
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class InputError(ValueError):
+    """Bad client input: `field` names where (e.g. `observations[3][1]`), `message` says what."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _index(field: str, index: tuple[int, ...]) -> str:
+    return field + "".join(f"[{i}]" for i in index)
+
+
+def _numbers(value, shape: tuple[int, ...], field: str, path: tuple[int, ...] = ()) -> None:
+    """Check that `value` is nested lists of exactly `shape` holding only ints and floats."""
+    if not isinstance(value, (list, tuple)):
+        raise InputError(_index(field, path), f"expected an array of shape {list(shape)}")
+    if len(value) != shape[0]:
+        raise InputError(_index(field, path), f"expected {shape[0]} elements, got {len(value)}")
+    if len(shape) == 1:
+        for i, x in enumerate(value):
+            if type(x) is not float and type(x) is not int:  # bool is a subclass of int: excluded here
+                kind = "a boolean" if isinstance(x, bool) else "a string" if isinstance(x, str) else type(x).__name__
+                raise InputError(_index(field, path + (i,)), f"expected a number, got {kind}")
+        return
+    for i, item in enumerate(value):
+        _numbers(item, shape[1:], field, path + (i,))
+
+
+def check_finite(array: np.ndarray, field: str, batch_offset: int = 0) -> np.ndarray:
+    """float64 array -> float32 array, refusing NaN, infinity and values beyond float32's range."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(_index(field, where), "must be a finite number (NaN and infinity are not allowed)")
+    over = np.abs(array) > FLOAT32_MAX
+    if over.any():
+        where = tuple(int(i) for i in np.argwhere(over)[0])
+        raise InputError(_index(field, where), "overflows float32")
+    return array.astype(np.float32)
+
+
+def observation_batch(value, space: ObservationSpace, field: str, batched: bool) -> np.ndarray:
+    """JSON: one observation (or a non-empty list of them when `batched`) -> float32 batch [B, *shape]."""
+    shape = tuple(space.shape)
+    if not batched:
+        _numbers(value, shape, field)
+        return _within_space(np.asarray(value, dtype=np.float64), space, field)[None]
+    if not isinstance(value, (list, tuple)) or len(value) == 0:
+        raise InputError(field, "expected a non-empty list of observations")
+    for i, item in enumerate(value):
+        _numbers(item, shape, f"{field}[{i}]")
+    return _within_space(np.asarray(value, dtype=np.float64), space, field)
+
+
+def check_observation_array(array: np.ndarray, space: ObservationSpace, field: str) -> np.ndarray:
+    """An already-decoded batch (raw tensor bytes over gRPC) checked against the space."""
+    if array.ndim != len(space.shape) + 1 or tuple(array.shape[1:]) != tuple(space.shape):
+        raise InputError(field, f"expected shape [batch, {', '.join(map(str, space.shape))}], got {list(array.shape)}")
+    if array.shape[0] == 0:
+        raise InputError(field, "empty batch")
+    return _within_space(array.astype(np.float64, copy=False), space, field)
+
+
+def _within_space(array: np.ndarray, space: ObservationSpace, field: str) -> np.ndarray:
+    array = check_finite(array, field)
+    if space.dtype == "uint8" and ((array < 0).any() or (array > 255).any()):
+        raise InputError(field, "image observations hold values in [0, 255]")
+    return array
+
+
+def check_range(field: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise InputError(field, f"must be between {low} and {high}")
+    return value
+
+
+def plan(value, space: ActionSpace, field: str = "actions") -> np.ndarray:
+    """A client's action plan in env form -> agent actions [H] (indices) or [H, dim] in [-1, 1]."""
+    if not isinstance(value, (list, tuple)) or len(value) == 0:
+        raise InputError(field, "expected a non-empty list of actions")
+    if space.kind == "discrete":
+        for i, a in enumerate(value):
+            if type(a) is not int:
+                raise InputError(f"{field}[{i}]", f"expected an integer action in [0, {space.n - 1}]")
+            if not 0 <= a < space.n:
+                raise InputError(f"{field}[{i}]", f"action out of range [0, {space.n - 1}]")
+        return np.asarray(value, dtype=np.int64)
+    dim = space.shape[0]
+    for i, a in enumerate(value):
+        _numbers(a, (dim,), f"{field}[{i}]")
+    actions = check_finite(np.asarray(value, dtype=np.float64), field)
+    low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+    outside = (actions < low) | (actions > high)
+    if outside.any():
+        i, j = (int(k) for k in np.argwhere(outside)[0])
+        raise InputError(f"{field}[{i}][{j}]", f"outside the action bounds [{low[j]}, {high[j]}]")
+    return (2.0 * (actions - low) / (high - low) - 1.0).astype(np.float32)

@@ -1,0 +1,46 @@
+"""Prometheus metrics for one app: request counts and latency per endpoint, and the store's state.
+
+Each app owns its registry, so several servers in one process (tests) do not collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .store import ModelStore
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _StoreCollector:
+    """Read at scrape time, so the store needs no metrics code of its own."""
+
+    def __init__(self, store: ModelStore):
+        self.store = store
+
+    def collect(self):
+        runtime = self.store.current
+        version = GaugeMetricFamily("reverie_model_version", "Model version being served (0: none yet)")
+        version.add_metric([], runtime.version if runtime else 0)
+        step = GaugeMetricFamily("reverie_model_training_step", "Env step at which the served bundle was exported")
+        step.add_metric([], runtime.manifest.training_step if runtime else 0)
+        reloads = CounterMetricFamily("reverie_model_reloads", "Bundles loaded and swapped in")
+        reloads.add_metric([], self.store.reloads)
+        refused = CounterMetricFamily("reverie_model_refusals", "Bundles refused (checksum, truncated graph, ...)")
+        refused.add_metric([], self.store.refusals)
+        yield from (version, step, reloads, refused)
+
+
+class ServiceMetrics:
+    def __init__(self, store: ModelStore, transport: str = "http"):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("reverie_requests", "Requests by endpoint and status",
+                                ["transport", "endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("reverie_request_seconds", "Request latency by endpoint",
+                                 ["transport", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_StoreCollector(store))
+
+    def observe(self, transport: str, endpoint: str, status: str, seconds: float) -> None:
+        self.requests.labels(transport, endpoint, status).inc()
+        self.latency.labels(transport, endpoint).observe(seconds)

@@ -1,0 +1,183 @@
+"""One loaded bundle: act, value and imagine on numpy arrays, for every front end.
+
+The graphs return distribution parameters; sampling happens here, from a numpy generator
+seeded per request, so a `seed` reproduces an answer exactly. Actions leave in the form the env
+takes (an int for Discrete, floats within the Box bounds) and enter the world-model graph in the
+agent's form (one-hot, or a vector in [-1, 1]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from reverie.bundle import BundleError, Manifest, load_manifest
+
+from .inputs import InputError
+
+
+@dataclass
+class ActResult:
+    actions: list  # env form, one per observation
+    values: np.ndarray  # [B]
+    probs: np.ndarray | None = None  # [B, n] for Discrete
+    mean: np.ndarray | None = None  # [B, dim] of the pre-tanh Normal, for Box
+    std: np.ndarray | None = None
+
+
+@dataclass
+class Imagination:
+    """`samples` imagined trajectories of `horizon` steps from one observation."""
+
+    states: np.ndarray  # [S, H + 1, state_size]
+    actions: list  # S lists of H env-form actions
+    rewards: np.ndarray  # [S, H]
+    continues: np.ndarray  # [S, H]
+    values: np.ndarray  # [S, H + 1]
+    lambda_return: np.ndarray  # [S, H]; lambda_return[:, 0] is the value of the whole rollout
+
+    @property
+    def horizon(self) -> int:
+        return self.rewards.shape[1]
+
+
+def lambda_return(rewards: np.ndarray, continues: np.ndarray, values: np.ndarray, gamma: float, lambda_: float) -> np.ndarray:
+    """R_t = r_t + gamma * c_t * ((1 - lambda) * V_{t+1} + lambda * R_{t+1}), R_H = V_H (as the trainer's)."""
+    returns = np.empty_like(rewards)
+    next_return = values[:, -1]
+    for t in reversed(range(rewards.shape[1])):
+        next_return = rewards[:, t] + gamma * continues[:, t] * ((1 - lambda_) * values[:, t + 1] + lambda_ * next_return)
+        returns[:, t] = next_return
+    return returns
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # tiny graphs: threads cost more than they give, and requests run in parallel
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class Runtime:
+    def __init__(self, bundle: Path, manifest: Manifest):
+        self.bundle = bundle
+        self.manifest = manifest
+        self.version = manifest.model_version
+        space = manifest.action_space
+        self.discrete = space.kind == "discrete"
+        self.action_dim = space.n if self.discrete else space.shape[0]
+        if not self.discrete:
+            self.low = np.asarray(space.low, np.float32)
+            self.high = np.asarray(space.high, np.float32)
+        try:
+            self.sessions = {name: _session(bundle / spec.file) for name, spec in manifest.graphs.items()}
+        except Exception as err:  # onnxruntime raises its own exception types for truncated or invalid graphs
+            raise BundleError(f"{bundle}: onnxruntime cannot load it: {err}") from err
+        self.outputs = {name: spec.outputs for name, spec in manifest.graphs.items()}
+        self.inputs = {name: spec.inputs for name, spec in manifest.graphs.items()}
+
+    @classmethod
+    def load(cls, bundle: Path) -> "Runtime":
+        """Verify checksums, open every graph and run each once; raises BundleError if any of it fails."""
+        runtime = cls(Path(bundle), load_manifest(Path(bundle)))
+        runtime.warm_up()
+        return runtime
+
+    def warm_up(self) -> None:
+        obs = np.zeros((1, *self.manifest.observation_space.shape), np.float32)
+        try:
+            self.imagine(obs, horizon=2, samples=2, deterministic=False, seed=0)
+            self._run("decoder", self._run("encoder", obs)[0])
+        except Exception as err:
+            raise BundleError(f"{self.bundle}: warm-up failed: {err}") from err
+
+    # ------------------------------------------------------------------ graphs
+    def _run(self, graph: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        return self.sessions[graph].run(self.outputs[graph], dict(zip(self.inputs[graph], inputs)))
+
+    def encode(self, obs: np.ndarray) -> np.ndarray:
+        return self._run("encoder", obs)[0]
+
+    def values_of(self, states: np.ndarray) -> np.ndarray:
+        return self._run("value", states)[0].reshape(-1)
+
+    def decode(self, states: np.ndarray) -> np.ndarray:
+        return self._run("decoder", states)[0]
+
+    # ------------------------------------------------------------------ actions
+    def _policy(self, states: np.ndarray, deterministic: bool, rng: np.random.Generator):
+        """Agent actions ([B] indices or [B, dim] in [-1, 1]) and the distribution parameters."""
+        params = self._run("policy", states)
+        if self.discrete:
+            logits = params[0].astype(np.float64)
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            if deterministic:
+                actions = logits.argmax(-1)
+            else:  # inverse-CDF sampling, one uniform per row
+                u = rng.random((len(probs), 1))
+                actions = np.minimum((probs.cumsum(-1) < u).sum(-1), self.action_dim - 1)
+            return actions, {"probs": probs.astype(np.float32)}
+        mean, std = params
+        raw = mean if deterministic else mean + std * rng.standard_normal(mean.shape).astype(np.float32)
+        return np.tanh(raw), {"mean": mean, "std": std}
+
+    def to_env(self, actions: np.ndarray) -> list:
+        if self.discrete:
+            return [int(a) for a in actions]
+        scaled = self.low + (np.clip(actions, -1.0, 1.0) + 1.0) * 0.5 * (self.high - self.low)
+        return scaled.astype(np.float32).tolist()
+
+    def to_graph(self, actions: np.ndarray) -> np.ndarray:
+        """Agent actions -> the world-model graph's action input."""
+        if self.discrete:
+            return np.eye(self.action_dim, dtype=np.float32)[actions]
+        return actions.astype(np.float32)
+
+    @staticmethod
+    def _finite(field: str, *arrays: np.ndarray) -> None:
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise InputError(field, "the model's output is not finite for this input")
+
+    def act(self, obs: np.ndarray, deterministic: bool, seed: int | None) -> ActResult:
+        states = self.encode(obs)
+        actions, params = self._policy(states, deterministic, np.random.default_rng(seed))
+        values = self.values_of(states)
+        self._finite("obs", values, *params.values())
+        return ActResult(self.to_env(actions), values, **params)
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        values = self.values_of(self.encode(obs))
+        self._finite("obs", values)
+        return values
+
+    def imagine(self, obs: np.ndarray, horizon: int, samples: int, deterministic: bool, seed: int | None,
+                plan: np.ndarray | None = None) -> Imagination:
+        """Roll policy (or `plan`, agent-form actions [H, ...]) and world model from one observation.
+
+        All samples move together: one policy and one world-model call per step.
+        """
+        rng = np.random.default_rng(seed)
+        state = np.repeat(self.encode(obs[:1]), samples, axis=0)
+        states, actions, rewards, continues = [state], [], [], []
+        for t in range(horizon):
+            if plan is None:
+                action, _ = self._policy(state, deterministic, rng)
+            else:
+                action = np.repeat(plan[t:t + 1], samples, axis=0)
+            state, reward, cont = self._run("world_model", state, self.to_graph(action))
+            states.append(state)
+            actions.append(action)
+            rewards.append(reward.reshape(-1))
+            continues.append(cont.reshape(-1))
+        states = np.stack(states, 1)
+        values = self.values_of(states.reshape(-1, states.shape[-1])).reshape(samples, horizon + 1)
+        rewards, continues = np.stack(rewards, 1), np.stack(continues, 1)
+        self._finite("obs", states, rewards, continues, values)
+        returns = lambda_return(rewards, continues, values, self.manifest.gamma, self.manifest.lambda_)
+        per_sample = [self.to_env(np.asarray([a[i] for a in actions])) for i in range(samples)]
+        return Imagination(states, per_sample, rewards, continues, values, returns)

@@ -1,0 +1,23 @@
+"""Service settings: one pydantic model, filled from `reverie serve` / `reverie up` flags and the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+TOKEN_ENV = "REVERIE_API_TOKEN"
+
+
+class ServiceSettings(BaseModel):
+    models: Path = Field(description="a run directory, its export folder, or one bundle")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    api_token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None,
+                                  description=f"bearer token required on every non-health endpoint (env {TOKEN_ENV})")
+    max_body_bytes: int = Field(4 << 20, ge=1024, description="larger request bodies get a 413 before they are read")
+    max_batch: int = Field(1024, ge=1, description="observations per batched request")
+    max_samples: int = Field(64, ge=1, description="imagined trajectories per /imagine request")
+    poll_interval: float = Field(1.0, gt=0, description="seconds between checks for a newer bundle")
