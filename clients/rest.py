@@ -50,6 +50,11 @@ class Imagination:
     trajectories: list[Trajectory] = field(default_factory=list)
 
 
+def _given(**fields) -> dict:
+    """The request body without the fields left unset (the server refuses explicit nulls)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def _listed(obs) -> list:
     return np.asarray(obs, dtype=np.float64).tolist() if isinstance(obs, np.ndarray) else list(obs)
 
@@ -80,11 +85,11 @@ class RestClient:
 
     # ------------------------------------------------------------------ agent
     def act(self, obs, deterministic: bool = False, seed: int | None = None) -> Action:
-        body = {"obs": _listed(obs), "deterministic": deterministic, "seed": seed}
+        body = _given(obs=_listed(obs), deterministic=deterministic, seed=seed)
         return Action(**self._call("POST", "/act", json=body).json())
 
     def act_batch(self, observations: Sequence, deterministic: bool = False, seed: int | None = None) -> list[Action]:
-        body = {"observations": [_listed(o) for o in observations], "deterministic": deterministic, "seed": seed}
+        body = _given(observations=[_listed(o) for o in observations], deterministic=deterministic, seed=seed)
         answer = self._call("POST", "/act", json=body).json()
         params = {k: answer[k] for k in ("probs", "mean", "std") if k in answer}
         return [Action(a, v, answer["model_version"], **{k: p[i] for k, p in params.items()})
@@ -99,9 +104,8 @@ class RestClient:
         return answer["values"], answer["model_version"]
 
     def _imagine_body(self, obs, horizon, samples, deterministic, seed, actions, fmt) -> dict:
-        body = {"obs": _listed(obs), "samples": samples, "deterministic": deterministic, "format": fmt}
-        optional = {"horizon": horizon, "seed": seed, "actions": actions}
-        return body | {k: v for k, v in optional.items() if v is not None}
+        return _given(obs=_listed(obs), horizon=horizon, samples=samples, deterministic=deterministic, seed=seed,
+                      actions=actions, format=fmt)
 
     def imagine(self, obs, horizon: int | None = None, samples: int = 1, deterministic: bool = False,
                 seed: int | None = None, actions: list | None = None) -> Imagination:

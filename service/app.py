@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import orjson
 from fastapi import Depends, FastAPI, Query
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 import reverie
 
-from . import inputs, preview
+from . import inputs, openapi, preview
 from .guard import Guard
 from .inputs import InputError
 from .metrics import ServiceMetrics
@@ -33,8 +34,14 @@ from .status import run_dir_of, training_status
 from .store import ModelStore, NotReady
 
 log = logging.getLogger("reverie.service")
-SEED_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1  # exact as a JSON number in every client
 
+def _integral(value):
+    """JSON Schema counts 579.0 as an integer; so do we (but not "579" or true)."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
 Observation = list[Any]  # nested lists of numbers; the shape comes from the served manifest
 Action = int | list[float]  # env form: an index for Discrete, a vector for Box
 PlanAction = Any  # checked against the served action space by inputs.plan, which names the bad element
@@ -42,26 +49,28 @@ PlanAction = Any  # checked against the served action space by inputs.plan, whic
 
 # ---------------------------------------------------------------------------- request / response
 class Strict(BaseModel):
+    """Unknown fields, explicit nulls and lax coercions ("true" for true, 1.0 for 1) are refused."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ObservationRequest(Strict):
-    obs: Observation | None = Field(None, description="one observation")
-    observations: list[Observation] | None = Field(None, description="a batch of observations")
+    obs: Observation = Field(None, description="one observation")
+    observations: list[Observation] = Field(None, description="a batch of observations")
 
 
 class ActRequest(ObservationRequest):
     deterministic: bool = Field(False, description="the most likely action instead of a sample")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="makes a sampled action reproducible")
+    seed: Integer = Field(None, ge=0, le=SEED_MAX, description="makes a sampled action reproducible")
 
 
 class ImagineRequest(Strict):
     obs: Observation = Field(description="the observation to imagine from")
-    horizon: int | None = Field(None, ge=1, description="steps to imagine (default: the manifest's); the plan's length when `actions` is given")
-    samples: int = Field(1, ge=1, description="trajectories, batched through the graphs together")
+    horizon: Integer = Field(None, ge=1, description="steps to imagine (default: the manifest's); the plan's length when `actions` is given")
+    samples: Integer = Field(1, ge=1, description="trajectories, batched through the graphs together")
     deterministic: bool = False
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    actions: list[PlanAction] | None = Field(None, description="an action plan to evaluate instead of the policy")
+    seed: Integer = Field(None, ge=0, le=SEED_MAX)
+    actions: list[PlanAction] = Field(None, description="an action plan to evaluate instead of the policy")
     format: Literal["json", "png"] = "json"
 
 
@@ -153,16 +162,6 @@ def observations_of(request: ObservationRequest, runtime: Runtime, max_batch: in
     return inputs.observation_batch(request.observations, space, "observations", batched=True), True
 
 
-def parse_csv_observation(text: str) -> list[float]:
-    values = []
-    for i, item in enumerate(text.split(",")):
-        try:
-            values.append(float(item))
-        except ValueError:
-            raise InputError(f"obs[{i}]", "expected a number") from None
-    return values
-
-
 # ---------------------------------------------------------------------------- the app
 def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
     app = FastAPI(title="Reverie", version=reverie.__version__,
@@ -177,7 +176,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         if not hmac.compare_digest(given, settings.api_token.encode()):
             raise FieldError(401, "Authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
-    guarded = [Depends(authorized)]
+    guarded = [Depends(authorized)] if settings.api_token else []  # the document asks for a token only when one is needed
 
     # -------------------------------------------------------------- errors
     @app.exception_handler(RequestValidationError)
@@ -199,8 +198,14 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         return error_response(503, str(exc), None, {"Retry-After": "1"})
 
     @app.exception_handler(HTTPException)
-    async def _http(_, exc: HTTPException):
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "field", None), exc.headers)
+    async def _http(request, exc: HTTPException):
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": bytes that are not UTF-8 JSON
+            return error_response(422, "invalid JSON", "body")
+        headers = exc.headers
+        if exc.status_code == 405:  # GET and POST /imagine are two routes: Allow lists both
+            methods = sorted({m for r in app.routes if getattr(r, "path", None) == request.url.path for m in r.methods})
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "field", None), headers)
 
     # -------------------------------------------------------------- agent
     @app.post("/act", response_model=ActResponse | ActBatchResponse, dependencies=guarded, responses=ERRORS)
@@ -251,17 +256,17 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
     @app.get("/imagine", response_model=ImagineResponse, dependencies=guarded, responses={**ERRORS, **PNG})
     async def imagine_get(
         obs: str = Query(description="one vector observation, comma-separated"),
-        horizon: int | None = Query(None, ge=1),
+        horizon: int = Query(None, ge=1),
         samples: int = Query(1, ge=1),
         deterministic: bool = False,
-        seed: int | None = Query(None, ge=0, le=SEED_MAX),
+        seed: int = Query(None, ge=0, le=SEED_MAX),
         format: Literal["json", "png"] = "json",
     ):
         """Imagined rollouts of the policy through the world model (`format=png`: the preview picture)."""
         runtime = store.require()
         if len(runtime.manifest.observation_space.shape) != 1:
             raise InputError("obs", "GET takes vector observations; POST /imagine takes any observation")
-        return await imagine(runtime, parse_csv_observation(obs), horizon, samples, deterministic, seed, None, format)
+        return await imagine(runtime, inputs.csv_observation(obs), horizon, samples, deterministic, seed, None, format)
 
     @app.post("/imagine", response_model=ImagineResponse, dependencies=guarded, responses={**ERRORS, **PNG})
     async def imagine_post(request: ImagineRequest):
@@ -296,10 +301,23 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
             return error_response(503, f"no bundle loaded yet from {settings.models}", None, {"Retry-After": "1"})
         return json_response({"status": "ready", "model_version": runtime.version})
 
-    @app.get("/metrics", dependencies=guarded, responses=ERRORS)
+    @app.get("/metrics", dependencies=guarded, responses=ERRORS, response_class=PlainTextResponse)
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    documents: dict = {}
+
+    def document() -> dict:
+        """FastAPI's document, refined for the served bundle (rebuilt when a bundle with other spaces loads)."""
+        runtime = store.current
+        key = None if runtime is None else runtime.manifest.model_dump_json(include={"observation_space", "action_space", "max_horizon", "env_id"})
+        if key not in documents:
+            base = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            documents.clear()
+            documents[key] = base if runtime is None else openapi.refine(base, runtime.manifest, settings)
+        return documents[key]
+
+    app.openapi = document
     endpoints = {route.path for route in app.routes}
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, metrics=metrics, endpoints=endpoints)
     app.state.store, app.state.metrics, app.state.settings = store, metrics, settings

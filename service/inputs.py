@@ -7,11 +7,17 @@ Messages never echo the offending value back.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from reverie.bundle import ActionSpace, ObservationSpace
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# One number in a comma-separated query observation: plain decimal notation, bounded so that
+# anything it matches fits float32 (no nan, inf, underscores or 1e99).
+NUMBER_PATTERN = r"[-+]?(\d{1,20}(\.\d{0,20})?|\.\d{1,20})([eE](-\d{1,2}|\+?\d))?"
+_NUMBER = re.compile(NUMBER_PATTERN)
 
 
 class InputError(ValueError):
@@ -85,6 +91,16 @@ def _within_space(array: np.ndarray, space: ObservationSpace, field: str) -> np.
     return array
 
 
+def csv_observation(text: str, field: str = "obs") -> list[float]:
+    """'0.1,-2,3e-4' -> floats, each checked against NUMBER_PATTERN (the query form of an observation)."""
+    values = []
+    for i, item in enumerate(text.split(",")):
+        if not _NUMBER.fullmatch(item):
+            raise InputError(f"{field}[{i}]", "expected a decimal number such as -0.25 or 1.5e-3")
+        values.append(float(item))
+    return values
+
+
 def check_range(field: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InputError(field, f"must be between {low} and {high}")
@@ -96,6 +112,7 @@ def plan(value, space: ActionSpace, field: str = "actions") -> np.ndarray:
     if not isinstance(value, (list, tuple)) or len(value) == 0:
         raise InputError(field, "expected a non-empty list of actions")
     if space.kind == "discrete":
+        value = [int(a) if type(a) is float and a.is_integer() else a for a in value]  # 1.0 is an integer in JSON
         for i, a in enumerate(value):
             if type(a) is not int:
                 raise InputError(f"{field}[{i}]", f"expected an integer action in [0, {space.n - 1}]")

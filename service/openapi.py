@@ -1,0 +1,85 @@
+"""The OpenAPI document, made exact for the bundle being served.
+
+The request models can only say "nested lists of numbers"; the served manifest knows the
+observation shape, the action space and the horizon limit. Writing those into the document
+makes `/docs` show clients exactly what to send, and lets contract testers (schemathesis) check
+that everything the document allows is accepted and everything it forbids is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from reverie.bundle import Manifest
+
+from .inputs import FLOAT32_MAX, NUMBER_PATTERN
+from .settings import ServiceSettings
+
+
+def observation_schema(manifest: Manifest) -> dict:
+    space = manifest.observation_space
+    if space.dtype == "uint8":
+        schema: dict = {"type": "integer", "minimum": 0, "maximum": 255}
+    else:
+        schema = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    for size in reversed(space.shape):
+        schema = {"type": "array", "items": schema, "minItems": size, "maxItems": size}
+    return schema | {"description": f"one observation of shape {space.shape} ({manifest.env_id})"}
+
+
+def action_schema(manifest: Manifest) -> dict:
+    space = manifest.action_space
+    if space.kind == "discrete":
+        return {"type": "integer", "minimum": 0, "maximum": space.n - 1}
+    return {"type": "array", "minItems": space.shape[0], "maxItems": space.shape[0],
+            "prefixItems": [{"type": "number", "minimum": lo, "maximum": hi} for lo, hi in zip(space.low, space.high)]}
+
+
+def _exactly_one_observation_form(schema: dict) -> None:
+    schema["oneOf"] = [
+        {"required": ["obs"], "not": {"required": ["observations"]}},
+        {"required": ["observations"], "not": {"required": ["obs"]}},
+    ]
+
+
+def refine(document: dict, manifest: Manifest, settings: ServiceSettings) -> dict:
+    """A copy of FastAPI's `document` with the served bundle's shapes, bounds and limits written in."""
+    document = copy.deepcopy(document)
+    schemas = document["components"]["schemas"]
+    obs = observation_schema(manifest)
+    batch = {"type": "array", "items": obs, "minItems": 1, "maxItems": settings.max_batch}
+    for name in ("ObservationRequest", "ActRequest"):
+        properties = schemas[name]["properties"]
+        properties["obs"] = obs
+        properties["observations"] = batch
+        _exactly_one_observation_form(schemas[name])
+
+    imagine = schemas["ImagineRequest"]
+    properties = imagine["properties"]
+    properties["obs"] = obs
+    properties["horizon"] = properties["horizon"] | {"maximum": manifest.max_horizon}
+    properties["samples"] = properties["samples"] | {"maximum": settings.max_samples}
+    properties["actions"] = properties["actions"] | {"items": action_schema(manifest), "minItems": 1,
+                                                        "maxItems": manifest.max_horizon}
+    # A plan's length is its horizon: a request that gives both must make them agree.
+    imagine["anyOf"] = [{"not": {"required": ["actions", "horizon"]}}] + [
+        {"properties": {"horizon": {"const": h}, "actions": {"minItems": h, "maxItems": h}}}
+        for h in range(1, manifest.max_horizon + 1)
+    ]
+
+    for parameter in document["paths"]["/imagine"]["get"]["parameters"]:
+        name = parameter["name"]
+        if name == "obs" and len(manifest.observation_space.shape) == 1:
+            size = manifest.observation_space.shape[0]
+            parameter["schema"]["pattern"] = rf"^{NUMBER_PATTERN}(,{NUMBER_PATTERN}){{{size - 1}}}$"
+        elif name == "horizon":
+            parameter["schema"] = _integer_or_null(parameter["schema"], manifest.max_horizon)
+        elif name == "samples":
+            parameter["schema"] = parameter["schema"] | {"maximum": settings.max_samples}
+    return document
+
+
+def _integer_or_null(schema: dict, maximum: int) -> dict:
+    if "anyOf" in schema:
+        return {**schema, "anyOf": [s | {"maximum": maximum} if s.get("type") == "integer" else s for s in schema["anyOf"]]}
+    return schema | {"maximum": maximum}
