@@ -99,7 +99,7 @@ def publish(export_dir: Path, staging: Path, manifest: Manifest, keep: int) -> P
     """
     export_dir.mkdir(parents=True, exist_ok=True)
     manifest.model_version = (versions(export_dir) or [0])[-1] + 1
-    manifest.sha256 = {spec.file: sha256_of(staging / spec.file) for spec in manifest.graphs.values()}
+    manifest.sha256 = {path.name: sha256_of(path) for path in sorted(staging.iterdir()) if path.name != "manifest.json"}
     (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     final = version_dir(export_dir, manifest.model_version)
     os.replace(staging, final)
@@ -119,12 +119,15 @@ def load_manifest(bundle: Path) -> Manifest:
         raise BundleError(f"{bundle}: unreadable manifest: {err}") from err
     if manifest.format_version != FORMAT_VERSION:
         raise BundleError(f"{bundle}: format version {manifest.format_version}, expected {FORMAT_VERSION}")
-    for spec in manifest.graphs.values():
-        path = bundle / spec.file
+    unlisted = [spec.file for spec in manifest.graphs.values() if spec.file not in manifest.sha256]
+    if unlisted:
+        raise BundleError(f"{bundle}: no checksum for {', '.join(unlisted)}")
+    for name, digest in manifest.sha256.items():
+        path = bundle / name
         if not path.is_file():
-            raise BundleError(f"{bundle}: missing {spec.file}")
-        if sha256_of(path) != manifest.sha256.get(spec.file):
-            raise BundleError(f"{bundle}: checksum mismatch for {spec.file}")
+            raise BundleError(f"{bundle}: missing {name}")
+        if sha256_of(path) != digest:
+            raise BundleError(f"{bundle}: checksum mismatch for {name}")
     return manifest
 
 

@@ -45,7 +45,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _settings(args: argparse.Namespace, models: Path):
     from service.settings import ServiceSettings
 
-    return ServiceSettings(models=models, host=args.host, port=args.port, grpc_port=args.grpc_port)
+    return ServiceSettings(models=models, host=args.host, port=args.port, grpc_port=args.grpc_port,
+                           poll_interval=args.poll_interval)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -101,6 +102,7 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="REST port")
     parser.add_argument("--grpc-port", type=int, default=50051, help="gRPC port")
+    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between checks for a newer bundle")
 
 
 def build_parser() -> argparse.ArgumentParser:

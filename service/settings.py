@@ -20,4 +20,4 @@ class ServiceSettings(BaseModel):
     max_body_bytes: int = Field(4 << 20, ge=1024, description="larger request bodies get a 413 before they are read")
     max_batch: int = Field(1024, ge=1, description="observations per batched request")
     max_samples: int = Field(64, ge=1, description="imagined trajectories per /imagine request")
-    poll_interval: float = Field(1.0, gt=0, description="seconds between checks for a newer bundle")
+    poll_interval: float = Field(0.5, gt=0, description="seconds between checks for a newer bundle")

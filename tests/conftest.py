@@ -72,3 +72,24 @@ def real_batch(env_id: str, batch_size: int = 16, steps: int = 200, seed: int = 
     """A replay-style batch (float tensors obs, action, reward, next_obs, terminated) and the env's SpaceInfo."""
     replay, space = collect_replay(env_id, steps, seed)
     return replay.sample(batch_size, np.random.default_rng(seed)), space
+
+
+@pytest.fixture(scope="session")
+def exported_agents(tmp_path_factory):
+    """{env_id: (agent, export_dir)}: a small agent per action kind, its normaliser fed, exported once.
+
+    Untrained weights are enough for the serving contract; the trained-bundle tests train their own.
+    """
+    from trainer.agent import Agent
+    from trainer.export import export_bundle
+
+    agents = {}
+    for env_id in ("CartPole-v1", "Pendulum-v1"):
+        torch.manual_seed(0)
+        space = space_info(make_env(env_id))
+        agent = Agent(small_config(env_id=env_id), space)
+        agent.world_model.normalizer.update(torch.randn(64, *space.obs_shape) * 2 + 0.5)
+        export_dir = tmp_path_factory.mktemp(env_id) / "export"
+        export_bundle(agent, export_dir, training_step=100, phase="full", last_eval=20.0, keep=100)
+        agents[env_id] = (agent, export_dir)
+    return agents

@@ -62,11 +62,12 @@ def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, 
 
 def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path) -> None:
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision is not installed"
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # a line per optimisation pass
     dynamic = {name: {0: "batch"} for name in spec.inputs + spec.outputs}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), inputs, str(path), input_names=spec.inputs, output_names=spec.outputs,
-                          dynamic_axes=dynamic, dynamo=True, verbose=False)
+                          dynamic_axes=dynamic, dynamo=True, external_data=False, verbose=False)
 
 
 def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str, last_eval: float | None, keep: int) -> Path:

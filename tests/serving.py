@@ -1,0 +1,106 @@
+"""Helpers for the serving tests: real servers on loopback ports, and bundle publishing.
+
+`ThreadServer` runs the real uvicorn server in a thread of the test process (its store is at
+hand); `ProcessServer` runs `reverie serve` as a separate process, as a deployment does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from reverie.bundle import Manifest, publish
+from service.server import build_server
+from service.settings import ServiceSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout} s")
+        time.sleep(interval)
+
+
+class ThreadServer:
+    def __init__(self, models: Path, **settings):
+        self.settings = ServiceSettings(models=models, port=free_port(), **settings)
+        self.server, self.store = build_server(self.settings)
+        self.url = f"http://127.0.0.1:{self.settings.port}"
+
+    def __enter__(self) -> "ThreadServer":
+        self.store.start()
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server.started, 10, "server start")
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.store.stop()
+
+
+class ProcessServer:
+    """`reverie serve` in its own process; its log is kept for the assertions."""
+
+    def __init__(self, models: Path, env: dict | None = None, poll_interval: float | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False)
+        command = [sys.executable, "-m", "reverie.cli", "serve", "--models", str(models), "--port", str(self.port),
+                   "--grpc-port", str(free_port())]
+        if poll_interval is not None:
+            command += ["--poll-interval", str(poll_interval)]
+        self.env = {**os.environ, **(env or {})}
+        self.command = command
+
+    def __enter__(self) -> "ProcessServer":
+        self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+
+        def healthy() -> bool:
+            assert self.process.poll() is None, f"reverie serve exited: {self.output()}"
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, 30, "reverie serve /healthz")
+        return self
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()
+
+    def __exit__(self, *_) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def publish_copy(source: Path, export_dir: Path, keep: int = 100, **changes) -> Path:
+    """Publish `source`'s graphs as the next version under `export_dir`, through the real publish()."""
+    manifest = Manifest.model_validate_json((source / "manifest.json").read_text())
+    export_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=export_dir))
+    for spec in manifest.graphs.values():
+        shutil.copy(source / spec.file, staging / spec.file)
+    return publish(export_dir, staging, manifest.model_copy(update=changes), keep)

@@ -1,0 +1,133 @@
+"""The serving runtime (onnxruntime + numpy) against the torch agent it was exported from."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from reverie.bundle import latest_bundle
+from service.inputs import InputError, observation_batch, plan
+from service.runtime import Runtime
+from trainer.losses import lambda_return
+
+
+@pytest.fixture(params=["CartPole-v1", "Pendulum-v1"])
+def pair(request, exported_agents):
+    agent, export_dir = exported_agents[request.param]
+    return agent, Runtime.load(latest_bundle(export_dir))
+
+
+def observations(agent, n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.5, 2.0, (n, *agent.space.obs_shape)).astype(np.float32)
+
+
+def test_the_service_imports_no_torch():
+    """Serving must run where torch is not installed: importing the app and the clients pulls none of it."""
+    code = "import sys, service.app, service.server, clients.rest, clients.game_loop; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_act_and_value_match_the_torch_agent(pair):
+    """Deterministic actions equal agent.act's; distribution parameters and values agree to 1e-5."""
+    agent, runtime = pair
+    obs = observations(agent, 200)
+    result = runtime.act(obs, deterministic=True, seed=None)
+    with torch.no_grad():
+        states = agent.world_model.encode(torch.from_numpy(obs))
+        params = agent.policy.params(states)
+        values = agent.value(states).numpy()
+    np.testing.assert_allclose(result.values, values.reshape(-1), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(runtime.value(obs), values.reshape(-1), atol=1e-5, rtol=0)
+    expected = [agent.space.to_env_action(agent.act(o, deterministic=True)) for o in obs]
+    if agent.space.discrete:
+        np.testing.assert_allclose(result.probs, torch.softmax(params[0], -1).numpy(), atol=1e-5, rtol=0)
+        assert result.actions == [int(a) for a in expected]
+    else:
+        np.testing.assert_allclose(result.mean, params[0].numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(result.std, params[1].numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(np.asarray(result.actions), np.asarray(expected), atol=1e-5, rtol=0)
+
+
+def test_sampling_is_reproducible_with_a_seed_and_follows_the_distribution(pair):
+    agent, runtime = pair
+    obs = np.repeat(observations(agent, 1), 4000, axis=0)
+    first = runtime.act(obs, deterministic=False, seed=11)
+    assert runtime.act(obs, deterministic=False, seed=11).actions == first.actions
+    assert runtime.act(obs, deterministic=False, seed=12).actions != first.actions
+    if agent.space.discrete:  # empirical frequencies match the probabilities
+        freq = np.bincount(first.actions, minlength=agent.space.action_dim) / len(obs)
+        np.testing.assert_allclose(freq, first.probs[0], atol=0.03)
+    else:  # samples stay within the env's bounds and are spread as the pre-tanh Normal says
+        actions = np.asarray(first.actions)
+        assert (actions >= agent.space.action_low).all() and (actions <= agent.space.action_high).all()
+        unit = 2 * (actions - agent.space.action_low) / (agent.space.action_high - agent.space.action_low) - 1
+        raw = np.arctanh(np.clip(unit, -0.999999, 0.999999))
+        np.testing.assert_allclose(raw.mean(0), first.mean[0], atol=0.1)
+        np.testing.assert_allclose(raw.std(0), first.std[0], rtol=0.1)
+
+
+def test_imagine_matches_torch_rollout_and_lambda_returns(pair):
+    """A plan imagined by the runtime equals the torch world model stepped with the same actions."""
+    agent, runtime = pair
+    obs = observations(agent, 1, seed=3)
+    horizon = 12
+    rng = np.random.default_rng(0)
+    if agent.space.discrete:
+        env_plan = rng.integers(0, agent.space.action_dim, horizon).tolist()
+    else:
+        env_plan = rng.uniform(agent.space.action_low, agent.space.action_high, (horizon, agent.space.action_dim)).tolist()
+    agent_plan = plan(env_plan, runtime.manifest.action_space)
+    got = runtime.imagine(obs, horizon, samples=3, deterministic=True, seed=None, plan=agent_plan)
+    wm = agent.world_model
+    with torch.no_grad():
+        state = wm.encode(torch.from_numpy(obs))
+        states, rewards, continues = [state], [], []
+        for t in range(horizon):
+            action = wm.encode_action(torch.as_tensor(agent_plan[t:t + 1]))
+            state, reward, cont = wm.step(state, action)
+            states.append(state)
+            rewards.append(reward.reshape(-1))
+            continues.append(cont.reshape(-1))
+        states = torch.stack(states, 1)
+        values = agent.value(states.reshape(-1, states.shape[-1])).reshape(1, -1)
+        rewards, continues = torch.stack(rewards, 1), torch.stack(continues, 1)
+        returns = lambda_return(rewards, continues, values, agent.cfg.gamma, agent.cfg.lambda_)
+    for i in range(3):  # every sample follows the same plan
+        np.testing.assert_allclose(got.states[i], states[0].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got.rewards[i], rewards[0].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got.continues[i], continues[0].numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got.values[i], values[0].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got.lambda_return[i], returns[0].numpy(), atol=1e-3, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(got.actions[i], np.float64), np.asarray(env_plan, np.float64), atol=1e-5)
+
+
+def test_imagined_samples_differ_but_replay_with_the_seed(pair):
+    agent, runtime = pair
+    obs = observations(agent, 1, seed=5)
+    a = runtime.imagine(obs, 10, samples=8, deterministic=False, seed=1)
+    b = runtime.imagine(obs, 10, samples=8, deterministic=False, seed=1)
+    np.testing.assert_array_equal(a.states, b.states)
+    assert a.actions == b.actions
+    assert len({str(t) for t in a.actions}) > 1, "8 sampled trajectories should not all take the same actions"
+    assert a.states.shape == (8, 11, agent.cfg.state_dim) and a.lambda_return.shape == (8, 10)
+
+
+@pytest.mark.parametrize("value, field, message", [
+    ([0.1, 0.2, 0.3], "obs", "expected 4 elements"),
+    ([0.1, True, 0.3, 0.4], "obs[1]", "boolean"),
+    ([0.1, "0.2", 0.3, 0.4], "obs[1]", "string"),
+    ([0.1, float("nan"), 0.3, 0.4], "obs[1]", "finite"),
+    ([0.1, 0.2, float("-inf"), 0.4], "obs[2]", "finite"),
+    ([0.1, 0.2, 0.3, 1e39], "obs[3]", "overflows float32"),
+    ([[0.1], 0.2, 0.3, 0.4], "obs[0]", "expected a number, got list"),
+    (0.5, "obs", "expected an array"),
+])
+def test_observation_checks_name_the_field(value, field, message, exported_agents):
+    runtime = Runtime.load(latest_bundle(exported_agents["CartPole-v1"][1]))
+    with pytest.raises(InputError) as err:
+        observation_batch(value, runtime.manifest.observation_space, "obs", batched=False)
+    assert err.value.field == field and message in err.value.message
