@@ -16,7 +16,7 @@ import orjson
 from fastapi import Depends, FastAPI, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -123,6 +123,7 @@ class Error(BaseModel):
 
 
 ERRORS = {code: {"model": Error} for code in (401, 413, 422, 503)}
+METRICS = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}}
 PNG = {200: {"content": {"application/json": {}, "image/png": {}}, "description": "JSON trajectories, or the PNG preview"}}
 
 
@@ -301,7 +302,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
             return error_response(503, f"no bundle loaded yet from {settings.models}", None, {"Retry-After": "1"})
         return json_response({"status": "ready", "model_version": runtime.version})
 
-    @app.get("/metrics", dependencies=guarded, responses=ERRORS, response_class=PlainTextResponse)
+    @app.get("/metrics", dependencies=guarded, responses={**ERRORS, **METRICS})
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -104,3 +104,31 @@ def publish_copy(source: Path, export_dir: Path, keep: int = 100, **changes) -> 
     for spec in manifest.graphs.values():
         shutil.copy(source / spec.file, staging / spec.file)
     return publish(export_dir, staging, manifest.model_copy(update=changes), keep)
+
+
+def publish_broken(source: Path, export_dir: Path, damage: str) -> Path:
+    """Publish the next version with one graph damaged after its checksum was taken.
+
+    damage="checksum": bytes flipped, manifest unchanged (the checksum no longer matches);
+    damage="truncated": the graph cut in half and its checksum updated, so only onnxruntime can tell.
+    """
+    from reverie.bundle import POINTER, sha256_of, version_dir, versions
+
+    scratch = Path(tempfile.mkdtemp(prefix="scratch-"))
+    built = publish_copy(source, scratch)
+    manifest = Manifest.model_validate_json((built / "manifest.json").read_text())
+    graph = built / manifest.graphs["policy"].file
+    data = graph.read_bytes()
+    if damage == "checksum":
+        graph.write_bytes(data[:100] + bytes(b ^ 0xFF for b in data[100:110]) + data[110:])
+    else:
+        graph.write_bytes(data[: len(data) // 2])
+        manifest.sha256[graph.name] = sha256_of(graph)
+    manifest.model_version = (versions(export_dir) or [0])[-1] + 1
+    (built / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    final = version_dir(export_dir, manifest.model_version)
+    os.replace(built, final)
+    (export_dir / f".{POINTER}.tmp").write_text(final.name)
+    os.replace(export_dir / f".{POINTER}.tmp", export_dir / POINTER)
+    shutil.rmtree(scratch)
+    return final

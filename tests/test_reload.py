@@ -1,0 +1,75 @@
+"""Hot reload: new versions swap in under load without a failed request; broken ones are refused."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+
+from clients.rest import RestClient
+from reverie.bundle import latest_bundle
+from serving import ProcessServer, publish_broken, publish_copy, wait_until
+from service.store import ModelStore
+
+OBS = [0.02, -0.3, 0.05, 0.4]
+VERSIONS = 22  # 1 to start with, then 21 more (two broken ones among them)
+
+
+def test_hot_reload_under_load_never_fails_a_request(tmp_path, exported_agents):
+    source = latest_bundle(exported_agents["CartPole-v1"][1])
+    export_dir = tmp_path / "export"
+    publish_copy(source, export_dir)
+    with ProcessServer(export_dir, poll_interval=0.05) as server:
+        stop = threading.Event()
+        seen: list[list[int]] = [[] for _ in range(3)]
+        failures: list[str] = []
+
+        def client_loop(i: int) -> None:
+            with RestClient(server.url) as client:
+                while not stop.is_set():
+                    try:
+                        seen[i].append(client.act(OBS, seed=i).model_version)
+                    except Exception as err:  # any failure at all is what this test is about
+                        failures.append(repr(err))
+
+        threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(len(seen))]
+        for t in threads:
+            t.start()
+        wait_until(lambda: all(seen), 10, "every client answered by version 1")
+        broken = {}
+        for version in range(2, VERSIONS + 1):
+            if version in (8, 15):
+                broken[version] = publish_broken(source, export_dir, "checksum" if version == 8 else "truncated")
+                wait_until(lambda: f"refused bundle {broken[version].name}" in server.output(), 10, "refusal logged")
+            else:
+                publish_copy(source, export_dir)
+                wait_until(lambda: max(seen[0][-1:] or [0]) >= version, 10, f"version {version} served")
+            assert all(s and s[-1] not in broken for s in seen), "a broken version answered"
+        stop.set()
+        for t in threads:
+            t.join()
+        model = httpx.get(f"{server.url}/model").json()
+    assert failures == []
+    served = set().union(*map(set, seen))
+    assert served == set(range(1, VERSIONS + 1)) - set(broken), "every good version served, no broken one"
+    assert len(served) >= 20
+    for versions in seen:
+        assert all(a <= b for a, b in zip(versions, versions[1:])), "a client saw versions go backwards"
+    assert model["model_version"] == VERSIONS
+    assert {r["bundle"].rsplit("/", 1)[1] for r in model["refused"]} == {b.name for b in broken.values()}
+    reasons = " ".join(r["reason"] for r in model["refused"])
+    assert "checksum mismatch" in reasons and "onnxruntime cannot load" in reasons
+    assert sum(map(len, seen)) > 100
+
+
+def test_a_broken_newest_bundle_at_start_falls_back_to_the_newest_good_one(tmp_path, exported_agents):
+    source = latest_bundle(exported_agents["CartPole-v1"][1])
+    export_dir = tmp_path / "export"
+    publish_copy(source, export_dir)
+    publish_copy(source, export_dir)
+    publish_broken(source, export_dir, "truncated")
+    store = ModelStore(export_dir)
+    assert store.poll() and store.current.version == 2 and store.refusals == 1
+    assert not store.poll(), "a refused bundle is not retried until it changes"
+    publish_copy(source, export_dir)
+    assert store.poll() and store.current.version == 4
