@@ -93,3 +93,20 @@ def exported_agents(tmp_path_factory):
         export_bundle(agent, export_dir, training_step=100, phase="full", last_eval=20.0, keep=100)
         agents[env_id] = (agent, export_dir)
     return agents
+
+
+@pytest.fixture(scope="session")
+def trained_cartpole(tmp_path_factory):
+    """A run dir holding a CartPole agent trained by the real CLI until its eval reached 475.
+
+    Seed 2 of the cartpole preset gets there in about 1,250 env steps (about a minute on 2 cores);
+    the run stops at the first evaluation >= 475 and publishes that exact agent as its last bundle.
+    """
+    import subprocess
+    import sys
+
+    run_dir = tmp_path_factory.mktemp("trained") / "cartpole"
+    subprocess.run([sys.executable, "-m", "reverie.cli", "train", "--preset", "cartpole", "--seed", "2",
+                    "--run-dir", str(run_dir), "--set", "target_return=475", "--set", "threads=1"],
+                   check=True, timeout=600, capture_output=True)
+    return run_dir

@@ -1,0 +1,87 @@
+"""Train -> export -> serve -> client, each a real process: the served agent plays as the trainer reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from reverie.bundle import latest_bundle, load_manifest
+from serving import ProcessServer, free_port, wait_until
+
+
+def test_reverie_eval_replays_the_trainers_own_evaluation(trained_cartpole):
+    """`reverie eval` through onnxruntime gives the trainer's eval return for the same agent and episodes."""
+    manifest = load_manifest(latest_bundle(trained_cartpole))
+    assert manifest.last_eval_return >= 475
+    out = subprocess.run([sys.executable, "-m", "reverie.cli", "eval", "--bundle", str(trained_cartpole)],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    mean = float(re.search(r"mean return ([\d.]+)", out).group(1))
+    assert abs(mean - manifest.last_eval_return) < 1e-6, out
+
+
+def test_the_game_loop_plays_cartpole_over_the_network(trained_cartpole):
+    """The example client, in its own process, plays fresh episodes through `reverie serve` at >= 475."""
+    with ProcessServer(trained_cartpole) as server:
+        out = subprocess.run([sys.executable, "-m", "clients.game_loop", "--url", server.url, "--episodes", "10",
+                              "--seed", "7", "--json"], capture_output=True, text=True, check=True, timeout=300).stdout
+    summary = json.loads(out)
+    assert summary["env_id"] == "CartPole-v1" and summary["episodes"] == 10
+    assert summary["mean_return"] >= 475, summary["returns"]
+    assert summary["requests"] == sum(summary["returns"])  # one request per env step
+    assert len(summary["model_versions"]) == 1
+
+
+def test_the_preview_example_saves_a_png(trained_cartpole, tmp_path):
+    with ProcessServer(trained_cartpole) as server:
+        out = subprocess.run([sys.executable, "-m", "clients.preview", "--url", server.url, "--samples", "4",
+                              "--out", str(tmp_path / "preview.png")], capture_output=True, text=True, check=True,
+                             timeout=120).stdout
+    assert (tmp_path / "preview.png").read_bytes()[:4] == b"\x89PNG" and "lambda-return" in out
+
+
+def test_reverie_up_serves_at_once_follows_training_and_stops_cleanly(tmp_path):
+    """`reverie up`: /act within a minute, training progress in /model, newer versions, SIGTERM stops both."""
+    run_dir = tmp_path / "run"
+    port = free_port()
+    command = [sys.executable, "-m", "reverie.cli", "up", "--run-dir", str(run_dir), "--port", str(port),
+               "--grpc-port", str(free_port()), "--preset", "smoke", "--set", "threads=1"]
+    log = (tmp_path / "up.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+
+        def acts() -> bool:
+            assert process.poll() is None, (tmp_path / "up.log").read_text()
+            try:
+                return httpx.post(f"{url}/act", json={"obs": [0.0, 0.0, 0.0, 0.0]}, timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(acts, 60, "/act answering", interval=0.25)
+        first_answer_s = time.monotonic() - started
+        first = httpx.get(f"{url}/model").json()
+        wait_until(lambda: httpx.get(f"{url}/model").json()["model_version"] >= first["model_version"] + 2, 120,
+                   "two newer versions", interval=0.5)
+        later = httpx.get(f"{url}/model").json()
+        assert later["training"]["env_step"] > (first["training"] or {}).get("env_step", 0)
+        assert later["manifest"]["training_step"] > first["manifest"]["training_step"]
+        assert later["manifest"]["last_eval_return"] is not None
+        trainer_pids = subprocess.run(["pgrep", "-f", f"train --run-dir {run_dir}"], capture_output=True, text=True).stdout.split()
+        assert len(trainer_pids) == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert first_answer_s < 60
+    assert not os.path.exists(f"/proc/{trainer_pids[0]}") or "Z" in open(f"/proc/{trainer_pids[0]}/stat").read().split()[2]
+    assert list((run_dir / "checkpoints").glob("*.pt")), "stopping leaves a resumable checkpoint"
+    assert "saving a checkpoint" in (tmp_path / "up.log").read_text()
