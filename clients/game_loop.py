@@ -1,6 +1,7 @@
 """The example game client: plays a gymnasium env with actions asked of the service over the network.
 
     python -m clients.game_loop --url http://127.0.0.1:8000 --episodes 10
+    python -m clients.game_loop --transport grpc --target 127.0.0.1:50051 --stream    # one ActStream
 
 The env id comes from the served model unless given. Episodes use evaluation seeds of their
 own (`--seed`), so they are not the trainer's evaluation episodes replayed.
@@ -12,23 +13,24 @@ import argparse
 import json
 import os
 import time
+from typing import Callable
 
 import numpy as np
 
 from reverie.evaluation import evaluate_policy
 
+from .grpc_client import GrpcClient
 from .rest import RestClient
 
 
-def play(client, env_id: str | None, episodes: int, seed: int, deterministic: bool = True) -> dict:
-    """Play `episodes` episodes through `client`; the summary a game team would look at."""
-    env_id = env_id or client.model()["manifest"]["env_id"]
+def play(ask: Callable, env_id: str, episodes: int, seed: int) -> dict:
+    """Play `episodes` episodes with `ask(obs) -> Action`; the summary a game team would look at."""
     versions: list[int] = []
     latencies: list[float] = []
 
     def act(obs):
         started = time.perf_counter()
-        step = client.act(obs, deterministic=deterministic)
+        step = ask(obs)
         latencies.append(time.perf_counter() - started)
         versions.append(step.model_version)
         return step.action if isinstance(step.action, int) else np.asarray(step.action, np.float32)
@@ -45,7 +47,10 @@ def play(client, env_id: str | None, episodes: int, seed: int, deterministic: bo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--transport", choices=("rest", "grpc"), default="rest")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="REST base URL")
+    parser.add_argument("--target", default="127.0.0.1:50051", help="gRPC host:port")
+    parser.add_argument("--stream", action="store_true", help="gRPC: one ActStream for the whole game")
     parser.add_argument("--env", default=None, help="default: the served model's env")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=7, help="episode seeds (the trainer evaluates with the run's seed)")
@@ -53,9 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=os.environ.get("REVERIE_API_TOKEN"), help="bearer token (env REVERIE_API_TOKEN)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = parser.parse_args(argv)
-    with RestClient(args.url, token=args.token) as client:
+    if args.stream and args.transport != "grpc":
+        parser.error("--stream needs --transport grpc")
+    deterministic = not args.sample
+    client = RestClient(args.url, token=args.token) if args.transport == "rest" else GrpcClient(args.target, token=args.token)
+    with client:
         client.wait_ready()
-        summary = play(client, args.env, args.episodes, args.seed, deterministic=not args.sample)
+        env_id = args.env or client.model()["manifest"]["env_id"]
+        if args.stream:
+            with client.stream(deterministic) as stream:
+                summary = play(stream.act, env_id, args.episodes, args.seed)
+        else:
+            summary = play(lambda obs: client.act(obs, deterministic=deterministic), env_id, args.episodes, args.seed)
+    summary["transport"] = "grpc-stream" if args.stream else args.transport
     if args.json:
         print(json.dumps(summary))
     else:

@@ -50,14 +50,14 @@ def _settings(args: argparse.Namespace, models: Path):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.server import serve
+    from service.server import Service
 
     models = Path(args.models)
     if not models.exists():
         raise FileNotFoundError(f"--models {models} does not exist (a run dir, its export folder, or a bundle)")
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        serve(_settings(args, models))
+        Service(_settings(args, models)).run()
     except KeyboardInterrupt:
         pass
     return 0

@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from service.server import build_server, serve
+from service.server import Service
 from service.settings import ServiceSettings
 
 log = logging.getLogger("reverie.up")
@@ -32,7 +32,7 @@ def trainer_command(run_dir: Path, train_args: list[str]) -> list[str]:
 
 def up(run_dir: Path, train_args: list[str], settings: ServiceSettings) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
-    server, store = build_server(settings)
+    service = Service(settings)
     command = trainer_command(run_dir, train_args)
     log.info("trainer: %s", " ".join(command[1:]))
     trainer = subprocess.Popen(command, start_new_session=True)
@@ -40,24 +40,25 @@ def up(run_dir: Path, train_args: list[str], settings: ServiceSettings) -> int:
 
     def watch_trainer() -> None:
         code = trainer.wait()
-        if server.should_exit:
+        current = service.store.current
+        if service.http.should_exit:
             return
         if code == 0:
-            log.info("training finished; still serving model version %s", store.current and store.current.version)
-        elif store.current is None:
+            log.info("training finished; still serving model version %s", current and current.version)
+        elif current is None:
             log.error("the trainer exited with code %d before publishing a bundle: stopping", code)
             failed.set()
-            server.should_exit = True
+            service.stop()
         else:
-            log.error("the trainer exited with code %d; still serving model version %d", code, store.current.version)
+            log.error("the trainer exited with code %d; still serving model version %d", code, current.version)
 
     threading.Thread(target=watch_trainer, name="trainer-watch", daemon=True).start()
     try:
-        serve(settings, server, store)
+        service.run()
     except KeyboardInterrupt:
         pass
     finally:
-        server.should_exit = True
+        service.stop()
         if trainer.poll() is None:
             log.info("stopping the trainer (it saves a checkpoint)")
             trainer.send_signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""`reverie serve`: the store, the app and uvicorn in one process (the gRPC server joins here)."""
+"""`reverie serve`: one process, one store, two front ends (REST on uvicorn, gRPC on grpcio)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,37 @@ import logging
 import uvicorn
 
 from .app import create_app
+from .grpc_server import build_grpc_server
 from .settings import ServiceSettings
 from .store import ModelStore
 
 log = logging.getLogger("reverie.service")
 
 
-def build_server(settings: ServiceSettings) -> tuple[uvicorn.Server, ModelStore]:
-    store = ModelStore(settings.models, settings.poll_interval)
-    app = create_app(store, settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False, log_level="warning",
-                            lifespan="off", timeout_graceful_shutdown=5)
-    return uvicorn.Server(config), store
+class Service:
+    """The store, the REST server and the gRPC server of one process, started and stopped together."""
 
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.store = ModelStore(settings.models, settings.poll_interval)
+        app = create_app(self.store, settings)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False, log_level="warning",
+                                lifespan="off", timeout_graceful_shutdown=5)
+        self.http = uvicorn.Server(config)
+        self.grpc = build_grpc_server(self.store, settings, app.state.metrics)
 
-def serve(settings: ServiceSettings, server: uvicorn.Server | None = None, store: ModelStore | None = None) -> None:
-    """Serve until SIGINT / SIGTERM; the newest bundle under `settings.models` is followed all along."""
-    if server is None:
-        server, store = build_server(settings)
-    store.start()
-    log.info("REST on http://%s:%d (models: %s%s)", settings.host, settings.port, settings.models,
-             ", bearer token required" if settings.api_token else "")
-    try:
-        server.run()
-    finally:
-        store.stop()
+    def run(self) -> None:
+        """Serve until SIGINT / SIGTERM (or `stop()`); the newest bundle is followed all along."""
+        self.store.start()
+        self.grpc.start()
+        s = self.settings
+        log.info("REST on http://%s:%d, gRPC on %s:%d (models: %s%s)", s.host, s.port, s.host, s.grpc_port, s.models,
+                 ", bearer token required" if s.api_token else "")
+        try:
+            self.http.run()
+        finally:
+            self.grpc.stop(grace=2).wait()
+            self.store.stop()
+
+    def stop(self) -> None:
+        self.http.should_exit = True

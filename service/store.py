@@ -32,6 +32,7 @@ class ModelStore:
         self.reloads = 0
         self.refused: dict[Path, tuple[float, str]] = {}  # bundle -> (manifest mtime, reason)
         self.refusals = 0
+        self.on_swap: list = []  # callables taking the new Runtime (the gRPC health status)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -81,6 +82,8 @@ class ModelStore:
         self.current, self.loaded_at = runtime, time.time()
         self.reloads += 1
         log.info("serving model version %d (was %s) from %s", runtime.version, previous, bundle)
+        for callback in self.on_swap:
+            callback(runtime)
         return True
 
     def _follow(self) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from reverie.bundle import Manifest, publish
-from service.server import build_server
+from service.server import Service
 from service.settings import ServiceSettings
 
 
@@ -40,21 +40,21 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> 
 
 class ThreadServer:
     def __init__(self, models: Path, **settings):
-        self.settings = ServiceSettings(models=models, port=free_port(), **settings)
-        self.server, self.store = build_server(self.settings)
+        self.settings = ServiceSettings(models=models, port=free_port(), grpc_port=free_port(), **settings)
+        self.service = Service(self.settings)
+        self.store = self.service.store
         self.url = f"http://127.0.0.1:{self.settings.port}"
+        self.grpc_target = f"127.0.0.1:{self.settings.grpc_port}"
 
     def __enter__(self) -> "ThreadServer":
-        self.store.start()
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.service.run, daemon=True)
         self.thread.start()
-        wait_until(lambda: self.server.started, 10, "server start")
+        wait_until(lambda: self.service.http.started, 10, "server start")
         return self
 
     def __exit__(self, *_) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.store.stop()
+        self.service.stop()
+        self.thread.join(timeout=15)
 
 
 class ProcessServer:
@@ -64,8 +64,10 @@ class ProcessServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False)
+        self.grpc_port = free_port()
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         command = [sys.executable, "-m", "reverie.cli", "serve", "--models", str(models), "--port", str(self.port),
-                   "--grpc-port", str(free_port())]
+                   "--grpc-port", str(self.grpc_port)]
         if poll_interval is not None:
             command += ["--poll-interval", str(poll_interval)]
         self.env = {**os.environ, **(env or {})}

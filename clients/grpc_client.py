@@ -1,0 +1,148 @@
+"""A small typed gRPC client with the REST client's interface, plus `stream()` for ActStream.
+
+    client = GrpcClient("127.0.0.1:50051")
+    step = client.act(obs, deterministic=True)
+    with client.stream(deterministic=True) as stream:     # one bidirectional stream for a game loop
+        step = stream.act(obs)
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.proto import SERVICE_NAME, agent_pb2, agent_pb2_grpc
+from service.tensors import from_tensor, to_tensor
+
+from .rest import Action, ApiError, Imagination, Trajectory
+
+
+def _error(err: grpc.RpcError) -> ApiError:
+    detail = err.details() or ""
+    field, sep, message = detail.partition(": ")
+    return ApiError(err.code().name, message if sep else detail, field if sep else None)
+
+
+def _actions(response: agent_pb2.ActResponse) -> list[Action]:
+    actions = from_tensor(response.actions, "actions")
+    values = from_tensor(response.values, "values")
+    params = {k: from_tensor(getattr(response, k), k) for k in ("probs", "mean", "std") if response.HasField(k)}
+    return [Action(int(a) if actions.ndim == 1 else a.tolist(), float(v), response.model_version,
+                   **{k: p[i].tolist() for k, p in params.items()}) for i, (a, v) in enumerate(zip(actions, values))]
+
+
+def _request(obs, deterministic: bool, seed: int | None) -> agent_pb2.ActRequest:
+    request = agent_pb2.ActRequest(obs=to_tensor(np.asarray(obs, np.float32)), deterministic=deterministic)
+    if seed is not None:
+        request.seed = seed
+    return request
+
+
+class ActStream:
+    """One ActStream call: each `act` sends one observation and waits for its action, in order."""
+
+    def __init__(self, stub, metadata, deterministic: bool):
+        self.deterministic = deterministic
+        self.requests: queue.Queue = queue.Queue()
+        self.responses = stub.ActStream(iter(self.requests.get, None), metadata=metadata)
+
+    def act(self, obs, seed: int | None = None) -> Action:
+        self.requests.put(_request(obs, self.deterministic, seed))
+        try:
+            return _actions(next(self.responses))[0]
+        except grpc.RpcError as err:
+            raise _error(err) from None
+
+    def close(self) -> None:
+        self.requests.put(None)
+
+    def __enter__(self) -> "ActStream":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+class GrpcClient:
+    def __init__(self, target: str = "127.0.0.1:50051", token: str | None = None, timeout: float = 10.0):
+        self.channel = grpc.insecure_channel(target)
+        self.stub = agent_pb2_grpc.AgentStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "GrpcClient":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, metadata=self.metadata, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise _error(err) from None
+
+    # ------------------------------------------------------------------ agent
+    def act(self, obs, deterministic: bool = False, seed: int | None = None) -> Action:
+        return _actions(self._call(self.stub.Act, _request(obs, deterministic, seed)))[0]
+
+    def act_batch(self, observations, deterministic: bool = False, seed: int | None = None) -> list[Action]:
+        return _actions(self._call(self.stub.Act, _request(np.stack(observations), deterministic, seed)))
+
+    def stream(self, deterministic: bool = False) -> ActStream:
+        return ActStream(self.stub, self.metadata, deterministic)
+
+    def value(self, obs) -> tuple[float, int]:
+        values, version = self.values([obs])
+        return values[0], version
+
+    def values(self, observations) -> tuple[list[float], int]:
+        request = agent_pb2.ValueRequest(obs=to_tensor(np.asarray(np.stack(observations), np.float32)))
+        response = self._call(self.stub.Value, request)
+        return from_tensor(response.values, "values").tolist(), response.model_version
+
+    def imagine(self, obs, horizon: int | None = None, samples: int = 1, deterministic: bool = False,
+                seed: int | None = None, actions: list | None = None) -> Imagination:
+        request = agent_pb2.ImagineRequest(obs=to_tensor(np.asarray(obs, np.float32)), horizon=horizon or 0,
+                                           samples=samples, deterministic=deterministic)
+        if seed is not None:
+            request.seed = seed
+        if actions is not None:
+            plan = np.asarray(actions)
+            request.actions.CopyFrom(to_tensor(plan.astype(np.int64 if plan.dtype.kind in "iu" else np.float32)))
+        r = self._call(self.stub.Imagine, request)
+        fields = {k: from_tensor(getattr(r, k), k) for k in ("states", "actions", "rewards", "continues", "values", "lambda_return")}
+        trajectories = [Trajectory(fields["states"][i], fields["actions"][i].tolist(), fields["rewards"][i],
+                                   fields["continues"][i], fields["values"][i], fields["lambda_return"][i])
+                        for i in range(len(fields["states"]))]
+        return Imagination(r.model_version, r.horizon, trajectories)
+
+    # ------------------------------------------------------------------ status
+    def model(self) -> dict:
+        """The same shape as REST's GET /model: model_version, manifest, training."""
+        info = self._call(self.stub.GetModel, agent_pb2.GetModelRequest())
+        return {"model_version": info.model_version, "manifest": json.loads(info.manifest_json),
+                "training": json.loads(info.training_json)}
+
+    def ready(self) -> bool:
+        try:
+            answer = self.health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=2)
+        except grpc.RpcError:
+            return False
+        return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gRPC service not ready after {timeout:.0f} s")
+            time.sleep(0.2)

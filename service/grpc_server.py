@@ -1,0 +1,175 @@
+"""The gRPC front end: service `reverie.v1.Agent` over the same store and runtime as the REST app.
+
+Standard health checking (NOT_SERVING until a bundle is loaded) and server reflection are on, so
+stock tools (grpcurl, grpc_health_probe) work. Bad input is INVALID_ARGUMENT with a message that
+names the field; an oversized message is RESOURCE_EXHAUSTED (grpc's own receive limit).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from concurrent import futures
+from contextlib import contextmanager
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import inputs
+from .inputs import InputError
+from .metrics import ServiceMetrics
+from .proto import SERVICE_NAME, agent_pb2, agent_pb2_grpc
+from .runtime import Runtime
+from .settings import ServiceSettings
+from .status import run_dir_of, training_status
+from .store import ModelStore, NotReady
+from .tensors import from_tensor, to_tensor
+
+log = logging.getLogger("reverie.service")
+
+
+def observations(tensor: agent_pb2.Tensor, runtime: Runtime, max_batch: int, field: str = "obs") -> np.ndarray:
+    """One observation or a batch, as a checked float32 batch."""
+    if not tensor.dtype:
+        raise InputError(field, "required")
+    array = from_tensor(tensor, field)
+    if array.ndim == len(runtime.manifest.observation_space.shape):
+        array = array[None]
+    if len(array) > max_batch:
+        raise InputError(field, f"at most {max_batch} observations per request")
+    return inputs.check_observation_array(array, runtime.manifest.observation_space, field)
+
+
+class AgentServicer(agent_pb2_grpc.AgentServicer):
+    def __init__(self, store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics):
+        self.store, self.settings, self.metrics = store, settings, metrics
+
+    @contextmanager
+    def _call(self, name: str, context: grpc.ServicerContext):
+        """Map our errors to gRPC status codes, and count the call."""
+        started, code = time.perf_counter(), "OK"
+        try:
+            yield
+        except InputError as err:
+            code = "INVALID_ARGUMENT"
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        except NotReady as err:
+            code = "UNAVAILABLE"
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        finally:
+            self.metrics.observe("grpc", name, code, time.perf_counter() - started)
+
+    def _act(self, request: agent_pb2.ActRequest) -> agent_pb2.ActResponse:
+        runtime = self.store.require()
+        obs = observations(request.obs, runtime, self.settings.max_batch)
+        seed = request.seed if request.HasField("seed") else None
+        result = runtime.act(obs, request.deterministic, seed)
+        actions = np.asarray(result.actions, np.int64 if runtime.discrete else np.float32)
+        params = {k: to_tensor(v) for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
+        return agent_pb2.ActResponse(actions=to_tensor(actions), values=to_tensor(result.values),
+                                     model_version=runtime.version, **params)
+
+    def Act(self, request, context):
+        with self._call("Act", context):
+            return self._act(request)
+
+    def ActStream(self, request_iterator, context):
+        with self._call("ActStream", context):
+            for request in request_iterator:  # each message takes the newest runtime: versions only move forward
+                yield self._act(request)
+
+    def Value(self, request, context):
+        with self._call("Value", context):
+            runtime = self.store.require()
+            values = runtime.value(observations(request.obs, runtime, self.settings.max_batch))
+            return agent_pb2.ValueResponse(values=to_tensor(values), model_version=runtime.version)
+
+    def Imagine(self, request, context):
+        with self._call("Imagine", context):
+            return self._imagine(request)
+
+    def _imagine(self, request: agent_pb2.ImagineRequest) -> agent_pb2.ImagineResponse:
+        runtime = self.store.require()
+        manifest = runtime.manifest
+        obs = observations(request.obs, runtime, 1)
+        samples = inputs.check_range("samples", request.samples or 1, 1, self.settings.max_samples)
+        horizon = request.horizon or None
+        plan = None
+        if request.actions.dtype:
+            actions = from_tensor(request.actions, "actions")
+            plan = inputs.plan(actions.tolist(), manifest.action_space)
+            if horizon is not None and horizon != len(plan):
+                raise InputError("horizon", f"disagrees with the plan: `actions` holds {len(plan)} steps")
+            horizon = inputs.check_range("actions", len(plan), 1, manifest.max_horizon)
+        horizon = inputs.check_range("horizon", horizon or manifest.default_horizon, 1, manifest.max_horizon)
+        seed = request.seed if request.HasField("seed") else None
+        result = runtime.imagine(obs, horizon, samples, request.deterministic, seed, plan)
+        actions = np.asarray(result.actions, np.int64 if runtime.discrete else np.float32)
+        return agent_pb2.ImagineResponse(
+            model_version=runtime.version, horizon=horizon, states=to_tensor(result.states), actions=to_tensor(actions),
+            rewards=to_tensor(result.rewards), continues=to_tensor(result.continues), values=to_tensor(result.values),
+            lambda_return=to_tensor(result.lambda_return))
+
+    def GetModel(self, request, context):
+        with self._call("GetModel", context):
+            return self._model()
+
+    def _model(self) -> agent_pb2.ModelInfo:
+        runtime = self.store.require()
+        m = runtime.manifest
+        info = agent_pb2.ModelInfo(model_version=runtime.version, env_id=m.env_id, training_step=m.training_step,
+                                   phase=m.phase, manifest_json=m.model_dump_json(),
+                                   training_json=json.dumps(training_status(run_dir_of(self.settings.models))))
+        if m.last_eval_return is not None:
+            info.last_eval_return = m.last_eval_return
+        return info
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """`authorization: Bearer <token>` on every Agent call; health and reflection stay open."""
+
+    def __init__(self, token: str):
+        self.token = token.encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token")
+
+        self.deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self.deny_stream = grpc.stream_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, details):
+        if not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return continuation(details)
+        given = dict(details.invocation_metadata).get("authorization", "")
+        if hmac.compare_digest(given.encode(), b"Bearer " + self.token):
+            return continuation(details)
+        return self.deny_stream if details.method.endswith("/ActStream") else self.deny_unary
+
+
+def build_grpc_server(store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics) -> grpc.Server:
+    interceptors = [TokenInterceptor(settings.api_token)] if settings.api_token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),
+                         interceptors=interceptors,
+                         options=[("grpc.max_receive_message_length", settings.max_body_bytes),
+                                  ("grpc.max_send_message_length", 64 << 20)])
+    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(store, settings, metrics), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    def set_health(runtime) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if runtime else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            health_servicer.set(service, status)
+
+    set_health(store.current)
+    store.on_swap.append(set_health)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")
+    return server
