@@ -36,12 +36,10 @@ def observations(tensor: agent_pb2.Tensor, runtime: Runtime, max_batch: int, fie
     """One observation or a batch, as a checked float32 batch."""
     if not tensor.dtype:
         raise InputError(field, "required")
-    array = from_tensor(tensor, field)
-    if array.ndim == len(runtime.manifest.observation_space.shape):
-        array = array[None]
-    if len(array) > max_batch:
+    batch = inputs.check_observation_array(from_tensor(tensor, field), runtime.manifest.observation_space, field)
+    if len(batch) > max_batch:
         raise InputError(field, f"at most {max_batch} observations per request")
-    return inputs.check_observation_array(array, runtime.manifest.observation_space, field)
+    return batch
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):

@@ -76,9 +76,12 @@ def observation_batch(value, space: ObservationSpace, field: str, batched: bool)
 
 
 def check_observation_array(array: np.ndarray, space: ObservationSpace, field: str) -> np.ndarray:
-    """An already-decoded batch (raw tensor bytes over gRPC) checked against the space."""
-    if array.ndim != len(space.shape) + 1 or tuple(array.shape[1:]) != tuple(space.shape):
-        raise InputError(field, f"expected shape [batch, {', '.join(map(str, space.shape))}], got {list(array.shape)}")
+    """An already-decoded tensor (raw bytes over gRPC): one observation or a batch -> float32 batch."""
+    shape = tuple(space.shape)
+    if tuple(array.shape) == shape:
+        return _within_space(array.astype(np.float64, copy=False), space, field)[None]
+    if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != shape:
+        raise InputError(field, f"expected shape {list(shape)} or [batch, {', '.join(map(str, shape))}], got {list(array.shape)}")
     if array.shape[0] == 0:
         raise InputError(field, "empty batch")
     return _within_space(array.astype(np.float64, copy=False), space, field)

@@ -11,6 +11,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from reverie.bundle import latest_bundle, load_manifest
 from serving import ProcessServer, free_port, wait_until
@@ -26,11 +27,14 @@ def test_reverie_eval_replays_the_trainers_own_evaluation(trained_cartpole):
     assert abs(mean - manifest.last_eval_return) < 1e-6, out
 
 
-def test_the_game_loop_plays_cartpole_over_the_network(trained_cartpole):
+@pytest.mark.parametrize("transport", [["--transport", "rest"], ["--transport", "grpc"], ["--transport", "grpc", "--stream"]],
+                         ids=["rest", "grpc-act", "grpc-actstream"])
+def test_the_game_loop_plays_cartpole_over_the_network(trained_cartpole, transport):
     """The example client, in its own process, plays fresh episodes through `reverie serve` at >= 475."""
     with ProcessServer(trained_cartpole) as server:
-        out = subprocess.run([sys.executable, "-m", "clients.game_loop", "--url", server.url, "--episodes", "10",
-                              "--seed", "7", "--json"], capture_output=True, text=True, check=True, timeout=300).stdout
+        out = subprocess.run([sys.executable, "-m", "clients.game_loop", "--url", server.url, "--target", server.grpc_target,
+                              *transport, "--episodes", "10", "--seed", "7", "--json"],
+                             capture_output=True, text=True, check=True, timeout=300).stdout
     summary = json.loads(out)
     assert summary["env_id"] == "CartPole-v1" and summary["episodes"] == 10
     assert summary["mean_return"] >= 475, summary["returns"]

@@ -62,7 +62,8 @@ def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, 
 
 def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path) -> None:
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision is not installed"
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # a line per optimisation pass
+    for chatty in ("onnx_ir", "onnxscript"):  # a line per optimisation pass
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     dynamic = {name: {0: "batch"} for name in spec.inputs + spec.outputs}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
