@@ -1,7 +1,7 @@
 """The export bundle: the one contract between trainer and service (torch-free, defined once).
 
     EXPORT_DIR/
-      v000001/  manifest.json  encoder.onnx  policy.onnx  value.onnx  world_model.onnx  decoder.onnx
+      v000001/  manifest.json  encoder.onnx  policy.onnx  value.onnx  world_model.onnx  decoder.onnx  act.onnx
       v000002/  ...
       LATEST    -> the name of the newest complete version (replaced atomically)
 
@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 FORMAT_VERSION = 1
 POINTER = "LATEST"
 VERSION_DIR = re.compile(r"^v(\d{6,})$")
-GRAPHS = ("encoder", "policy", "value", "world_model", "decoder")
+# `act` is encoder, policy and value fused into one graph: the hot path of serving is one graph call.
+GRAPHS = ("encoder", "policy", "value", "world_model", "decoder", "act")
 
 
 class GraphSpec(BaseModel):
@@ -119,6 +120,9 @@ def load_manifest(bundle: Path) -> Manifest:
         raise BundleError(f"{bundle}: unreadable manifest: {err}") from err
     if manifest.format_version != FORMAT_VERSION:
         raise BundleError(f"{bundle}: format version {manifest.format_version}, expected {FORMAT_VERSION}")
+    missing = [name for name in GRAPHS if name not in manifest.graphs]
+    if missing:
+        raise BundleError(f"{bundle}: the manifest lacks graphs {', '.join(missing)}")
     unlisted = [spec.file for spec in manifest.graphs.values() if spec.file not in manifest.sha256]
     if unlisted:
         raise BundleError(f"{bundle}: no checksum for {', '.join(unlisted)}")

@@ -13,13 +13,13 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import orjson
-from fastapi import Depends, FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 import reverie
@@ -123,6 +123,22 @@ class Error(BaseModel):
 
 
 ERRORS = {code: {"model": Error} for code in (401, 413, 422, 503)}
+BODIES = {model.__name__: model for model in (ActRequest, ObservationRequest, ImagineRequest)}
+
+
+def body_of(model: type[BaseModel]) -> dict:
+    """The request body as the OpenAPI document shows it (the handler parses it itself, see `parse`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+async def parse(request: Request, model: type[BaseModel]):
+    """Body bytes -> model in one pass of pydantic's JSON parser (which also reads NaN and Infinity,
+    so that the observation checks can name them); a failure is the same 422 as FastAPI's own."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as err:
+        raise RequestValidationError(err.errors()) from None
 METRICS = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}}
 PNG = {200: {"content": {"application/json": {}, "image/png": {}}, "description": "JSON trajectories, or the PNG preview"}}
 
@@ -185,8 +201,8 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         first = exc.errors()[0]  # its `input` may be a NaN or a megabyte: never echoed
         loc, kind = tuple(first.get("loc", ())), first.get("type")
         if kind == "json_invalid":
-            return error_response(422, f"invalid JSON at character {loc[-1]}", "body")
-        if loc == ("body",) and kind in ("model_attributes_type", "dict_type"):
+            return error_response(422, "invalid JSON", "body")
+        if loc in ((), ("body",)) and kind in ("model_type", "model_attributes_type", "dict_type"):
             return error_response(422, "expected a JSON object (Content-Type: application/json)", "body")
         return error_response(422, first.get("msg", "invalid"), field_name(loc))
 
@@ -209,9 +225,11 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "field", None), headers)
 
     # -------------------------------------------------------------- agent
-    @app.post("/act", response_model=ActResponse | ActBatchResponse, dependencies=guarded, responses=ERRORS)
-    async def act(request: ActRequest):
+    @app.post("/act", response_model=ActResponse | ActBatchResponse, dependencies=guarded, responses=ERRORS,
+              openapi_extra=body_of(ActRequest))
+    async def act(raw: Request):
         """An action for one observation (`obs`) or for each of a batch (`observations`)."""
+        request = await parse(raw, ActRequest)
         runtime = store.require()
         obs, batched = observations_of(request, runtime, settings.max_batch)
         result = runtime.act(obs, request.deterministic, request.seed)
@@ -222,9 +240,11 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         return json_response({"action": result.actions[0], "value": float(result.values[0]),
                               "model_version": runtime.version, **{k: v[0] for k, v in params.items()}})
 
-    @app.post("/value", response_model=ValueResponse | ValueBatchResponse, dependencies=guarded, responses=ERRORS)
-    async def value(request: ObservationRequest):
+    @app.post("/value", response_model=ValueResponse | ValueBatchResponse, dependencies=guarded, responses=ERRORS,
+              openapi_extra=body_of(ObservationRequest))
+    async def value(raw: Request):
         """The critic's value of one observation or of each of a batch."""
+        request = await parse(raw, ObservationRequest)
         runtime = store.require()
         obs, batched = observations_of(request, runtime, settings.max_batch)
         values = runtime.value(obs)
@@ -269,9 +289,11 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
             raise InputError("obs", "GET takes vector observations; POST /imagine takes any observation")
         return await imagine(runtime, inputs.csv_observation(obs), horizon, samples, deterministic, seed, None, format)
 
-    @app.post("/imagine", response_model=ImagineResponse, dependencies=guarded, responses={**ERRORS, **PNG})
-    async def imagine_post(request: ImagineRequest):
+    @app.post("/imagine", response_model=ImagineResponse, dependencies=guarded, responses={**ERRORS, **PNG},
+              openapi_extra=body_of(ImagineRequest))
+    async def imagine_post(raw: Request):
         """Imagined rollouts of the policy, or of the client's `actions` plan, through the world model."""
+        request = await parse(raw, ImagineRequest)
         runtime = store.require()
         return await imagine(runtime, request.obs, request.horizon, request.samples, request.deterministic,
                              request.seed, request.actions, request.format)
@@ -314,6 +336,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         key = None if runtime is None else runtime.manifest.model_dump_json(include={"observation_space", "action_space", "max_horizon", "env_id"})
         if key not in documents:
             base = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            base["components"]["schemas"].update({name: model.model_json_schema() for name, model in BODIES.items()})
             documents.clear()
             documents[key] = base if runtime is None else openapi.refine(base, runtime.manifest, settings)
         return documents[key]

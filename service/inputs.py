@@ -49,17 +49,15 @@ def _numbers(value, shape: tuple[int, ...], field: str, path: tuple[int, ...] = 
         _numbers(item, shape[1:], field, path + (i,))
 
 
-def check_finite(array: np.ndarray, field: str, batch_offset: int = 0) -> np.ndarray:
-    """float64 array -> float32 array, refusing NaN, infinity and values beyond float32's range."""
-    bad = ~np.isfinite(array)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
+def check_finite(array: np.ndarray, field: str) -> np.ndarray:
+    """Numbers -> float32 array, refusing NaN, infinity and values beyond float32's range."""
+    if not np.isfinite(array).all():
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
         raise InputError(_index(field, where), "must be a finite number (NaN and infinity are not allowed)")
-    over = np.abs(array) > FLOAT32_MAX
-    if over.any():
-        where = tuple(int(i) for i in np.argwhere(over)[0])
+    if array.dtype != np.float32 and (np.abs(array) > FLOAT32_MAX).any():
+        where = tuple(int(i) for i in np.argwhere(np.abs(array) > FLOAT32_MAX)[0])
         raise InputError(_index(field, where), "overflows float32")
-    return array.astype(np.float32)
+    return array.astype(np.float32, copy=False)
 
 
 def observation_batch(value, space: ObservationSpace, field: str, batched: bool) -> np.ndarray:
@@ -79,12 +77,12 @@ def check_observation_array(array: np.ndarray, space: ObservationSpace, field: s
     """An already-decoded tensor (raw bytes over gRPC): one observation or a batch -> float32 batch."""
     shape = tuple(space.shape)
     if tuple(array.shape) == shape:
-        return _within_space(array.astype(np.float64, copy=False), space, field)[None]
+        return _within_space(array, space, field)[None]
     if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != shape:
         raise InputError(field, f"expected shape {list(shape)} or [batch, {', '.join(map(str, shape))}], got {list(array.shape)}")
     if array.shape[0] == 0:
         raise InputError(field, "empty batch")
-    return _within_space(array.astype(np.float64, copy=False), space, field)
+    return _within_space(array, space, field)
 
 
 def _within_space(array: np.ndarray, space: ObservationSpace, field: str) -> np.ndarray:

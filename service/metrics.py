@@ -41,6 +41,12 @@ class ServiceMetrics:
                                  ["transport", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_StoreCollector(store))
 
+        self._children: dict = {}  # labels() resolved once per label set: it sits on every request's path
+
     def observe(self, transport: str, endpoint: str, status: str, seconds: float) -> None:
-        self.requests.labels(transport, endpoint, status).inc()
-        self.latency.labels(transport, endpoint).observe(seconds)
+        key = (transport, endpoint, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(*key), self.latency.labels(transport, endpoint))
+        children[0].inc()
+        children[1].observe(seconds)

@@ -109,11 +109,15 @@ class Runtime:
         return self._run("decoder", states)[0]
 
     # ------------------------------------------------------------------ actions
-    def _policy(self, states: np.ndarray, deterministic: bool, rng: np.random.Generator):
-        """Agent actions ([B] indices or [B, dim] in [-1, 1]) and the distribution parameters."""
-        params = self._run("policy", states)
+    def _sample(self, params: list[np.ndarray], deterministic: bool, seed) -> tuple[np.ndarray, dict]:
+        """Agent actions ([B] indices or [B, dim] in [-1, 1]) from distribution parameters.
+
+        `seed` is an int, None (fresh entropy) or a Generator shared across the steps of a rollout;
+        a deterministic action needs no generator at all.
+        """
+        rng = None if deterministic else (seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed))
         if self.discrete:
-            logits = params[0].astype(np.float64)
+            logits = params[0]
             probs = np.exp(logits - logits.max(-1, keepdims=True))
             probs /= probs.sum(-1, keepdims=True)
             if deterministic:
@@ -121,7 +125,7 @@ class Runtime:
             else:  # inverse-CDF sampling, one uniform per row
                 u = rng.random((len(probs), 1))
                 actions = np.minimum((probs.cumsum(-1) < u).sum(-1), self.action_dim - 1)
-            return actions, {"probs": probs.astype(np.float32)}
+            return actions, {"probs": probs}
         mean, std = params
         raw = mean if deterministic else mean + std * rng.standard_normal(mean.shape).astype(np.float32)
         return np.tanh(raw), {"mean": mean, "std": std}
@@ -144,9 +148,9 @@ class Runtime:
             raise InputError(field, "the model's output is not finite for this input")
 
     def act(self, obs: np.ndarray, deterministic: bool, seed: int | None) -> ActResult:
-        states = self.encode(obs)
-        actions, params = self._policy(states, deterministic, np.random.default_rng(seed))
-        values = self.values_of(states)
+        *params, values = self._run("act", obs)  # encoder, policy and value: one graph call
+        values = values.reshape(-1)
+        actions, params = self._sample(params, deterministic, seed)
         self._finite("obs", values, *params.values())
         return ActResult(self.to_env(actions), values, **params)
 
@@ -166,7 +170,7 @@ class Runtime:
         states, actions, rewards, continues = [state], [], [], []
         for t in range(horizon):
             if plan is None:
-                action, _ = self._policy(state, deterministic, rng)
+                action, _ = self._sample(self._run("policy", state), deterministic, rng)
             else:
                 action = np.repeat(plan[t:t + 1], samples, axis=0)
             state, reward, cont = self._run("world_model", state, self.to_graph(action))

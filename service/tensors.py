@@ -10,14 +10,17 @@ from .inputs import InputError
 from .proto import agent_pb2
 
 DTYPES = ("float32", "float64", "int64", "int32", "uint8")
+_LITTLE = {np.dtype(name).newbyteorder("<"): name for name in DTYPES}  # dtype.name is slow on a hot path
 
 
 def to_tensor(array) -> agent_pb2.Tensor:
     array = np.asarray(array)
-    if array.dtype.name not in DTYPES:
-        array = array.astype(np.float32 if array.dtype.kind == "f" else np.int64)
-    return agent_pb2.Tensor(data=array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(),
-                            shape=array.shape, dtype=array.dtype.name)
+    name = _LITTLE.get(array.dtype)
+    if name is None:  # another dtype or byte order: convert to the nearest one the contract names
+        array = array.astype(("<f4" if array.dtype.kind == "f" else "<i8") if array.dtype.name not in DTYPES
+                             else array.dtype.newbyteorder("<"))
+        name = _LITTLE[array.dtype]
+    return agent_pb2.Tensor(data=array.tobytes(), shape=array.shape, dtype=name)
 
 
 def from_tensor(tensor: agent_pb2.Tensor, field: str) -> np.ndarray:

@@ -53,7 +53,7 @@ def test_manifest_describes_and_verifies_the_bundle(exported):
     manifest = load_manifest(bundle)
     assert manifest.training_step == 123 and manifest.last_eval_return == 42.0
     assert manifest.env_id == agent.cfg.env_id and manifest.state_size == agent.cfg.state_dim
-    assert set(manifest.graphs) == {"encoder", "policy", "value", "world_model", "decoder"}
+    assert set(manifest.graphs) == {"encoder", "policy", "value", "world_model", "decoder", "act"}
     assert set(manifest.sha256) == {g.file for g in manifest.graphs.values()}
     assert manifest.action_space.kind == ("discrete" if agent.space.discrete else "box")
 

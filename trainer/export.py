@@ -44,6 +44,18 @@ class _WorldModelStep(nn.Module):
         return self.wm.step(state, action)
 
 
+class _Act(nn.Module):
+    """obs -> policy parameters and value in one graph: what `POST /act` needs, in one call."""
+
+    def __init__(self, agent: Agent):
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, obs):
+        state = self.agent.world_model.encode(obs)
+        return (*self.agent.policy.params(state), self.agent.value(state))
+
+
 def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], GraphSpec]]:
     """name -> (module, example inputs, spec): the five graphs of the bundle."""
     space, cfg = agent.space, agent.cfg
@@ -57,6 +69,7 @@ def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, 
         "world_model": (_WorldModelStep(agent), (state, action),
                         GraphSpec(file="world_model.onnx", inputs=["state", "action"], outputs=["next_state", "reward", "continue"])),
         "decoder": (_OneInput(agent, agent.world_model.decode), (state,), GraphSpec(file="decoder.onnx", inputs=["state"], outputs=["obs"])),
+        "act": (_Act(agent), (torch.zeros(2, *space.obs_shape),), GraphSpec(file="act.onnx", inputs=["obs"], outputs=policy_out + ["value"])),
     }
 
 
