@@ -42,6 +42,7 @@ def generate() -> Path:
     if code != 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise RuntimeError(f"protoc failed ({code}) on {PROTO}")
+    os.chmod(staging, 0o755)  # mkdtemp's folder is private; the cache may be shared (a build user, a runtime user)
     try:
         os.replace(staging, out)  # atomic: a concurrent import either sees all of it or generates its own
     except OSError:

@@ -93,7 +93,7 @@ class Trainer:
         cfg = self.cfg
         self.started = time.perf_counter()
         bar = tqdm(total=cfg.total_steps, initial=self.env_step, unit="step", dynamic_ncols=True,
-                   desc=cfg.env_id, mininterval=1.0)
+                   desc=cfg.env_id, mininterval=1.0, disable=None)  # None: no bar when stderr is not a terminal (docker logs)
         if self.export and not versions(self.run_dir / "export"):
             self.publish_bundle()  # something to serve from the first second (`reverie up`)
         try:
