@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the fused `act` graph is required
 POINTER = "LATEST"
 VERSION_DIR = re.compile(r"^v(\d{6,})$")
 # `act` is encoder, policy and value fused into one graph: the hot path of serving is one graph call.

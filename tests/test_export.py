@@ -68,6 +68,15 @@ def test_corrupted_or_truncated_graph_is_refused(exported, tmp_path):
     (copy / "policy.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(BundleError, match="checksum mismatch for policy.onnx"):
         load_manifest(copy)
+    shutil.copy(bundle / "policy.onnx", copy / "policy.onnx")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(BundleError, match="format version 1, expected 2"):
+        load_manifest(copy)  # an older bundle (no fused act graph) is refused by name, not by a missing file
+    del manifest["graphs"]["act"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="lacks graphs act"):
+        load_manifest(copy)
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="unreadable manifest"):
         load_manifest(copy)
