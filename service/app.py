@@ -17,10 +17,12 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 import reverie
 
@@ -194,6 +196,24 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
             raise FieldError(401, "Authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorized)] if settings.api_token else []  # the document asks for a token only when one is needed
+    documented: list[APIRoute] = []
+
+    def hot_post(path: str, model: type[BaseModel], **doc):
+        """A POST endpoint on the per-step path of every client: served as a plain Starlette route,
+        without FastAPI's per-request dependency solving (about 27 us of 88 in process), and documented
+        by FastAPI from the same function. Its body is parsed by `parse`, its token checked here."""
+        def register(endpoint):
+            async def guarded_endpoint(request: Request):
+                if settings.api_token is not None:
+                    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+                    authorized(HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if scheme.lower() == "bearer" else None)
+                return await endpoint(request)
+
+            app.router.routes.append(Route(path, guarded_endpoint, methods=["POST"]))
+            documented.append(APIRoute(path, endpoint, methods=["POST"], dependencies=guarded,
+                                       openapi_extra=body_of(model), **doc))
+            return endpoint
+        return register
 
     # -------------------------------------------------------------- errors
     @app.exception_handler(RequestValidationError)
@@ -225,8 +245,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "field", None), headers)
 
     # -------------------------------------------------------------- agent
-    @app.post("/act", response_model=ActResponse | ActBatchResponse, dependencies=guarded, responses=ERRORS,
-              openapi_extra=body_of(ActRequest))
+    @hot_post("/act", ActRequest, response_model=ActResponse | ActBatchResponse, responses=ERRORS)
     async def act(raw: Request):
         """An action for one observation (`obs`) or for each of a batch (`observations`)."""
         request = await parse(raw, ActRequest)
@@ -240,8 +259,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         return json_response({"action": result.actions[0], "value": float(result.values[0]),
                               "model_version": runtime.version, **{k: v[0] for k, v in params.items()}})
 
-    @app.post("/value", response_model=ValueResponse | ValueBatchResponse, dependencies=guarded, responses=ERRORS,
-              openapi_extra=body_of(ObservationRequest))
+    @hot_post("/value", ObservationRequest, response_model=ValueResponse | ValueBatchResponse, responses=ERRORS)
     async def value(raw: Request):
         """The critic's value of one observation or of each of a batch."""
         request = await parse(raw, ObservationRequest)
@@ -289,8 +307,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
             raise InputError("obs", "GET takes vector observations; POST /imagine takes any observation")
         return await imagine(runtime, inputs.csv_observation(obs), horizon, samples, deterministic, seed, None, format)
 
-    @app.post("/imagine", response_model=ImagineResponse, dependencies=guarded, responses={**ERRORS, **PNG},
-              openapi_extra=body_of(ImagineRequest))
+    @hot_post("/imagine", ImagineRequest, response_model=ImagineResponse, responses={**ERRORS, **PNG})
     async def imagine_post(raw: Request):
         """Imagined rollouts of the policy, or of the client's `actions` plan, through the world model."""
         request = await parse(raw, ImagineRequest)
@@ -335,7 +352,8 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         runtime = store.current
         key = None if runtime is None else runtime.manifest.model_dump_json(include={"observation_space", "action_space", "max_horizon", "env_id"})
         if key not in documents:
-            base = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            base = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes + documented)
             base["components"]["schemas"].update({name: model.model_json_schema() for name, model in BODIES.items()})
             documents.clear()
             documents[key] = base if runtime is None else openapi.refine(base, runtime.manifest, settings)
