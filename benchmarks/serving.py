@@ -21,7 +21,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,13 +30,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.serving import free_ports  # noqa: E402  (the tests' loopback port picker)
 OBS = [0.02, -0.3, 0.05, 0.4]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def default_bundle(out: Path) -> Path:
@@ -157,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     models = Path(args.models) if args.models else default_bundle(Path(tempfile.mkdtemp(prefix="reverie-bench-")))
-    ports = {name: free_port() for name in ("rest", "grpc", "bare_http", "bare_grpc")}
+    ports = dict(zip(("rest", "grpc", "bare_http", "bare_grpc"), free_ports(4)))
     py = sys.executable
     servers = [
         Process([py, "-m", "reverie.cli", "serve", "--models", str(models), "--port", str(ports["rest"]),
@@ -203,5 +198,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     raise SystemExit(main())

@@ -24,10 +24,16 @@ from service.server import Service
 from service.settings import ServiceSettings
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports (all held open while choosing, so none is handed out twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -40,7 +46,8 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> 
 
 class ThreadServer:
     def __init__(self, models: Path, **settings):
-        self.settings = ServiceSettings(models=models, port=free_port(), grpc_port=free_port(), **settings)
+        port, grpc_port = free_ports(2)
+        self.settings = ServiceSettings(models=models, port=port, grpc_port=grpc_port, **settings)
         self.service = Service(self.settings)
         self.store = self.service.store
         self.url = f"http://127.0.0.1:{self.settings.port}"
@@ -61,10 +68,9 @@ class ProcessServer:
     """`reverie serve` in its own process; its log is kept for the assertions."""
 
     def __init__(self, models: Path, env: dict | None = None, poll_interval: float | None = None):
-        self.port = free_port()
+        self.port, self.grpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False)
-        self.grpc_port = free_port()
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         command = [sys.executable, "-m", "reverie.cli", "serve", "--models", str(models), "--port", str(self.port),
                    "--grpc-port", str(self.grpc_port)]

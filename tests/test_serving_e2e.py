@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from reverie.bundle import latest_bundle, load_manifest
-from serving import ProcessServer, free_port, wait_until
+from serving import ProcessServer, free_ports, wait_until
 
 
 def test_reverie_eval_replays_the_trainers_own_evaluation(trained_cartpole):
@@ -53,9 +53,9 @@ def test_the_preview_example_saves_a_png(trained_cartpole, tmp_path):
 def test_reverie_up_serves_at_once_follows_training_and_stops_cleanly(tmp_path):
     """`reverie up`: /act within a minute, training progress in /model, newer versions, SIGTERM stops both."""
     run_dir = tmp_path / "run"
-    port = free_port()
+    port, grpc_port = free_ports(2)
     command = [sys.executable, "-m", "reverie.cli", "up", "--run-dir", str(run_dir), "--port", str(port),
-               "--grpc-port", str(free_port()), "--preset", "smoke", "--set", "threads=1"]
+               "--grpc-port", str(grpc_port), "--preset", "smoke", "--set", "threads=1"]
     log = (tmp_path / "up.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
