@@ -101,12 +101,19 @@ def trained_cartpole(tmp_path_factory):
 
     Seed 2 of the cartpole preset gets there in about 1,250 env steps (about a minute on 2 cores);
     the run stops at the first evaluation >= 475 and publishes that exact agent as its last bundle.
+    Should another CPU's rounding lead seed 2 elsewhere, the next seeds are tried (all three reach
+    475 within the preset's 2,500 steps in benchmarks/learning.py).
     """
     import subprocess
     import sys
 
-    run_dir = tmp_path_factory.mktemp("trained") / "cartpole"
-    subprocess.run([sys.executable, "-m", "reverie.cli", "train", "--preset", "cartpole", "--seed", "2",
-                    "--run-dir", str(run_dir), "--set", "target_return=475", "--set", "threads=1"],
-                   check=True, timeout=600, capture_output=True)
-    return run_dir
+    from reverie.bundle import latest_bundle, load_manifest
+
+    for seed in (2, 1, 0):
+        run_dir = tmp_path_factory.mktemp("trained") / f"cartpole-{seed}"
+        subprocess.run([sys.executable, "-m", "reverie.cli", "train", "--preset", "cartpole", "--seed", str(seed),
+                        "--run-dir", str(run_dir), "--set", "target_return=475", "--set", "threads=1"],
+                       check=True, timeout=600, capture_output=True)
+        if load_manifest(latest_bundle(run_dir)).last_eval_return >= 475:
+            return run_dir
+    pytest.fail("no cartpole seed reached an eval return of 475 within 2,500 env steps")
