@@ -12,7 +12,6 @@ import time
 from collections import deque
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
