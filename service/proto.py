@@ -12,12 +12,18 @@ import hashlib
 import importlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import reverie
 
-PROTO_ROOT = Path(__file__).resolve().parents[1] / "proto"
+# The source tree's proto/ (editable installs, the repo), else the copy a wheel installs under
+# <prefix>/share/reverie/proto (pyproject's data-files).
+PROTO_ROOT = next((root for root in (Path(__file__).resolve().parents[1] / "proto",
+                                     Path(sys.prefix) / "share" / "reverie" / "proto")
+                   if (root / "reverie" / "v1" / "agent.proto").is_file()),
+                  Path(__file__).resolve().parents[1] / "proto")
 PROTO = PROTO_ROOT / "reverie" / "v1" / "agent.proto"
 CACHE_ENV = "REVERIE_CACHE_DIR"
 
