@@ -4,6 +4,7 @@
       v000001/  manifest.json  encoder.onnx  policy.onnx  value.onnx  world_model.onnx  decoder.onnx  act.onnx
       v000002/  ...
       LATEST    -> the name of the newest complete version (replaced atomically)
+      BEST      -> the version with the highest last_eval_return so far (kept through pruning)
 
 A version is written under a temporary name and renamed into place, so a reader never sees a
 half-written bundle; the manifest carries a sha256 of every file so a reader can refuse a
@@ -13,6 +14,7 @@ corrupted one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -23,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 FORMAT_VERSION = 2  # 2: the fused `act` graph is required
 POINTER = "LATEST"
+BEST = "BEST"
+FOLLOW = {"latest": POINTER, "best": BEST}  # what a server can follow
 VERSION_DIR = re.compile(r"^v(\d{6,})$")
 # `act` is encoder, policy and value fused into one graph: the hot path of serving is one graph call.
 GRAPHS = ("encoder", "policy", "value", "world_model", "decoder", "act")
@@ -104,12 +108,38 @@ def publish(export_dir: Path, staging: Path, manifest: Manifest, keep: int) -> P
     (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     final = version_dir(export_dir, manifest.model_version)
     os.replace(staging, final)
-    pointer_tmp = export_dir / f".{POINTER}.tmp"
-    pointer_tmp.write_text(final.name)
-    os.replace(pointer_tmp, export_dir / POINTER)
+    _point(export_dir, POINTER, final)
+    best = _pointed(export_dir, BEST)
+    best_eval = _eval_of(best) if best else None
+    if manifest.last_eval_return is not None and (best_eval is None or manifest.last_eval_return >= best_eval):
+        _point(export_dir, BEST, final)  # ties go to the newer, longer-trained version
+        best = final
     for old in versions(export_dir)[:-keep]:
-        shutil.rmtree(version_dir(export_dir, old), ignore_errors=True)
+        if version_dir(export_dir, old) != best:
+            shutil.rmtree(version_dir(export_dir, old), ignore_errors=True)
     return final
+
+
+def _point(export_dir: Path, pointer: str, bundle: Path) -> None:
+    tmp = export_dir / f".{pointer}.tmp"
+    tmp.write_text(bundle.name)
+    os.replace(tmp, export_dir / pointer)
+
+
+def _pointed(export_dir: Path, pointer: str) -> Path | None:
+    """The complete bundle a pointer names, or None."""
+    try:
+        candidate = export_dir / (export_dir / pointer).read_text().strip()
+    except OSError:
+        return None
+    return candidate if (candidate / "manifest.json").is_file() else None
+
+
+def _eval_of(bundle: Path) -> float | None:
+    try:
+        return json.loads((bundle / "manifest.json").read_text()).get("last_eval_return")
+    except (OSError, ValueError):
+        return None
 
 
 def load_manifest(bundle: Path) -> Manifest:
@@ -135,16 +165,15 @@ def load_manifest(bundle: Path) -> Manifest:
     return manifest
 
 
-def latest_bundle(path: Path) -> Path | None:
-    """PATH may be a run dir, its export folder or one bundle: the newest complete bundle there."""
+def latest_bundle(path: Path, follow: str = "latest") -> Path | None:
+    """PATH may be a run dir, its export folder or one bundle: the newest complete bundle there, or
+    with follow="best" the best-evaluated one (the newest while no export has an eval yet)."""
     path = Path(path)
     if (path / "manifest.json").is_file():
         return path
     export_dir = path / "export" if (path / "export").is_dir() else path
-    pointer = export_dir / POINTER
-    if pointer.is_file():
-        candidate = export_dir / pointer.read_text().strip()
-        if (candidate / "manifest.json").is_file():
-            return candidate
+    for pointer in dict.fromkeys((FOLLOW[follow], POINTER)):
+        if (bundle := _pointed(export_dir, pointer)) is not None:
+            return bundle
     found = versions(export_dir)
     return version_dir(export_dir, found[-1]) if found else None

@@ -46,7 +46,7 @@ def _settings(args: argparse.Namespace, models: Path):
     from service.settings import ServiceSettings
 
     return ServiceSettings(models=models, host=args.host, port=args.port, grpc_port=args.grpc_port,
-                           poll_interval=args.poll_interval)
+                           poll_interval=args.poll_interval, follow=args.follow)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -103,6 +103,8 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="REST port")
     parser.add_argument("--grpc-port", type=int, default=50051, help="gRPC port")
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between checks for a newer bundle")
+    parser.add_argument("--follow", choices=("latest", "best"), default="latest",
+                        help="serve the newest export, or the best-evaluated one (BEST pointer)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -323,6 +323,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         return json_response({
             "model_version": runtime.version,
             "bundle": str(runtime.bundle),
+            "follow": settings.follow,
             "loaded_at": store.loaded_at,
             "reloads": store.reloads,
             "refused": [{"bundle": str(b), "reason": reason} for b, (_, reason) in store.refused.items()],

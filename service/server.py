@@ -19,7 +19,7 @@ class Service:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
-        self.store = ModelStore(settings.models, settings.poll_interval)
+        self.store = ModelStore(settings.models, settings.poll_interval, settings.follow)
         app = create_app(self.store, settings)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False, log_level="warning",
                                 lifespan="off", timeout_graceful_shutdown=5)

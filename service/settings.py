@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -20,4 +21,5 @@ class ServiceSettings(BaseModel):
     max_body_bytes: int = Field(4 << 20, ge=1024, description="larger request bodies get a 413 before they are read")
     max_batch: int = Field(1024, ge=1, description="observations per batched request")
     max_samples: int = Field(64, ge=1, description="imagined trajectories per /imagine request")
+    follow: Literal["latest", "best"] = Field("latest", description="serve the newest export, or the best-evaluated one")
     poll_interval: float = Field(0.5, gt=0, description="seconds between checks for a newer bundle")

@@ -24,8 +24,9 @@ class NotReady(RuntimeError):
 
 
 class ModelStore:
-    def __init__(self, models: Path, poll_interval: float = 1.0):
+    def __init__(self, models: Path, poll_interval: float = 1.0, follow: str = "latest"):
         self.models = Path(models)
+        self.follow = follow
         self.poll_interval = poll_interval
         self.current: Runtime | None = None
         self.loaded_at: float | None = None
@@ -44,7 +45,7 @@ class ModelStore:
 
     def candidates(self) -> list[Path]:
         """The newest bundle; before anything is served, older versions too, newest first."""
-        newest = latest_bundle(self.models)
+        newest = latest_bundle(self.models, self.follow)
         if newest is None:
             return []
         if self.current is not None or newest == self.models:

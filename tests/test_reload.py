@@ -7,7 +7,7 @@ import threading
 import httpx
 
 from clients.rest import RestClient
-from reverie.bundle import latest_bundle
+from reverie.bundle import latest_bundle, versions
 from serving import ProcessServer, publish_broken, publish_copy, wait_until
 from service.store import ModelStore
 
@@ -73,3 +73,22 @@ def test_a_broken_newest_bundle_at_start_falls_back_to_the_newest_good_one(tmp_p
     assert not store.poll(), "a refused bundle is not retried until it changes"
     publish_copy(source, export_dir)
     assert store.poll() and store.current.version == 4
+
+
+def test_best_pointer_follows_the_highest_eval_and_survives_pruning(tmp_path, exported_agents):
+    """BEST names the best-evaluated version (ties to the newer); pruning keeps it; a store can follow it."""
+    source = latest_bundle(exported_agents["CartPole-v1"][1])
+    export_dir = tmp_path / "export"
+    publish_copy(source, export_dir, keep=2, last_eval_return=None)
+    assert latest_bundle(export_dir, "best") == export_dir / "v000001", "no eval yet: BEST falls back to LATEST"
+    store = ModelStore(export_dir, follow="best")
+    assert store.poll() and store.current.version == 1
+    for eval_return in (100.0, 300.0, 200.0, 250.0):
+        publish_copy(source, export_dir, keep=2, last_eval_return=eval_return)
+    assert (export_dir / "BEST").read_text() == "v000003" and (export_dir / "LATEST").read_text() == "v000005"
+    assert versions(export_dir) == [3, 4, 5], "the last two are kept, and BEST"
+    assert store.poll() and store.current.version == 3
+    publish_copy(source, export_dir, keep=2, last_eval_return=300.0)
+    assert store.poll() and store.current.version == 6 and versions(export_dir) == [5, 6]
+    latest = ModelStore(export_dir)
+    assert latest.poll() and latest.current.version == 6
