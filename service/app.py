@@ -7,12 +7,10 @@ value; a 5xx means a bug, never a client's mistake.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Annotated, Any, Literal
 
 import anyio
-import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -28,6 +26,7 @@ import reverie
 
 from . import inputs, openapi, preview
 from .guard import Guard
+from .responses import error_response, json_response
 from .inputs import InputError
 from .metrics import ServiceMetrics
 from .runtime import Runtime
@@ -152,14 +151,6 @@ class FieldError(HTTPException):
 
 
 # ---------------------------------------------------------------------------- helpers
-def json_response(payload: dict, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, "application/json")
-
-
-def error_response(status: int, detail: str, field: str | None, headers: dict | None = None) -> Response:
-    return json_response({"detail": detail, "field": field}, status, headers)
-
-
 def field_name(loc: tuple) -> str:
     """('body', 'observations', 3, 1) -> 'observations[3][1]'."""
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
@@ -176,8 +167,7 @@ def observations_of(request: ObservationRequest, runtime: Runtime, max_batch: in
     space = runtime.manifest.observation_space
     if request.obs is not None:
         return inputs.observation_batch(request.obs, space, "obs", batched=False), False
-    if len(request.observations) > max_batch:
-        raise InputError("observations", f"at most {max_batch} observations per request")
+    inputs.check_batch_size(len(request.observations), "observations", max_batch)  # before the checks walk it
     return inputs.observation_batch(request.observations, space, "observations", batched=True), True
 
 
@@ -188,11 +178,9 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
     metrics = ServiceMetrics(store)
     bearer = HTTPBearer(auto_error=False, description="set when the server has REVERIE_API_TOKEN")
 
-    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if settings.api_token is None:
-            return
-        given = credentials.credentials.encode() if credentials else b""
-        if not hmac.compare_digest(given, settings.api_token.encode()):
+    def authorized(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """The token check; `bearer` is there so that the document describes the scheme."""
+        if not settings.token_accepts(request.headers.get("authorization")):
             raise FieldError(401, "Authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorized)] if settings.api_token else []  # the document asks for a token only when one is needed
@@ -204,9 +192,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         by FastAPI from the same function. Its body is parsed by `parse`, its token checked here."""
         def register(endpoint):
             async def guarded_endpoint(request: Request):
-                if settings.api_token is not None:
-                    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-                    authorized(HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if scheme.lower() == "bearer" else None)
+                authorized(request, None)
                 return await endpoint(request)
 
             app.router.routes.append(Route(path, guarded_endpoint, methods=["POST"]))
@@ -236,8 +222,6 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http(request, exc: HTTPException):
-        if exc.status_code == 400:  # FastAPI's "error parsing the body": bytes that are not UTF-8 JSON
-            return error_response(422, "invalid JSON", "body")
         headers = exc.headers
         if exc.status_code == 405:  # GET and POST /imagine are two routes: Allow lists both
             methods = sorted({m for r in app.routes if getattr(r, "path", None) == request.url.path for m in r.methods})

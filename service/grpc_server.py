@@ -7,7 +7,6 @@ names the field; an oversized message is RESOURCE_EXHAUSTED (grpc's own receive 
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -37,8 +36,7 @@ def observations(tensor: agent_pb2.Tensor, runtime: Runtime, max_batch: int, fie
     if not tensor.dtype:
         raise InputError(field, "required")
     batch = inputs.check_observation_array(from_tensor(tensor, field), runtime.manifest.observation_space, field)
-    if len(batch) > max_batch:
-        raise InputError(field, f"at most {max_batch} observations per request")
+    inputs.check_batch_size(len(batch), field, max_batch)
     return batch
 
 
@@ -130,8 +128,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 class TokenInterceptor(grpc.ServerInterceptor):
     """`authorization: Bearer <token>` on every Agent call; health and reflection stay open."""
 
-    def __init__(self, token: str):
-        self.token = token.encode()
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
 
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token")
@@ -142,14 +140,13 @@ class TokenInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, details):
         if not details.method.startswith(f"/{SERVICE_NAME}/"):
             return continuation(details)
-        given = dict(details.invocation_metadata).get("authorization", "")
-        if hmac.compare_digest(given.encode(), b"Bearer " + self.token):
+        if self.settings.token_accepts(dict(details.invocation_metadata).get("authorization")):
             return continuation(details)
         return self.deny_stream if details.method.endswith("/ActStream") else self.deny_unary
 
 
 def build_grpc_server(store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics) -> grpc.Server:
-    interceptors = [TokenInterceptor(settings.api_token)] if settings.api_token else []
+    interceptors = [TokenInterceptor(settings)] if settings.api_token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),
                          interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", settings.max_body_bytes),

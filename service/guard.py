@@ -7,26 +7,14 @@ chunked body that grows past the limit is cut off as it streams in.
 
 from __future__ import annotations
 
-import json
 import time
 
-from starlette.exceptions import HTTPException
-
 from .metrics import ServiceMetrics
+from .responses import error_response
 
 
-class BodyTooLarge(HTTPException):
-    """An HTTPException, so FastAPI's body reader passes it on instead of turning it into a 400."""
-
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body larger than {limit} bytes")
-
-
-def _json_response(status: int, body: dict):
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    return ({"type": "http.response.start", "status": status, "headers": headers},
-            {"type": "http.response.body", "body": payload})
+class BodyTooLarge(Exception):
+    """Raised from `receive` once a streamed body passes the limit; answered here with the 413."""
 
 
 class Guard:
@@ -50,7 +38,7 @@ class Guard:
 
         try:
             if self._declared_length(scope) > self.limit:
-                await self._too_large(send_tracking)
+                await self._too_large(scope, receive, send_tracking)
                 return
             received = 0
 
@@ -60,13 +48,13 @@ class Guard:
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.limit:
-                        raise BodyTooLarge(self.limit)
+                        raise BodyTooLarge
                 return message
 
             try:
                 await self.app(scope, receive_limited, send_tracking)
             except BodyTooLarge:
-                await self._too_large(send_tracking)
+                await self._too_large(scope, receive, send_tracking)
         finally:
             self.metrics.observe("http", endpoint, str(status["code"]), time.perf_counter() - started)
 
@@ -80,7 +68,5 @@ class Guard:
                     return 0
         return 0
 
-    async def _too_large(self, send):
-        for message in _json_response(413, {"detail": f"request body larger than {self.limit} bytes",
-                                            "field": "body"}):
-            await send(message)
+    async def _too_large(self, scope, receive, send):
+        await error_response(413, f"request body larger than {self.limit} bytes", "body")(scope, receive, send)

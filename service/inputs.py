@@ -103,6 +103,11 @@ def csv_observation(text: str, field: str = "obs") -> list[float]:
     return values
 
 
+def check_batch_size(size: int, field: str, max_batch: int) -> None:
+    if size > max_batch:
+        raise InputError(field, f"at most {max_batch} observations per request")
+
+
 def check_range(field: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InputError(field, f"must be between {low} and {high}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 from pathlib import Path
 from typing import Literal
@@ -23,3 +24,10 @@ class ServiceSettings(BaseModel):
     max_samples: int = Field(64, ge=1, description="imagined trajectories per /imagine request")
     follow: Literal["latest", "best"] = Field("latest", description="serve the newest export, or the best-evaluated one")
     poll_interval: float = Field(0.5, gt=0, description="seconds between checks for a newer bundle")
+
+    def token_accepts(self, authorization: str | None) -> bool:
+        """Whether an `Authorization` header (REST) or metadata value (gRPC) carries the token."""
+        if self.api_token is None:
+            return True
+        scheme, _, given = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), self.api_token.encode())
