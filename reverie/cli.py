@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
+import threading
 from pathlib import Path
 
 from reverie.bundle import BundleError
-
-
-def _sigterm_as_interrupt(*_):
-    """SIGTERM behaves like Ctrl-C; a second signal while the checkpoint is written is ignored."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+from reverie.signals import on_stop_signals
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -23,12 +17,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.loop import Trainer
 
     cfg = build_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    signal.signal(signal.SIGINT, _sigterm_as_interrupt)
-    trainer = Trainer(cfg, Path(args.run_dir), resume=args.resume, export=True)
-    try:
-        trainer.run()
-    except KeyboardInterrupt:
+    stop = threading.Event()
+    on_stop_signals(stop.set)
+    trainer = Trainer(cfg, Path(args.run_dir), resume=args.resume, export=True, stop=stop)
+    trainer.run()
+    if stop.is_set():
         print(f"stopped at env step {trainer.env_step}; resume with --resume", file=sys.stderr)
         return 130
     print(f"done: env step {trainer.env_step}, last eval return {trainer.last_eval}")
@@ -55,18 +48,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = Path(args.models)
     if not models.exists():
         raise FileNotFoundError(f"--models {models} does not exist (a run dir, its export folder, or a bundle)")
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    try:
-        Service(_settings(args, models)).run()
-    except KeyboardInterrupt:
-        pass
+    service = Service(_settings(args, models))
+    on_stop_signals(service.stop)
+    service.run()
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from .up import up
 
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     train_args = (["--env", args.env] if args.env else []) + (["--preset", args.preset] if args.preset else [])
     train_args += [arg for item in args.set for arg in ("--set", item)]
     return up(Path(args.run_dir), train_args, _settings(args, Path(args.run_dir)))

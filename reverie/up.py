@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+from reverie.signals import on_stop_signals
 from service.server import Service
 from service.settings import ServiceSettings
 
@@ -33,6 +34,7 @@ def trainer_command(run_dir: Path, train_args: list[str]) -> list[str]:
 def up(run_dir: Path, train_args: list[str], settings: ServiceSettings) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     service = Service(settings)
+    on_stop_signals(service.stop)
     command = trainer_command(run_dir, train_args)
     log.info("trainer: %s", " ".join(command[1:]))
     trainer = subprocess.Popen(command, start_new_session=True)
@@ -55,8 +57,6 @@ def up(run_dir: Path, train_args: list[str], settings: ServiceSettings) -> int:
     threading.Thread(target=watch_trainer, name="trainer-watch", daemon=True).start()
     try:
         service.run()
-    except KeyboardInterrupt:
-        pass
     finally:
         service.stop()
         if trainer.poll() is None:

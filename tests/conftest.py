@@ -29,11 +29,12 @@ def _single_thread_and_seeded():
 
 
 @pytest.fixture(autouse=True)
-def _restore_sigterm():
-    """`reverie train` installs a SIGTERM handler; keep it from leaking into later tests."""
-    previous = signal.getsignal(signal.SIGTERM)
+def _restore_stop_signals():
+    """`reverie train` installs SIGTERM and SIGINT handlers; keep them from leaking into later tests."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     yield
-    signal.signal(signal.SIGTERM, previous)
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def small_config(**fields) -> Config:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
 
 import pytest
 import torch
 
 from conftest import small_config
+from reverie.bundle import versions
 from reverie.cli import main
+from reverie.signals import on_stop_signals
 from trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from trainer.loop import Trainer
 from trainer.metrics import read_metrics
@@ -124,6 +129,36 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path):
     assert (resumed.env_step, resumed.updates) == (150, trainer.updates)
     # The episode cut by the stop is closed, so the next stored step starts a new episode.
     assert resumed.replay.data["episode_end"][149]
+
+
+def test_a_stop_request_finishes_the_step_checkpoints_and_returns(tmp_path):
+    """SIGTERM in `reverie train` sets `stop`: the export under way completes, then a checkpoint at that step."""
+    trainer = Trainer(tiny(END, export_every=150), tmp_path, export=True)
+    publish = trainer.publish_bundle
+
+    def publish_then_stop():
+        published = publish()
+        if trainer.env_step == 150:  # the signal arrives during this export
+            trainer.stop.set()
+        return published
+
+    trainer.publish_bundle = publish_then_stop
+    trainer.run()
+    assert trainer.env_step == 150
+    assert latest_checkpoint(tmp_path).name == f"step_{150:09d}.pt"
+    assert versions(tmp_path / "export") == [1, 2]  # at start and at 150, complete
+    resumed = Trainer(tiny(END), tmp_path, resume=True)
+    assert (resumed.env_step, resumed.updates) == (150, trainer.updates)
+
+
+def test_stop_signals_ask_rather_than_raise():
+    """The handler only sets the request: nothing is raised into whatever code the signal lands in."""
+    stop = threading.Event()
+    on_stop_signals(stop.set)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        stop.clear()
+        os.kill(os.getpid(), signum)
+        assert stop.wait(1), signal.Signals(signum).name
 
 
 def test_cli_resume_without_checkpoint_exits_2(tmp_path, capsys):

@@ -81,7 +81,11 @@ def test_reverie_up_serves_at_once_follows_training_and_stops_cleanly(tmp_path):
         trainer_pids = subprocess.run(["pgrep", "-f", f"train --run-dir {run_dir}"], capture_output=True, text=True).stdout.split()
         assert len(trainer_pids) == 1
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = "still running 60 s after SIGTERM"
+        assert code == 0, (tmp_path / "up.log").read_text()
     finally:
         if process.poll() is None:
             process.kill()

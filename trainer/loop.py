@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -33,7 +34,11 @@ log = logging.getLogger("reverie.trainer")
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
-                 export: bool = False):
+                 export: bool = False, stop: threading.Event | None = None):
+        # Set from a signal handler (`reverie train`): the loop finishes the step, export or eval
+        # under way, then checkpoints and returns. A KeyboardInterrupt raised at whatever line is
+        # running can land in a finalizer, where Python prints and drops it, and training goes on.
+        self.stop = stop or threading.Event()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = latest_checkpoint(self.run_dir)
@@ -88,7 +93,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
-        """Train to `total_steps`; Ctrl-C / SIGTERM (as KeyboardInterrupt) saves a resumable checkpoint."""
+        """Train to `total_steps`, or until `stop` is set or a KeyboardInterrupt arrives: both save a resumable checkpoint."""
         cfg = self.cfg
         self.started = time.perf_counter()
         bar = tqdm(total=cfg.total_steps, initial=self.env_step, unit="step", dynamic_ncols=True,
@@ -97,6 +102,10 @@ class Trainer:
             self.publish_bundle()  # something to serve from the first second (`reverie up`)
         try:
             while self.env_step < cfg.total_steps:
+                if self.stop.is_set():
+                    log.info("stop requested at env step %d; saving a checkpoint", self.env_step)
+                    self.save()
+                    return
                 self._env_step()
                 self._train()
                 evaluated = self.env_step % cfg.eval_every == 0
