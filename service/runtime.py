@@ -79,6 +79,9 @@ class Runtime:
             raise BundleError(f"{bundle}: onnxruntime cannot load it: {err}") from err
         self.outputs = {name: spec.outputs for name, spec in manifest.graphs.items()}
         self.inputs = {name: spec.inputs for name, spec in manifest.graphs.items()}
+        # Unseeded requests draw from one long-lived generator (numpy's are thread-safe): a fresh
+        # one per call costs more OS entropy and setup than the sampling itself.
+        self.entropy = np.random.default_rng()
 
     @classmethod
     def load(cls, bundle: Path) -> "Runtime":
@@ -112,10 +115,10 @@ class Runtime:
     def _sample(self, params: list[np.ndarray], deterministic: bool, seed) -> tuple[np.ndarray, dict]:
         """Agent actions ([B] indices or [B, dim] in [-1, 1]) from distribution parameters.
 
-        `seed` is an int, None (fresh entropy) or a Generator shared across the steps of a rollout;
+        `seed` is an int, None (the runtime's own unseeded generator) or a Generator shared across the steps of a rollout;
         a deterministic action needs no generator at all.
         """
-        rng = None if deterministic else (seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed))
+        rng = None if deterministic else self._generator(seed)
         if self.discrete:
             logits = params[0]
             probs = np.exp(logits - logits.max(-1, keepdims=True))
@@ -129,6 +132,11 @@ class Runtime:
         mean, std = params
         raw = mean if deterministic else mean + std * rng.standard_normal(mean.shape).astype(np.float32)
         return np.tanh(raw), {"mean": mean, "std": std}
+
+    def _generator(self, seed) -> np.random.Generator:
+        if isinstance(seed, np.random.Generator):
+            return seed
+        return self.entropy if seed is None else np.random.default_rng(seed)
 
     def to_env(self, actions: np.ndarray) -> list:
         if self.discrete:
@@ -165,7 +173,7 @@ class Runtime:
 
         All samples move together: one policy and one world-model call per step.
         """
-        rng = np.random.default_rng(seed)
+        rng = self._generator(seed)
         state = np.repeat(self.encode(obs[:1]), samples, axis=0)
         states, actions, rewards, continues = [state], [], [], []
         for t in range(horizon):

@@ -58,6 +58,11 @@ def test_sampling_is_reproducible_with_a_seed_and_follows_the_distribution(pair)
     first = runtime.act(obs, deterministic=False, seed=11)
     assert runtime.act(obs, deterministic=False, seed=11).actions == first.actions
     assert runtime.act(obs, deterministic=False, seed=12).actions != first.actions
+    # Unseeded requests share the runtime's generator: each draws fresh samples, and a seeded one
+    # after them still replays.
+    unseeded = [runtime.act(obs, deterministic=False, seed=None).actions for _ in range(2)]
+    assert unseeded[0] != unseeded[1] and first.actions not in unseeded
+    assert runtime.act(obs, deterministic=False, seed=11).actions == first.actions
     if agent.space.discrete:  # empirical frequencies match the probabilities
         freq = np.bincount(first.actions, minlength=agent.space.action_dim) / len(obs)
         np.testing.assert_allclose(freq, first.probs[0], atol=0.03)
