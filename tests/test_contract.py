@@ -19,13 +19,15 @@ ST = shutil.which("st") or str(Path(sys.executable).with_name("st"))
 
 
 @pytest.mark.parametrize("env_id, token", [("CartPole-v1", None), ("Pendulum-v1", None), ("CartPole-v1", "s3cret")])
-def test_schemathesis_finds_no_failure(env_id, token, exported_agents):
+def test_schemathesis_finds_no_failure(env_id, token, exported_agents, tmp_path):
     with ThreadServer(exported_agents[env_id][1], api_token=token) as server:
         command = [ST, "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "30", "--seed", "1",
                    "--request-timeout", "10", "--max-failures", "5"]
         if token:
             command += ["-H", f"Authorization: Bearer {token}"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+        # Run in tmp_path: schemathesis keeps a crash cache in .schemathesis/ of its working directory,
+        # which would carry one run's findings into the next.
+        result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:]
     assert "No issues found" in result.stdout
     assert server.store.current.version == 1 and server.store.refusals == 0
