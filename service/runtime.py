@@ -115,8 +115,8 @@ class Runtime:
     def _sample(self, params: list[np.ndarray], deterministic: bool, seed) -> tuple[np.ndarray, dict]:
         """Agent actions ([B] indices or [B, dim] in [-1, 1]) from distribution parameters.
 
-        `seed` is an int, None (the runtime's own unseeded generator) or a Generator shared across the steps of a rollout;
-        a deterministic action needs no generator at all.
+        `seed` is an int, None (the runtime's own unseeded generator) or a Generator shared across the
+        steps of a rollout; a deterministic action needs no generator at all.
         """
         rng = None if deterministic else self._generator(seed)
         if self.discrete:

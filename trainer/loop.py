@@ -38,7 +38,7 @@ class Trainer:
         # Set from a signal handler (`reverie train`): the loop finishes the step, export or eval
         # under way, then checkpoints and returns. A KeyboardInterrupt raised at whatever line is
         # running can land in a finalizer, where Python prints and drops it, and training goes on.
-        self.stop = stop or threading.Event()
+        self.stop = stop if stop is not None else threading.Event()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = latest_checkpoint(self.run_dir)
