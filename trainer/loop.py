@@ -93,7 +93,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
-        """Train to `total_steps`, or until `stop` is set or a KeyboardInterrupt arrives: both save a resumable checkpoint."""
+        """Train to `total_steps`, or until `stop` is set or a KeyboardInterrupt arrives.
+
+        Either stop saves a resumable checkpoint at the step reached."""
         cfg = self.cfg
         self.started = time.perf_counter()
         bar = tqdm(total=cfg.total_steps, initial=self.env_step, unit="step", dynamic_ncols=True,
