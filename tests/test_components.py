@@ -10,6 +10,7 @@ import torch
 from conftest import real_batch, small_config
 from trainer.agent import Agent
 from trainer.components import (
+    ActionDistribution,
     CNNEncoder,
     DynamicsModel,
     ObservationNormalizer,
@@ -18,6 +19,7 @@ from trainer.components import (
     symlog,
 )
 from trainer.envs import SpaceInfo, make_env, space_info
+from trainer.imagination import imagine
 
 IMAGE = SpaceInfo(obs_shape=(84, 84, 3), discrete=True, action_dim=3)
 
@@ -170,3 +172,53 @@ def test_unknown_env_id_is_a_value_error_naming_it(env_id):
     """`reverie train --env` with a bad id must exit with a message (ValueError -> exit 2), not a traceback."""
     with pytest.raises(ValueError, match=env_id):
         make_env(env_id)
+
+
+def test_discrete_samples_follow_the_policy_probabilities():
+    """The inverse-CDF sampler draws each class as often as its probability says (10k draws per row)."""
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9]])
+    dist = ActionDistribution(True, (probs.log().repeat_interleave(10_000, 0),))
+    index = dist.sample().view(2, 10_000)
+    for row in range(2):
+        freq = torch.bincount(index[row], minlength=3).float() / 10_000
+        torch.testing.assert_close(freq, probs[row], atol=0.015, rtol=0)
+    onehot, entropy = dist.rsample()
+    torch.testing.assert_close(entropy[:1], torch.distributions.Categorical(probs=probs[:1]).entropy())
+
+
+def test_continuous_entropy_estimate_is_the_tanh_normal_log_density():
+    """-log p(a) of the squashed sample equals the Normal log density minus the tanh Jacobian, term by term."""
+    torch.manual_seed(3)
+    mean, std = torch.randn(64, 2), torch.rand(64, 2) + 0.1
+    dist = ActionDistribution(False, (mean, std))
+    action, entropy = dist.rsample()
+    raw = torch.atanh(action.clamp(-1 + 1e-6, 1 - 1e-6))
+    expected = -(torch.distributions.Normal(mean, std).log_prob(raw) - torch.log1p(-action.pow(2) + 1e-6)).sum(-1)
+    keep = action.abs().max(-1).values < 0.999  # atanh loses precision at the edges
+    torch.testing.assert_close(entropy[keep], expected[keep], atol=1e-3, rtol=1e-4)
+
+
+def test_imagination_matches_the_exported_step_one_transition_at_a_time():
+    """Batching reward and continue after the rollout gives the numbers WorldModel.step gives step by step."""
+    batch, space = real_batch("CartPole-v1", batch_size=8)
+    agent = Agent(small_config(), space)
+    with torch.no_grad():
+        start = agent.world_model.encode(batch["obs"])
+        trajectory = imagine(agent.world_model, agent.policy, start, 6)
+    state = start
+    for t in range(6):
+        next_state, reward, cont = agent.world_model.step(state, trajectory.actions[:, t])
+        torch.testing.assert_close(next_state, trajectory.states[:, t + 1])
+        torch.testing.assert_close(reward, trajectory.rewards[:, t])
+        torch.testing.assert_close(cont, trajectory.continues[:, t])
+        state = next_state
+
+
+def test_asking_for_cuda_without_one_is_a_clear_error():
+    from trainer.loop import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")

@@ -23,7 +23,7 @@ from .losses import actor_loss, critic_loss, discount_weights, lambda_return, wo
 from .world_model import WorldModel
 
 
-def own_gradient_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, clip: float) -> float:
+def own_gradient_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, clip: float) -> torch.Tensor:
     """Gradients of `loss` for `params` only, clipped at `clip`, applied by `optimizer`. Returns the norm.
 
     A non-finite gradient is not applied (the norm is still returned, so diagnostics see it).
@@ -35,7 +35,18 @@ def own_gradient_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer:
     if torch.isfinite(norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm
+
+
+def adam(params, lr: float, eps: float) -> torch.optim.Adam:
+    """Adam with its fused kernel (one pass over all parameters instead of several per tensor)."""
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+
+
+def to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar metric tensors -> floats, in one transfer from the device."""
+    values = torch.stack([v.detach().float().reshape(()).cpu() for v in metrics.values()]).tolist()
+    return dict(zip(metrics, values))
 
 
 class Agent(nn.Module):
@@ -57,40 +68,75 @@ class Agent(nn.Module):
         self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else default_target
         self.log_alpha = nn.Parameter(torch.tensor(math.log(max(cfg.entropy_coef, 1e-8))))
         self.register_buffer("return_scale", torch.tensor(1.0))
+        # Smallest and largest reward seen in training batches: what bounds every return (return_bounds).
+        self.register_buffer("reward_range", torch.tensor([math.inf, -math.inf]))
 
         self.world_model_params = list(self.world_model.parameters())
         self.actor_params = list(self.policy.parameters()) + ([self.log_alpha] if cfg.adaptive_entropy else [])
         self.critic_params = list(self.value.parameters())
-        self.world_model_optimizer = torch.optim.Adam(self.world_model_params, lr=cfg.world_model_lr, eps=1e-8)
+        self.world_model_optimizer = adam(self.world_model_params, cfg.world_model_lr, 1e-8)
         actor_groups = [{"params": list(self.policy.parameters())}]
         if cfg.adaptive_entropy:  # the temperature must move on the scale of the policy's own change
             actor_groups.append({"params": [self.log_alpha], "lr": 1e-2})
-        self.actor_optimizer = torch.optim.Adam(actor_groups, lr=cfg.actor_lr, eps=1e-5)
-        self.critic_optimizer = torch.optim.Adam(self.critic_params, lr=cfg.critic_lr, eps=1e-5)
+        self.actor_optimizer = adam(actor_groups, cfg.actor_lr, 1e-5)
+        self.critic_optimizer = adam(self.critic_params, cfg.critic_lr, 1e-5)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also loads checkpoints written before `reward_range` existed (it refills from the next batches)."""
+        state_dict = {"reward_range": torch.tensor([math.inf, -math.inf]), **state_dict}
+        return super().load_state_dict(state_dict, strict, assign)
+
+    @property
+    def device(self) -> torch.device:
+        return self.reward_range.device
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
         """One observation -> one agent action (index, or vector in [-1, 1])."""
-        state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
+        state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0))
         dist = self.policy(state)
-        return (dist.mode() if deterministic else dist.sample())[0].numpy()
+        return (dist.mode() if deterministic else dist.sample())[0].cpu().numpy()
 
     def entropy_coef(self) -> torch.Tensor | float:
         return self.log_alpha.exp().detach() if self.cfg.adaptive_entropy else self.cfg.entropy_coef
 
+    def return_bounds(self) -> tuple[float, float]:
+        """The interval every discounted return lies in, given the rewards seen so far.
+
+        Rewards in [r_min, r_max] and episodes that may end (value 0 after the end) give returns in
+        [min(0, r_min) / (1 - gamma), max(0, r_max) / (1 - gamma)]. Unbounded when gamma is 1 or
+        return_bounds is off; `critic_target_clip`, when set, narrows it further.
+        """
+        low, high = -math.inf, math.inf
+        r_min, r_max = self.reward_range.tolist()
+        if self.cfg.return_bounds and self.cfg.gamma < 1 and r_min <= r_max:  # none seen yet: no bound
+            low, high = min(0.0, r_min) / (1 - self.cfg.gamma), max(0.0, r_max) / (1 - self.cfg.gamma)
+        if self.cfg.critic_target_clip is not None:
+            low, high = max(low, -self.cfg.critic_target_clip), min(high, self.cfg.critic_target_clip)
+        return low, high
+
     def critic_values(self, states: torch.Tensor) -> torch.Tensor:
-        """Bootstrap values for returns: the slow target critic when configured (diagram 6, failure 4)."""
-        return (self.target_value if self.cfg.target_critic else self.value)(states)
+        """Bootstrap values for returns: the slow target critic when configured (diagram 6, failure 4),
+        held inside `return_bounds`, so a value the critic extrapolates off the data cannot feed
+        itself through the next target (the runaway loop of failure 4)."""
+        values = (self.target_value if self.cfg.target_critic else self.value)(states)
+        return values.clamp(*self.return_bounds())
 
     # ------------------------------------------------------------------ update
     def update(self, batch: dict[str, torch.Tensor], counts: UpdateCounts, critic_real_mix: float) -> dict[str, float]:
-        """One batch: `counts` world-model, actor and critic steps, in that order (diagram 3)."""
-        metrics: dict[str, float] = {}
+        """One batch: `counts` world-model, actor and critic steps, in that order (diagram 3).
+
+        The steps return their metrics as tensors; they reach the host once, here, at the end.
+        """
+        metrics: dict[str, torch.Tensor] = {}
+        rewards = batch["reward"]
+        self.reward_range.copy_(torch.stack([torch.minimum(self.reward_range[0], rewards.min()),
+                                             torch.maximum(self.reward_range[1], rewards.max())]))
         for _ in range(counts.world_model):
             metrics.update(self.world_model_step(batch))
         if counts.actor == 0 and counts.critic == 0:
-            return metrics
+            return to_floats(metrics)
         with torch.no_grad():  # imagination starts from the (updated) world model's states of real data
             states, next_states = self.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
         imagined = None
@@ -104,9 +150,9 @@ class Agent(nn.Module):
                     imagined = (trajectory, *self.imagined_returns(trajectory))
             for _ in range(counts.critic):
                 metrics.update(self.critic_step(*imagined, batch, next_states, critic_real_mix))
-        return metrics
+        return to_floats(metrics)
 
-    def world_model_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def world_model_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         losses = world_model_loss(
             self.world_model, batch,
             {"dynamics": self.cfg.dynamics_weight, "reward": self.cfg.reward_weight,
@@ -120,17 +166,15 @@ class Agent(nn.Module):
         """(lambda-returns [B, H], discount weights [B, H]) of an imagined trajectory."""
         values = self.critic_values(trajectory.states)
         returns = lambda_return(trajectory.rewards, trajectory.continues, values, self.cfg.gamma, self.cfg.lambda_)
-        if self.cfg.critic_target_clip is not None:
-            returns = returns.clamp(-self.cfg.critic_target_clip, self.cfg.critic_target_clip)
         return returns, discount_weights(trajectory.continues)
 
-    def actor_step(self, states: torch.Tensor) -> tuple[dict[str, float], tuple]:
+    def actor_step(self, states: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple]:
         """Returns metrics and the detached (trajectory, returns, weights) for the critic to learn from."""
         trajectory = imagine(self.world_model, self.policy, states, self.cfg.horizon)
         returns, weights = self.imagined_returns(trajectory)
         if self.cfg.return_norm:
             with torch.no_grad():
-                low, high = torch.quantile(returns.detach().flatten(), torch.tensor([0.05, 0.95]))
+                low, high = torch.quantile(returns.detach().flatten(), returns.new_tensor([0.05, 0.95]))
                 spread = high - low
                 self.return_scale.mul_(0.99).add_(0.01 * spread)
         scale = torch.clamp(self.return_scale, min=1.0) if self.cfg.return_norm else 1.0
@@ -140,20 +184,21 @@ class Agent(nn.Module):
             loss = loss + self.log_alpha * (entropy.detach() - self.target_entropy)
         norm = own_gradient_step(loss, self.actor_params, self.actor_optimizer, self.cfg.grad_clip)
         return {
-            "actor_loss": loss.item(),
+            "actor_loss": loss.detach(),
             "actor_grad_norm": norm,
-            "entropy": entropy.item(),
-            "entropy_coef": float(self.entropy_coef()),
-            "mean_imagined_return": returns.mean().item(),
-            "imagined_reward_mean": trajectory.rewards.mean().item(),
-            "return_scale": float(scale),
+            "entropy": entropy.detach(),
+            "entropy_coef": torch.as_tensor(self.entropy_coef(), device=self.device),
+            "mean_imagined_return": returns.detach().mean(),
+            "imagined_reward_mean": trajectory.rewards.detach().mean(),
+            "return_scale": torch.as_tensor(scale, device=self.device),
         }, (trajectory.detach(), returns.detach(), weights)
 
     def critic_step(self, trajectory: Trajectory, returns: torch.Tensor, weights: torch.Tensor,
-                    batch: dict[str, torch.Tensor], next_states: torch.Tensor, real_mix: float) -> dict[str, float]:
+                    batch: dict[str, torch.Tensor], next_states: torch.Tensor, real_mix: float) -> dict[str, torch.Tensor]:
         """MSE to detached imagined lambda-returns, blended with real one-step targets by `real_mix`."""
         to_raw = symlog if self.cfg.symlog else (lambda x: x)
         prediction = self.value.raw(trajectory.states[:, :-1])
+        returns = returns.clamp(*self.return_bounds())  # the bootstrap values are inside; the predicted rewards may not be
         loss = (1.0 - real_mix) * critic_loss(prediction, to_raw(returns), weights)
         if real_mix > 0:
             with torch.no_grad():
@@ -161,13 +206,13 @@ class Agent(nn.Module):
             loss = loss + real_mix * critic_loss(prediction[:, 0], to_raw(real_target))
         norm = own_gradient_step(loss, self.critic_params, self.critic_optimizer, self.cfg.grad_clip)
         with torch.no_grad():
-            for target, source in zip(self.target_value.parameters(), self.value.parameters()):
-                target.lerp_(source, self.cfg.target_critic_tau)
+            torch._foreach_lerp_(list(self.target_value.parameters()), list(self.value.parameters()),
+                                 self.cfg.target_critic_tau)
             values = symexp(prediction) if self.cfg.symlog else prediction
         return {
-            "critic_loss": loss.item(),
+            "critic_loss": loss.detach(),
             "critic_grad_norm": norm,
-            "critic_value_mean": values.mean().item(),
-            "critic_td_error": (values - returns).abs().mean().item(),
-            "critic_real_mix": real_mix,
+            "critic_value_mean": values.mean(),
+            "critic_td_error": (values - returns).abs().mean(),
+            "critic_real_mix": torch.tensor(real_mix, device=self.device),
         }

@@ -33,6 +33,8 @@ class Config(BaseModel):
     seed: int = 0
     total_steps: int = Field(50_000, ge=1)
     threads: int = Field(2, ge=1, description="torch intra-op threads")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="where the networks train: auto takes CUDA when there is one, else the CPU")
 
     # component sizes (diagram 1)
     feature_dim: int = Field(256, ge=1)
@@ -75,6 +77,7 @@ class Config(BaseModel):
     target_critic: bool = True
     target_critic_tau: float = Field(0.02, gt=0, le=1)
     critic_target_clip: float | None = Field(None, gt=0)
+    return_bounds: bool = Field(True, description="hold returns and bootstrap values inside what the rewards seen allow")
     adaptive_entropy: bool = False
     target_entropy: float | None = None
     epsilon: float = Field(0.0, ge=0, le=1, description="epsilon-greedy exploration after warmup")

@@ -7,6 +7,7 @@ of the pre-tanh Normal), and the runtime samples from them.
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import warnings
@@ -88,6 +89,8 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
     """Write every graph into a staging folder inside `export_dir`, then publish it atomically."""
     export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
+    if agent.device.type != "cpu":  # graphs are traced with CPU example inputs; training goes on untouched
+        agent = copy.deepcopy(agent).cpu()
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=export_dir))
     specs = graph_specs(agent)
     for module, inputs, spec in specs.values():

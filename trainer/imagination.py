@@ -25,21 +25,21 @@ class Trajectory:
 def imagine(wm: WorldModel, policy: PolicyHead, start: torch.Tensor, horizon: int) -> Trajectory:
     """Roll the policy through the learned dynamics; differentiable with respect to the actions.
 
+    Only policy and dynamics are recurrent, so they alone run step by step; reward and continue
+    of all H transitions are then one batched call (`WorldModel.outcome`): the numbers that
+    `WorldModel.step` gives one step at a time, in far fewer operator calls.
+
     The world model is not updated by anything computed here (the actor step takes gradients for
     the policy's parameters only), but gradients flow *through* it to the actions.
     """
     state = start.detach()
-    states, actions, rewards, continues, entropies = [state], [], [], [], []
+    states, actions, entropies = [state], [], []
     for _ in range(horizon):
         action, entropy = policy(state).rsample()
-        next_state = wm.dynamics(state, action).mean
-        rewards.append(wm.reward.mean(state, action))
-        continues.append(wm.continue_(next_state).probs)
+        state = wm.transition(state, action)
         actions.append(action)
         entropies.append(entropy)
-        states.append(next_state)
-        state = next_state
-    return Trajectory(
-        torch.stack(states, 1), torch.stack(actions, 1), torch.stack(rewards, 1),
-        torch.stack(continues, 1), torch.stack(entropies, 1),
-    )
+        states.append(state)
+    states_t, actions_t = torch.stack(states, 1), torch.stack(actions, 1)
+    rewards, continues = wm.outcome(states_t[:, :-1], actions_t, states_t[:, 1:])
+    return Trajectory(states_t, actions_t, rewards, continues, torch.stack(entropies, 1))

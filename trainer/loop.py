@@ -32,6 +32,15 @@ from .schedule import Schedule
 log = logging.getLogger("reverie.trainer")
 
 
+def resolve_device(name: str) -> torch.device:
+    """`device=auto` is CUDA when there is one, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name}: this machine has no CUDA device; use device=auto or device=cpu")
+    return torch.device(name)
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
                  export: bool = False, stop: threading.Event | None = None):
@@ -63,7 +72,8 @@ class Trainer:
         self.eval_env = make_env(cfg.env_id)
         self.space = space_info(self.env)
         self.solved_return = self.env.spec.reward_threshold if self.env.spec else None
-        self.agent = Agent(cfg, self.space)
+        self.device = resolve_device(cfg.device)
+        self.agent = Agent(cfg, self.space).to(self.device)
         action_shape = () if self.space.discrete else (self.space.action_dim,)
         obs_dtype = np.uint8 if self.space.is_image else np.float32
         self.replay = Replay(cfg.replay_capacity, self.space.obs_shape, action_shape, obs_dtype)
@@ -150,7 +160,8 @@ class Trainer:
         next_obs, reward, terminated, truncated, _ = self.env.step(self.space.to_env_action(action))
         self.replay.add(self.obs, action, reward, next_obs, terminated, truncated)
         if not self.space.is_image:
-            self.agent.world_model.normalizer.update(torch.as_tensor(np.asarray(next_obs, np.float32)).unsqueeze(0))
+            self.agent.world_model.normalizer.update(
+                torch.as_tensor(np.asarray(next_obs, np.float32), device=self.device).unsqueeze(0))
         self.episode_return += float(reward)
         self.env_step += 1
         self.obs = next_obs
@@ -172,7 +183,7 @@ class Trainer:
         mix = self.schedule.critic_real_mix(self.env_step)
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
-            batch = self.replay.sample(self.cfg.batch_size, self.rng)
+            batch = self.replay.sample(self.cfg.batch_size, self.rng, self.device)
             self.averager.add(self.agent.update(batch, counts, mix))
             self.updates += 1
 

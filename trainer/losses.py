@@ -43,7 +43,7 @@ def discount_weights(continues: torch.Tensor) -> torch.Tensor:
 @dataclass
 class WorldModelLosses:
     total: torch.Tensor
-    metrics: dict[str, float]
+    metrics: dict[str, torch.Tensor]  # scalars, still on the device
     states: torch.Tensor  # encoded states of the batch's observations (for imagination starts)
     next_states: torch.Tensor
 
@@ -77,14 +77,14 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
     with torch.no_grad():
         reward_env = symexp(reward_pred) if symlog_rewards else reward_pred
         metrics = {
-            "world_model_loss": total.item(),
-            "dynamics_loss": dynamics.item(),
-            "reward_loss": reward.item(),
-            "continue_loss": cont.item(),
-            "decoder_loss": decoder.item(),
-            "reward_mae": (reward_env - batch["reward"]).abs().mean().item(),
-            "continue_acc": ((continue_logits > 0).float() == continue_target).float().mean().item(),
-            "state_std": states.std(0).mean().item(),
+            "world_model_loss": total.detach(),
+            "dynamics_loss": dynamics.detach(),
+            "reward_loss": reward.detach(),
+            "continue_loss": cont.detach(),
+            "decoder_loss": decoder.detach(),
+            "reward_mae": (reward_env - batch["reward"]).abs().mean(),
+            "continue_acc": ((continue_logits > 0).float() == continue_target).float().mean(),
+            "state_std": states.std(0).mean(),
         }
     return WorldModelLosses(total, metrics, states, next_states)
 

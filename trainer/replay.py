@@ -59,10 +59,11 @@ class Replay:
     def __len__(self) -> int:
         return self.size
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Uniform flat transitions as float tensors: obs, action, reward, next_obs, terminated."""
+    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Uniform flat transitions as float tensors on `device`: obs, action, reward, next_obs, terminated."""
         idx = rng.integers(0, self.size, size=batch_size)
-        return {k: torch.as_tensor(self.data[k][idx]).float() for k in ("obs", "action", "reward", "next_obs", "terminated")}
+        return {k: torch.as_tensor(self.data[k][idx]).to(device).float()
+                for k in ("obs", "action", "reward", "next_obs", "terminated")}
 
     def state_dict(self) -> dict:
         return {"size": self.size, "cursor": self.cursor, "episodes": self.episodes,

@@ -59,8 +59,19 @@ class WorldModel(nn.Module):
             return torch.nn.functional.one_hot(action.long(), self.space.action_dim).float()
         return action.float()
 
+    def transition(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The recurrent half of an imagined step: the predicted next state (the ensemble's vote)."""
+        return self.dynamics.member_means(state, action).mean(0)
+
+    def outcome(self, state: torch.Tensor, action: torch.Tensor, next_state: torch.Tensor):
+        """The rest of an imagined step: (reward in env units, continue probability of `next_state`).
+
+        Nothing here feeds the next step, so imagination runs it once over all H steps at the end.
+        """
+        return self.reward.mean(state, action), torch.sigmoid(self.continue_.net(next_state).squeeze(-1))
+
     @torch.no_grad()
     def step(self, state: torch.Tensor, action: torch.Tensor):
         """One imagined transition, as exported: (next state, reward, continue probability)."""
-        next_state = self.dynamics(state, action).mean
-        return next_state, self.reward.mean(state, action), self.continue_(next_state).probs
+        next_state = self.transition(state, action)
+        return (next_state, *self.outcome(state, action, next_state))
