@@ -1,12 +1,14 @@
 """Sample efficiency and update cost: CartPole-v1 and Pendulum-v1, several seeds, one table.
 
-    python benchmarks/learning.py                      # 3 seeds each, the presets' budgets
-    python benchmarks/learning.py --envs cartpole --seeds 0 1 2
+    python benchmarks/learning.py --envs cartpole --seeds 0 1 2 3 4 --steps 10000   # the defaults, as a user gets them
+    python benchmarks/learning.py --envs cartpole --presets none seed --steps 10000  # the defaults beside the seed's settings
     python benchmarks/learning.py --baselines          # + stable-baselines3 PPO and DQN rows on CartPole
 
-Prints env, seed, steps to threshold (first eval mean >= threshold), final eval return, wall seconds,
-updates per second and the time of one full update split into world model, imagination, actor
-backward and critic. Results go to the README by hand, with the machine they came from.
+Prints env, seed, steps to threshold (first eval mean >= threshold) and the training wall seconds
+to it, final eval return, wall seconds, updates per second and the time of one full update split
+into world model, imagination, actor backward and critic; then, per run, every evaluation with the
+critic's value at the eval episodes' first observations beside the discounted return observed from
+them. Results go to the README by hand, with the machine they came from.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -2
 def time_update(trainer: Trainer, repeats: int = 20) -> dict[str, float]:
     """Milliseconds of each part of one full update, on the trained agent and its replay."""
     agent, cfg = trainer.agent, trainer.cfg
-    batch = trainer.replay.sample(cfg.batch_size, trainer.rng)
+    batch = trainer.replay.sample(cfg.batch_size, trainer.rng, trainer.device)
     timings = {"world_model": [], "imagination": [], "actor": [], "critic": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -56,20 +58,30 @@ def time_update(trainer: Trainer, repeats: int = 20) -> dict[str, float]:
     return {k: 1000 * float(np.median(v)) for k, v in timings.items()}
 
 
-def run_reverie(preset: str, seed: int, steps: int | None, out: Path, threads: int | None = None) -> dict:
-    env_id, threshold = THRESHOLDS[preset]
-    cfg = build_config(preset, seed=seed, total_steps=steps, threads=threads)
-    run_dir = out / f"{preset}_seed{seed}"
+def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, threads: int | None = None,
+                eval_every: int | None = None) -> dict:
+    """One training run. `preset`: "env" (the env's own preset), "none" (the defaults), or a preset name."""
+    env_id, threshold = THRESHOLDS[env]
+    name = env if preset == "env" else None if preset == "none" else preset
+    cfg = build_config(name, env_id=env_id, seed=seed, total_steps=steps, threads=threads, eval_every=eval_every)
+    run_dir = out / f"{env}_{preset}_seed{seed}"
     trainer = Trainer(cfg, run_dir)
     start = time.perf_counter()
     trainer.run()
     wall = time.perf_counter() - start
-    evals = [(r["env_step"], r["eval_return"]) for r in read_metrics(run_dir) if "eval_return" in r]
-    reached = next((s for s, v in evals if v >= threshold), None)
+    evals = [(r["env_step"], r["eval_return"], r.get("eval_value"), r.get("eval_discounted_return"))
+             for r in read_metrics(run_dir) if "eval_return" in r]
+    reached = next((s for s, v, *_ in evals if v >= threshold), None)
     parts = time_update(trainer)
-    return {"agent": "reverie", "env": env_id, "seed": seed, "steps_to_threshold": reached,
+    return {"agent": f"reverie ({preset})", "env": env_id, "seed": seed, "steps_to_threshold": reached,
             "final_eval": evals[-1][1] if evals else None, "wall_s": wall,
-            "updates_per_s": trainer.updates / wall, "update_ms": parts, "evals": evals}
+            "updates_per_s": trainer.updates / wall, "update_ms": parts, "evals": evals,
+            "threshold": threshold, "wall_to_threshold": _wall_at(run_dir, reached)}
+
+
+def _wall_at(run_dir: Path, step: int | None) -> float | None:
+    """Training wall seconds at the logged row of `step` (None when never reached)."""
+    return next((r["wall_s"] for r in read_metrics(run_dir) if r["env_step"] == step), None) if step else None
 
 
 def run_sb3(algo: str, seed: int, eval_every: int = 2000) -> dict:
@@ -114,16 +126,18 @@ def run_sb3(algo: str, seed: int, eval_every: int = 2000) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = ("agent", "env", "seed", "steps to thr.", "final eval", "wall s", "upd/s", "WM ms", "imag ms", "actor ms", "critic ms")
+    header = ("agent", "env", "seed", "steps to thr.", "wall s to thr.", "final eval", "wall s", "upd/s", "WM ms",
+              "imag ms", "actor ms", "critic ms")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     fmt = lambda v, spec="": "–" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         ms = r["update_ms"] or {}
         print("| " + " | ".join([
-            r["agent"], r["env"], str(r["seed"]), fmt(r["steps_to_threshold"], ","), fmt(r["final_eval"], ".1f"),
-            fmt(r["wall_s"], ".0f"), fmt(r["updates_per_s"], ".1f"), fmt(ms.get("world_model"), ".1f"),
-            fmt(ms.get("imagination"), ".1f"), fmt(ms.get("actor"), ".1f"), fmt(ms.get("critic"), ".1f"),
+            r["agent"], r["env"], str(r["seed"]), fmt(r["steps_to_threshold"], ","), fmt(r.get("wall_to_threshold"), ".0f"),
+            fmt(r["final_eval"], ".1f"), fmt(r["wall_s"], ".0f"), fmt(r["updates_per_s"], ".1f"),
+            fmt(ms.get("world_model"), ".1f"), fmt(ms.get("imagination"), ".1f"), fmt(ms.get("actor"), ".1f"),
+            fmt(ms.get("critic"), ".1f"),
         ]) + " |")
     for env in sorted({r["env"] for r in rows}):
         for agent in sorted({r["agent"] for r in rows if r["env"] == env}):
@@ -132,11 +146,34 @@ def print_table(rows: list[dict]) -> None:
             print(f"median steps to threshold, {agent} on {env}: {known[len(known) // 2]:,}")
 
 
+def print_evaluations(rows: list[dict]) -> None:
+    """Per run, every evaluation: return, the critic's value at the episodes' first observations,
+    the discounted return that actually followed, and after the first success the share of later
+    evaluations within 95% x 400/475 of the threshold (how well a solved run holds)."""
+    for r in rows:
+        if r["agent"].startswith("sb3"):
+            continue
+        print(f"\n{r['agent']} {r['env']} seed {r['seed']}: step eval_return critic_value observed_discounted_return")
+        for step, ret, value, observed in r["evals"]:
+            print(f"  {step:>6,} {ret:8.1f} {value if value is not None else float('nan'):10.1f} "
+                  f"{observed if observed is not None else float('nan'):10.1f}")
+        first = r["steps_to_threshold"]
+        if first is not None:
+            hold = r["threshold"] - abs(r["threshold"]) * 75 / 475  # 400 for CartPole's 475
+            later = [ret for step, ret, *_ in r["evals"] if step > first]
+            if later:
+                print(f"  after first reaching {r['threshold']:g}: {sum(v >= hold for v in later)}/{len(later)} "
+                      f"later evaluations >= {hold:g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="*", default=["cartpole", "pendulum"], choices=sorted(THRESHOLDS))
+    parser.add_argument("--presets", nargs="+", default=["none"],
+                        help="'none' (the defaults), 'env' (the env's own preset) or preset names; one row per preset")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=None, help="override the presets' step budgets")
+    parser.add_argument("--steps", type=int, default=None, help="env steps per run (default: the config's)")
+    parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--out", default="runs/benchmark")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs in parallel processes (each with one torch thread; wall times then share the CPU)")
@@ -144,7 +181,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [(env, seed, args.steps, out, 1 if args.jobs > 1 else None) for env in args.envs for seed in args.seeds]
+    runs = [(env, preset, seed, args.steps, out, 1 if args.jobs > 1 else None, args.eval_every)
+            for env in args.envs for preset in args.presets for seed in args.seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             rows = list(pool.map(run_reverie, *zip(*runs)))
@@ -154,6 +192,7 @@ def main() -> None:
         rows += [run_sb3(algo, seed) for algo in ("PPO", "DQN") for seed in args.seeds]
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, jobs {args.jobs}, torch {torch.__version__}")
     print_table(rows)
+    print_evaluations(rows)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
 
 

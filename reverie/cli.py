@@ -1,4 +1,4 @@
-"""The `reverie` command: train, export, serve, up, eval. Spellings are a contract (DESIGN.md)."""
+"""The `reverie` command: train, config, export, serve, up, eval, diagnose."""
 
 from __future__ import annotations
 
@@ -25,6 +25,58 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"stopped at env step {trainer.env_step}; resume with --resume", file=sys.stderr)
         return 130
     print(f"done: env step {trainer.env_step}, last eval return {trainer.last_eval}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The resolved configuration: each key's value, where it came from, what it does, and the seed's value."""
+    import json
+
+    from trainer.config import Config, resolve_config, seed_deviations
+
+    cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps)
+    values, seed = cfg.model_dump(mode="json"), seed_deviations()
+    rows = {key: {"value": values[key], "source": sources[key], "description": field.description or "",
+                  **({"seed": seed[key][0]} if key in seed else {})} for key, field in Config.model_fields.items()}
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(map(len, rows))
+    for key, row in rows.items():
+        value = json.dumps(row["value"])
+        note = f"  [seed: {json.dumps(row['seed'])}]" if "seed" in row and row["seed"] != row["value"] else ""
+        print(f"{key:<{width}}  {value:<14} {row['source']:<16} {row['description']}{note}")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """The failure modes of a finished or running run: when they fired, the evidence, what to try."""
+    import gymnasium as gym
+
+    from trainer.config import Config
+    from trainer.diagnostics import findings
+    from trainer.metrics import read_metrics
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no run (no config.json)")
+    cfg = Config.model_validate_json((run_dir / "config.json").read_text())
+    rows = read_metrics(run_dir)
+    try:
+        solved = gym.spec(cfg.env_id).reward_threshold
+    except gym.error.Error:
+        solved = None
+    found = findings(rows, cfg.diagnostics_window, solved)
+    span = f"{len(rows)} logged rows, env steps {rows[0]['env_step']:,}-{rows[-1]['env_step']:,}" if rows else "no logged rows"
+    if not found:
+        print(f"{run_dir}: no failure mode fired ({span})")
+        return 0
+    print(f"{run_dir}: {len(found)} failure mode(s) in {span}")
+    for f in found:
+        print(f"\n{f.mode.name}: fired at {len(f.steps)} rows, env steps {f.steps[0]:,} to {f.steps[-1]:,}")
+        for key, series in f.first_evidence.items():
+            print(f"  {key} when it first fired: {series}")
+        print(f"  try: {' '.join(f.mode.set_lines(cfg)) or 'nothing left to turn on'}")
     return 0
 
 
@@ -106,10 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--steps", type=int, default=None, help="total env steps")
     train.add_argument("--run-dir", default="runs/default")
-    train.add_argument("--preset", default=None, help="named overrides: cartpole, pendulum, smoke")
+    train.add_argument("--preset", default=None, help="named overrides: cartpole, pendulum, smoke, seed (the seed's stated values)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
     train.set_defaults(func=cmd_train)
+
+    config = sub.add_parser("config", help="print the resolved configuration: values, sources, descriptions, the seed's values")
+    config.add_argument("--env", default=None)
+    config.add_argument("--seed", type=int, default=None)
+    config.add_argument("--steps", type=int, default=None)
+    config.add_argument("--preset", default=None, help="named overrides: cartpole, pendulum, smoke, seed")
+    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    config.add_argument("--json", action="store_true", help="one JSON object, key -> value, source, description, seed")
+    config.set_defaults(func=cmd_config)
+
+    diag = sub.add_parser("diagnose", help="the failure modes a run showed, with evidence and --set lines to try")
+    diag.add_argument("run_dir", metavar="RUN_DIR")
+    diag.set_defaults(func=cmd_diagnose)
 
     export = sub.add_parser("export", help="publish a new ONNX bundle version from the newest checkpoint")
     export.add_argument("--run-dir", required=True)

@@ -5,6 +5,7 @@ Torch-free on purpose: the same function scores the torch agent and an ONNX bund
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import gymnasium as gym
@@ -13,17 +14,38 @@ import numpy as np
 EVAL_SEED_BASE = 1_000_000  # eval episodes use seeds disjoint from training's
 
 
-def evaluate_policy(act: Callable[[np.ndarray], object], env_id: str, episodes: int, seed: int = 0,
-                    env: gym.Env | None = None) -> list[float]:
-    """Returns of `episodes` full episodes, each reset with its own fixed seed; `act` maps obs -> env action."""
+@dataclass(frozen=True)
+class Episode:
+    """One played episode: its return, its gamma-discounted return, and where it started.
+
+    The discounted return from the first observation is what a true critic would have
+    predicted there: the trainer logs both side by side to show whether its values are honest.
+    """
+
+    total: float
+    discounted: float
+    first_obs: np.ndarray
+
+
+def play_episodes(act: Callable[[np.ndarray], object], env_id: str, episodes: int, seed: int = 0,
+                  env: gym.Env | None = None, gamma: float = 1.0) -> list[Episode]:
+    """`episodes` full episodes, each reset with its own fixed seed; `act` maps obs -> env action."""
     env = env or gym.make(env_id)
-    returns = []
+    played = []
     for i in range(episodes):
         obs, _ = env.reset(seed=EVAL_SEED_BASE + 1000 * seed + i)
-        total, done = 0.0, False
+        first, total, discounted, discount, done = obs, 0.0, 0.0, 1.0, False
         while not done:
             obs, reward, terminated, truncated, _ = env.step(act(obs))
             total += float(reward)
+            discounted += discount * float(reward)
+            discount *= gamma
             done = terminated or truncated
-        returns.append(total)
-    return returns
+        played.append(Episode(total, discounted, np.asarray(first)))
+    return played
+
+
+def evaluate_policy(act: Callable[[np.ndarray], object], env_id: str, episodes: int, seed: int = 0,
+                    env: gym.Env | None = None) -> list[float]:
+    """Returns of `episodes` full episodes (see `play_episodes`)."""
+    return [e.total for e in play_episodes(act, env_id, episodes, seed, env)]

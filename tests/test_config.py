@@ -103,9 +103,9 @@ def test_valid_update_schedule_is_accepted():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_a_valid_config(name):
     """A typo in a preset's keys would otherwise only show when someone uses it."""
-    cfg = build_config(name)
+    cfg = build_config(name).model_dump()
     for key, value in PRESETS[name].items():
-        assert getattr(cfg, key) == value
+        assert cfg[key] == value
 
 
 def test_config_json_round_trip():
@@ -113,3 +113,48 @@ def test_config_json_round_trip():
     cfg = build_config("pendulum", ['update_schedule=[{"from_step": 0}, {"from_step": 9, "actor": 2}]'],
                        critic_target_clip=50.0)
     assert Config.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+def test_seed_given_structure_is_the_default():
+    """The seed fixes these in its diagrams; the defaults keep them."""
+    cfg = Config()
+    assert (cfg.horizon, cfg.state_dim, cfg.feature_dim, cfg.grad_clip) == (15, 64, 256, 1.0)
+    assert cfg.gamma == 0.99
+
+
+def test_seed_preset_is_the_seeds_stated_values():
+    """Diagram 5's phases (warmup 0-5k, transition 5k-10k) and multi-update schedule (2/1/1 before 50k,
+    1/2/2 after), the learning rates its remedies start from, its entropy weight, its plain losses."""
+    from trainer.schedule import Schedule
+
+    cfg = build_config("seed")
+    assert (cfg.warmup_steps, cfg.transition_steps) == (5000, 5000)
+    assert (cfg.world_model_lr, cfg.actor_lr, cfg.critic_lr, cfg.entropy_coef) == (1e-4, 3e-5, 3e-5, 0.01)
+    assert cfg.return_norm is False and cfg.symlog is False
+    schedule = Schedule(cfg)
+    assert schedule.critic_real_mix(5000) == 1.0 and schedule.critic_real_mix(7500) == 0.5
+    assert schedule.critic_real_mix(10_000) == 0.0
+    early, late = schedule.updates(20_000), schedule.updates(60_000)
+    assert (early.world_model, early.actor, early.critic) == (2, 1, 1)
+    assert (late.world_model, late.actor, late.critic) == (1, 2, 2)
+    assert (schedule.updates(100).actor, schedule.updates(100).critic) == (0, 0)  # warmup
+
+
+def test_every_departure_from_the_seed_is_stated_with_a_reason():
+    """seed_deviations (what the README table and `reverie config` show) lists exactly the keys whose
+    default differs from the seed preset, each with a reason."""
+    from trainer.config import seed_deviations
+
+    deviations = seed_deviations()
+    default, seed = Config().model_dump(), build_config("seed").model_dump()
+    assert set(deviations) == {k for k in default if default[k] != seed[k]}
+    assert all(len(why) > 20 for _, _, why in deviations.values())
+
+
+def test_resolve_config_names_where_each_value_came_from():
+    from trainer.config import resolve_config
+
+    cfg, sources = resolve_config("cartpole", ["horizon=9"], seed=4)
+    assert sources["horizon"] == "--set" and sources["seed"] == "flag"
+    assert sources["warmup_steps"] == "preset cartpole" and sources["gamma"] == "default"
+    assert (cfg.horizon, cfg.seed, cfg.warmup_steps) == (9, 4, 500)

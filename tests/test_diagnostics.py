@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from trainer.config import Config, build_config
 from trainer.diagnostics import FAILURE_MODES, diagnose
 from trainer.metrics import MetricsWriter, read_metrics
 
@@ -119,3 +120,64 @@ def test_solved_cartpole_is_not_premature_convergence():
     assert "policy_converges_too_fast" not in names(rows, solved_return=475.0)
     # Without the solved threshold the same rows do look like a collapse: the threshold is what decides.
     assert "policy_converges_too_fast" in names(rows, solved_return=None)
+
+
+def test_remedies_name_the_runs_own_values_and_never_what_is_on():
+    """Remedies start from this run's values (actor_lr 3e-4 -> 1e-4, not the seed's 3e-5 -> 1e-5) and never
+    advise a switch that is already on (target_critic, return_bounds, obs_norm, orthogonal_init are on by default)."""
+    cfg = Config()
+    lines = {mode.name: mode.set_lines(cfg) for mode in FAILURE_MODES}
+    assert "--set actor_lr=0.0001" in lines["gradient_explosion"]
+    assert "--set horizon=10" in lines["gradient_explosion"]
+    assert "--set world_model_lr=0.01" in lines["world_model_not_learning"]
+    assert "--set critic_lr=0.0001" in lines["critic_divergence"]
+    assert "--set entropy_coef=0.0015" in lines["policy_converges_too_fast"]
+    every = " ".join(line for group in lines.values() for line in group)
+    for already_on in ("target_critic=true", "return_bounds=true", "obs_norm=true", "orthogonal_init=true"):
+        assert already_on not in every
+    off = Config(target_critic=False, obs_norm=False, adaptive_entropy=True, entropy_coef=0.01, actor_lr=3e-5)
+    assert "--set target_critic=true" in FAILURE_MODES[3].set_lines(off)
+    assert "--set obs_norm=true" in FAILURE_MODES[0].set_lines(off)
+    assert "--set actor_lr=1e-05" in FAILURE_MODES[2].set_lines(off)
+    assert not any("adaptive_entropy" in line or "entropy_coef" in line for line in FAILURE_MODES[4].set_lines(off))
+
+
+def test_every_remedy_line_is_a_valid_override():
+    """Each suggested line, pasted after `reverie train`, gives a valid config that differs from the run's."""
+    cfg = Config()
+    for mode in FAILURE_MODES:
+        for line in mode.set_lines(cfg):
+            item = line.removeprefix("--set ")
+            changed = build_config(None, [item])
+            key = item.partition("=")[0]
+            assert getattr(changed, key) != getattr(cfg, key), line
+
+
+def test_reverie_diagnose_prints_when_what_and_the_set_lines(tmp_path, capsys):
+    """A run whose log shows critic divergence: the command names it, the env step, the evidence and the remedies."""
+    from reverie.cli import main
+
+    cfg = Config(critic_lr=3e-4)
+    (tmp_path / "config.json").write_text(cfg.model_dump_json())
+    writer = MetricsWriter(tmp_path)
+    for row in SYMPTOMS["critic_divergence"][0]:
+        writer.write(row)
+    writer.close()
+    assert main(["diagnose", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "critic_divergence: fired at 2 rows, env steps 750 to 1,000" in out
+    assert "critic_value_mean when it first fired: [10.0, 100.0, 1000.0]" in out
+    assert "try: --set critic_lr=0.0001 --set target_critic_tau=0.01" in out
+    assert "gradient_explosion" not in out
+
+
+def test_reverie_diagnose_on_a_quiet_run(tmp_path, capsys):
+    from reverie.cli import main
+
+    (tmp_path / "config.json").write_text(Config().model_dump_json())
+    writer = MetricsWriter(tmp_path)
+    for row in healthy_rows():
+        writer.write(row)
+    writer.close()
+    assert main(["diagnose", str(tmp_path)]) == 0
+    assert "no failure mode fired (8 logged rows" in capsys.readouterr().out

@@ -23,24 +23,35 @@ from .losses import actor_loss, critic_loss, discount_weights, lambda_return, wo
 from .world_model import WorldModel
 
 
-def own_gradient_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, clip: float) -> torch.Tensor:
-    """Gradients of `loss` for `params` only, clipped at `clip`, applied by `optimizer`. Returns the norm.
+def own_gradient_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, clip: float,
+                      normalize: bool = False, layers: dict[str, list[int]] | None = None,
+                      metrics: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Gradients of `loss` for `params` only, clipped at `clip` (or, with `normalize`, always rescaled
+    to norm `clip`), applied by `optimizer`. Returns the norm before clipping; with `layers` (name ->
+    indices into `params`), each layer's own norm goes into `metrics` as `grad_norm/<name>`.
 
     A non-finite gradient is not applied (the norm is still returned, so diagnostics see it).
     """
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = torch.zeros_like(p) if g is None else g
+    if layers:
+        norms = torch._foreach_norm([p.grad for p in params])
+        for name, index in layers.items():
+            metrics[f"grad_norm/{name}"] = torch.stack([norms[i] for i in index]).norm()
     norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    if normalize:  # clip_grad_norm_ only shrinks; scale a small gradient up to norm `clip` as well
+        torch._foreach_mul_([p.grad for p in params], (clip / norm.clamp(min=1e-12)).clamp(min=1.0))
     if torch.isfinite(norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
 
 
-def adam(params, lr: float, eps: float) -> torch.optim.Adam:
-    """Adam with its fused kernel (one pass over all parameters instead of several per tensor)."""
-    return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+def adam(params, lr: float, eps: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with its fused kernel (one pass over all parameters instead of several per tensor);
+    weight decay, when asked for, is decoupled from the gradient (AdamW's)."""
+    return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=True, fused=True)
 
 
 def to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -72,9 +83,14 @@ class Agent(nn.Module):
         self.register_buffer("reward_range", torch.tensor([math.inf, -math.inf]))
 
         self.world_model_params = list(self.world_model.parameters())
+        # Per-layer gradient norms of the world model (the seed's failure 1: "print grad norms for each layer").
+        index = {id(p): i for i, p in enumerate(self.world_model_params)}
+        self.world_model_layers = {name: [index[id(p)] for p in module.parameters(recurse=False)]
+                                   for name, module in self.world_model.named_modules()
+                                   if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))}
         self.actor_params = list(self.policy.parameters()) + ([self.log_alpha] if cfg.adaptive_entropy else [])
         self.critic_params = list(self.value.parameters())
-        self.world_model_optimizer = adam(self.world_model_params, cfg.world_model_lr, 1e-8)
+        self.world_model_optimizer = adam(self.world_model_params, cfg.world_model_lr, 1e-8, cfg.world_model_weight_decay)
         actor_groups = [{"params": list(self.policy.parameters())}]
         if cfg.adaptive_entropy:  # the temperature must move on the scale of the policy's own change
             actor_groups.append({"params": [self.log_alpha], "lr": 1e-2})
@@ -159,8 +175,11 @@ class Agent(nn.Module):
              "continue": self.cfg.continue_weight, "decoder": self.cfg.decoder_weight},
             self.cfg.symlog,
         )
-        norm = own_gradient_step(losses.total, self.world_model_params, self.world_model_optimizer, self.cfg.grad_clip)
-        return {**losses.metrics, "world_model_grad_norm": norm}
+        metrics = dict(losses.metrics)
+        metrics["world_model_grad_norm"] = own_gradient_step(
+            losses.total, self.world_model_params, self.world_model_optimizer, self.cfg.grad_clip,
+            layers=self.world_model_layers, metrics=metrics)
+        return metrics
 
     def imagined_returns(self, trajectory: Trajectory) -> tuple[torch.Tensor, torch.Tensor]:
         """(lambda-returns [B, H], discount weights [B, H]) of an imagined trajectory."""
@@ -182,7 +201,8 @@ class Agent(nn.Module):
         entropy = trajectory.entropies.mean()
         if self.cfg.adaptive_entropy:
             loss = loss + self.log_alpha * (entropy.detach() - self.target_entropy)
-        norm = own_gradient_step(loss, self.actor_params, self.actor_optimizer, self.cfg.grad_clip)
+        norm = own_gradient_step(loss, self.actor_params, self.actor_optimizer, self.cfg.grad_clip,
+                                 self.cfg.actor_grad_normalize)
         return {
             "actor_loss": loss.detach(),
             "actor_grad_norm": norm,

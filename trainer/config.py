@@ -1,7 +1,9 @@
 """One source of defaults for the trainer; presets are small named overrides of it.
 
 Every knob the seed names (sizes, learning rates, schedule boundaries, the remedies of
-diagram 6) lives here, so a run is fully described by one `Config` saved beside it.
+diagram 6) lives here, so a run is fully described by one `Config` saved beside it. Where our
+default differs from a value the seed states, the field says so (`seed_value`): the `seed`
+preset, `reverie config` and the README's table of deviations are all read from those notes.
 """
 
 from __future__ import annotations
@@ -23,76 +25,99 @@ class UpdateCounts(BaseModel):
     critic: int = Field(1, ge=0)
 
 
+def seed_value(value: Any, why: str) -> dict[str, Any]:
+    """Marks a default that departs from a value the seed states: the seed's value, and why ours differs."""
+    return {"seed": value, "why": why}
+
+
+SEED_SCHEDULE = [{"from_step": 0, "world_model": 2, "actor": 1, "critic": 1},
+                 {"from_step": 50_000, "world_model": 1, "actor": 2, "critic": 2}]
+
+
 class Config(BaseModel):
     """The trainer's whole configuration. Field names are the keys of `--set key=value`."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # run
-    env_id: str = "CartPole-v1"
-    seed: int = 0
-    total_steps: int = Field(50_000, ge=1)
+    env_id: str = Field("CartPole-v1", description="gymnasium env id")
+    seed: int = Field(0, description="seeds torch, numpy, the env resets and the exploration draws")
+    total_steps: int = Field(50_000, ge=1, description="env steps to train for")
     threads: int = Field(2, ge=1, description="torch intra-op threads")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="where the networks train: auto takes CUDA when there is one, else the CPU")
 
     # component sizes (diagram 1)
-    feature_dim: int = Field(256, ge=1)
-    state_dim: int = Field(64, ge=1)
-    hidden_dim: int = Field(128, ge=1)
-    hidden_layers: int = Field(2, ge=1)
-    cnn_depth: int = Field(32, ge=1)
+    feature_dim: int = Field(256, ge=1, description="encoder output size (the seed's features [256])")
+    state_dim: int = Field(64, ge=1, description="learned state size (the seed's states [64])")
+    hidden_dim: int = Field(128, ge=1, description="width of every hidden layer")
+    hidden_layers: int = Field(2, ge=1, description="hidden layers per MLP")
+    cnn_depth: int = Field(32, ge=1, description="channels of the first CNN layer (image observations)")
 
     # world model (diagram 2)
-    dynamics_weight: float = Field(1.0, ge=0)
-    reward_weight: float = Field(1.0, ge=0)
-    continue_weight: float = Field(1.0, ge=0)
-    decoder_weight: float = Field(1.0, ge=0)
+    dynamics_weight: float = Field(1.0, ge=0, description="weight of the dynamics MSE in the world-model loss")
+    reward_weight: float = Field(1.0, ge=0, description="weight of the reward NLL")
+    continue_weight: float = Field(1.0, ge=0, description="weight of the continue BCE")
+    decoder_weight: float = Field(1.0, ge=0, description="weight of the decoder MSE")
     dynamics_std: float = Field(0.1, gt=0, description="std of the next-state Normal")
-    world_model_lr: float = Field(1e-3, gt=0)
-    symlog: bool = Field(True, description="reward and value heads predict in symlog space")
+    world_model_lr: float = Field(1e-3, gt=0, description="world-model optimizer learning rate", json_schema_extra=seed_value(
+        1e-4, "the seed's failure-1 remedy raises 1e-4 to 1e-3 when the world model learns too slowly; small budgets start there"))
+    symlog: bool = Field(True, description="reward and value heads predict in symlog space", json_schema_extra=seed_value(
+        False, "rewards and returns of any scale (Pendulum's -16..0, returns of -1,600..100) train one network without a per-env scale"))
 
     # imagination, actor, critic (diagrams 2 and 3)
-    horizon: int = Field(15, ge=1)
-    gamma: float = Field(0.99, gt=0, le=1)
-    lambda_: float = Field(0.95, ge=0, le=1)
-    actor_lr: float = Field(3e-4, gt=0)
-    critic_lr: float = Field(3e-4, gt=0)
-    entropy_coef: float = Field(3e-4, ge=0)
-    return_norm: bool = Field(True, description="scale actor returns by their 5-95 percentile spread")
-    grad_clip: float = Field(1.0, gt=0)
-    batch_size: int = Field(128, ge=1)
+    horizon: int = Field(15, ge=1, description="imagination steps (the seed's 15)")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount")
+    lambda_: float = Field(0.95, ge=0, le=1, description="lambda of the lambda-returns")
+    actor_lr: float = Field(3e-4, gt=0, description="actor optimizer learning rate", json_schema_extra=seed_value(
+        3e-5, "returns are normalised to order 1 (return_norm), so the seed's rate, set for raw returns, would move the policy 10x slower"))
+    critic_lr: float = Field(3e-4, gt=0, description="critic optimizer learning rate", json_schema_extra=seed_value(
+        3e-5, "the critic must follow a policy that changes at actor_lr"))
+    entropy_coef: float = Field(3e-4, ge=0, description="weight of the entropy bonus in the actor loss", json_schema_extra=seed_value(
+        0.01, "returns are divided by their spread (return_norm), so the bonus is relative to returns of order 1"))
+    return_norm: bool = Field(True, description="scale actor returns by their 5-95 percentile spread", json_schema_extra=seed_value(
+        False, "one entropy_coef and one actor_lr for envs whose returns differ by orders of magnitude"))
+    grad_clip: float = Field(1.0, gt=0, description="max gradient norm of each optimizer (the seed's 1.0)")
+    actor_grad_normalize: bool = Field(False, description="rescale every actor gradient to norm grad_clip: its direction, not its size (failure 3, remedy 4)")
+    batch_size: int = Field(128, ge=1, description="transitions per update batch", json_schema_extra=seed_value(
+        64, "the seed's [64, 4] is an example of a flat batch, not a setting; 128 imagination starts per update"))
 
     # schedule (diagram 5)
-    warmup_steps: int = Field(1000, ge=0)
-    transition_steps: int = Field(1000, ge=0)
+    warmup_steps: int = Field(1000, ge=0, description="env steps of world-model-only training and random actions",
+                              json_schema_extra=seed_value(5000, "5k random steps would spend more than the whole 2k-step budget CartPole needs"))
+    transition_steps: int = Field(1000, ge=0, description="env steps over which critic_real_mix goes 1.0 -> 0.0",
+                                  json_schema_extra=seed_value(5000, "as warmup_steps: the seed's boundaries suit budgets of 100k steps"))
     replay_ratio: float = Field(2.0, gt=0, description="update rounds per env step")
     learning_starts: int = Field(128, ge=1, description="env steps before the first update")
-    update_schedule: list[UpdateCounts] = Field(default_factory=lambda: [UpdateCounts()])
+    update_schedule: list[UpdateCounts] = Field(
+        default_factory=lambda: [UpdateCounts()],
+        description="updates per batch for world model, actor and critic, by env step (diagram 5's multi-update schedule)",
+        json_schema_extra=seed_value(SEED_SCHEDULE, "replay_ratio 2 already gives the world model two updates per env step; the seed's 2/1/1 would double its cost"))
 
     # remedies of diagram 6
-    orthogonal_init: bool = True
-    obs_norm: bool = True
-    dynamics_ensemble: int = Field(1, ge=1)
-    target_critic: bool = True
-    target_critic_tau: float = Field(0.02, gt=0, le=1)
-    critic_target_clip: float | None = Field(None, gt=0)
+    orthogonal_init: bool = Field(True, description="orthogonal weights, zero biases (failure 1, remedy 4)")
+    obs_norm: bool = Field(True, description="running observation normalisation inside the encoder (failure 1, remedy 3)")
+    dynamics_ensemble: int = Field(1, ge=1, description="dynamics members voting by their mean (failure 2, remedy 4)")
+    world_model_weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay of the world model (failure 2, remedy 3)")
+    target_critic: bool = Field(True, description="bootstrap from a slow EMA copy of the critic (failure 4, remedy 2)")
+    target_critic_tau: float = Field(0.02, gt=0, le=1, description="EMA rate of the target critic")
+    critic_target_clip: float | None = Field(None, gt=0, description="clip critic targets to +-this (failure 4, remedy 3)")
     return_bounds: bool = Field(True, description="hold returns and bootstrap values inside what the rewards seen allow")
-    adaptive_entropy: bool = False
-    target_entropy: float | None = None
-    epsilon: float = Field(0.0, ge=0, le=1, description="epsilon-greedy exploration after warmup")
+    adaptive_entropy: bool = Field(False, description="tune the entropy weight toward target_entropy (failure 5, remedy 4)")
+    target_entropy: float | None = Field(None, description="entropy the adaptive weight aims at (default: half the max, or -action_dim)")
+    epsilon: float = Field(0.0, ge=0, le=1, description="epsilon-greedy exploration after warmup (failure 5, remedy 3)")
 
     # replay, logging, evaluation, checkpoints
-    replay_capacity: int = Field(1_000_000, ge=1)
-    log_every: int = Field(250, ge=1)
-    eval_every: int = Field(500, ge=1)
-    eval_episodes: int = Field(10, ge=1)
+    replay_capacity: int = Field(1_000_000, ge=1, description="transitions kept in replay")
+    log_every: int = Field(250, ge=1, description="env steps between metric rows")
+    eval_every: int = Field(500, ge=1, description="env steps between evaluations")
+    eval_episodes: int = Field(10, ge=1, description="deterministic episodes per evaluation")
     target_return: float | None = Field(None, description="stop once an evaluation reaches this return")
-    checkpoint_every: int = Field(2500, ge=1)
-    checkpoint_replay: bool = True
-    export_every: int = Field(1000, ge=1)
-    export_keep: int = Field(5, ge=1)
-    diagnostics_window: int = Field(8, ge=3)
+    checkpoint_every: int = Field(2500, ge=1, description="env steps between checkpoints")
+    checkpoint_replay: bool = Field(True, description="keep the replay in checkpoints (exact resume)")
+    export_every: int = Field(1000, ge=1, description="env steps between ONNX bundle exports")
+    export_keep: int = Field(5, ge=1, description="bundle versions kept (plus the best)")
+    diagnostics_window: int = Field(8, ge=3, description="metric rows the failure-mode detectors look at")
 
     @field_validator("update_schedule")
     @classmethod
@@ -104,6 +129,17 @@ class Config(BaseModel):
         return value
 
 
+def seed_deviations() -> dict[str, tuple[Any, Any, str]]:
+    """key -> (the seed's value, our default, why): every default that departs from the seed."""
+    out = {}
+    for key, field in Config.model_fields.items():
+        note = field.json_schema_extra
+        if isinstance(note, dict) and "seed" in note:
+            default = field.get_default(call_default_factory=True)
+            out[key] = (note["seed"], [c.model_dump() for c in default] if key == "update_schedule" else default, note["why"])
+    return out
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "cartpole": {"env_id": "CartPole-v1", "warmup_steps": 500, "transition_steps": 500, "total_steps": 2500,
                  "eval_every": 250},
@@ -113,6 +149,9 @@ PRESETS: dict[str, dict[str, Any]] = {
               "warmup_steps": 100, "transition_steps": 100, "learning_starts": 32, "replay_ratio": 0.25,
               "log_every": 50, "eval_every": 100, "eval_episodes": 2, "checkpoint_every": 100,
               "export_every": 100},
+    # The seed's stated values, exactly: diagram 5's phases and multi-update schedule, the learning
+    # rates its remedies start from, its entropy weight, its plain losses and its example batch.
+    "seed": {key: seed for key, (seed, _, _) in seed_deviations().items()},
 }
 
 
@@ -128,17 +167,29 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def build_config(preset: str | None = None, overrides: list[str] | None = None, **fields: Any) -> Config:
-    """Defaults, then the preset, then `--set` overrides, then explicit fields (CLI flags)."""
+def resolve_config(preset: str | None = None, overrides: list[str] | None = None,
+                   **fields: Any) -> tuple[Config, dict[str, str]]:
+    """The config and, per key, where its value came from: default, preset NAME, --set, or flag."""
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
         values.update(PRESETS[preset])
+        sources.update(dict.fromkeys(PRESETS[preset], f"preset {preset}"))
     for item in overrides or []:
         key, value = parse_override(item)
         if key not in Config.model_fields:
             raise ValueError(f"unknown config key {key!r}")
         values[key] = value
-    values.update({k: v for k, v in fields.items() if v is not None})
-    return Config(**values)
+        sources[key] = "--set"
+    given = {k: v for k, v in fields.items() if v is not None}
+    values.update(given)
+    sources.update(dict.fromkeys(given, "flag"))
+    cfg = Config(**values)
+    return cfg, {key: sources.get(key, "default") for key in Config.model_fields}
+
+
+def build_config(preset: str | None = None, overrides: list[str] | None = None, **fields: Any) -> Config:
+    """Defaults, then the preset, then `--set` overrides, then explicit fields (CLI flags)."""
+    return resolve_config(preset, overrides, **fields)[0]

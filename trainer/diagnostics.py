@@ -2,14 +2,18 @@
 
 Each detector is a pure function of the recent rows (oldest first) that returns True when the
 seed's symptom is present. `diagnose` names every mode that fires; the loop logs each with the
-seed's remedies, which exist as configuration keys.
+seed's remedies turned into this run's next values (`--set` lines computed from its config, never
+advising a switch that is already on), and `reverie diagnose RUN_DIR` replays the same over a log.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Callable
+
+from .config import Config
 
 Row = dict[str, object]
 
@@ -75,29 +79,83 @@ def policy_converges_too_fast(rows: list[Row], solved_return: float | None = Non
     return max(entropy) > 0 and entropy[-1] < 0.05 * max(entropy[: len(entropy) // 2 + 1]) and plateau and not solved
 
 
+def _fmt(value: object) -> str:
+    return json.dumps(value) if not isinstance(value, float) else f"{value:.3g}"
+
+
+def _scaled(cfg: Config, key: str, factor: float) -> tuple[str, float]:
+    return key, float(f"{getattr(cfg, key) * factor:.3g}")
+
+
+def _turn_on(cfg: Config, *keys: str) -> list[tuple[str, object]]:
+    """Switches that are off now, to turn on; a switch already on is no remedy."""
+    return [(key, True) for key in keys if not getattr(cfg, key)]
+
+
+def _world_model_remedies(cfg: Config) -> list[tuple[str, object]]:
+    # Seed: raise world_model_lr (1e-4 -> 1e-3); check per-layer gradients (logged as grad_norm/<module>);
+    # normalise observations; orthogonal init.
+    return [_scaled(cfg, "world_model_lr", 10.0), *_turn_on(cfg, "obs_norm", "orthogonal_init")]
+
+
+def _exploitation_remedies(cfg: Config) -> list[tuple[str, object]]:
+    # Seed: diverse data; more capacity; model regularisation; an ensemble.
+    return [
+        ("epsilon", 0.1 if cfg.epsilon == 0 else min(0.5, round(2 * cfg.epsilon, 3))),
+        ("hidden_dim", 2 * cfg.hidden_dim),
+        ("world_model_weight_decay", 1e-4 if cfg.world_model_weight_decay == 0 else float(f"{10 * cfg.world_model_weight_decay:.3g}")),
+        ("dynamics_ensemble", 5 if cfg.dynamics_ensemble == 1 else cfg.dynamics_ensemble + 2),
+    ]
+
+
+def _explosion_remedies(cfg: Config) -> list[tuple[str, object]]:
+    # Seed: clipping (always on here, at grad_clip); a shorter horizon (15 -> 10 or 5); a lower actor_lr
+    # (3e-5 -> 1e-5, a third); gradient normalisation.
+    out: list[tuple[str, object]] = [("horizon", max(5, cfg.horizon - 5))] if cfg.horizon > 5 else []
+    return out + [_scaled(cfg, "actor_lr", 1 / 3), *_turn_on(cfg, "actor_grad_normalize")]
+
+
+def _divergence_remedies(cfg: Config) -> list[tuple[str, object]]:
+    # Seed: a lower critic_lr (3e-5 -> 1e-5); a target network; clipped targets; lambda-returns (always on).
+    out = [_scaled(cfg, "critic_lr", 1 / 3), *_turn_on(cfg, "target_critic", "return_bounds")]
+    if cfg.target_critic:
+        out.append(_scaled(cfg, "target_critic_tau", 0.5))
+    return out
+
+
+def _convergence_remedies(cfg: Config) -> list[tuple[str, object]]:
+    # Seed: entropy_coef x5 (0.01 -> 0.05); a lower actor_lr; epsilon-greedy; adaptive entropy.
+    out = [] if cfg.adaptive_entropy else [_scaled(cfg, "entropy_coef", 5.0)]
+    out.append(_scaled(cfg, "actor_lr", 1 / 3))
+    if cfg.epsilon == 0:
+        out.append(("epsilon", 0.1))
+    return out + _turn_on(cfg, "adaptive_entropy")
+
+
 @dataclass(frozen=True)
 class FailureMode:
     name: str
     detect: Callable[..., bool]
-    remedies: tuple[str, ...]
+    evidence: tuple[str, ...]  # the metrics the detector reads, shown with a finding
+    remedies: Callable[[Config], list[tuple[str, object]]]  # the run's next values, from its current ones
+
+    def set_lines(self, cfg: Config) -> list[str]:
+        """Copy-pasteable `--set key=value` lines for this run; never one that is already so."""
+        return [f"--set {key}={_fmt(value)}" for key, value in self.remedies(cfg)
+                if value != getattr(cfg, key)]
 
 
 FAILURE_MODES: tuple[FailureMode, ...] = (
-    FailureMode("world_model_not_learning", world_model_not_learning, (
-        "increase world_model_lr (1e-4 -> 1e-3)", "check gradient flow per layer",
-        "normalise observations (obs_norm=true)", "orthogonal init (orthogonal_init=true)")),
-    FailureMode("policy_exploits_model", policy_exploits_model, (
-        "train the world model on diverse data (epsilon > 0)", "more world-model capacity or updates",
-        "regularise the world model", "dynamics ensemble (dynamics_ensemble=5)")),
-    FailureMode("gradient_explosion", gradient_explosion, (
-        "gradient clipping (grad_clip=1.0)", "shorter imagination horizon (horizon=10 or 5)",
-        "lower actor_lr (3e-5 -> 1e-5)", "return normalisation (return_norm=true)")),
-    FailureMode("critic_divergence", critic_divergence, (
-        "lower critic_lr (3e-5 -> 1e-5)", "target critic (target_critic=true)",
-        "clip critic targets (critic_target_clip=100)", "lambda-returns (lambda_=0.95)")),
-    FailureMode("policy_converges_too_fast", policy_converges_too_fast, (
-        "increase entropy_coef (0.01 -> 0.05)", "lower actor_lr",
-        "epsilon-greedy exploration (epsilon=0.1)", "adaptive entropy (adaptive_entropy=true)")),
+    FailureMode("world_model_not_learning", world_model_not_learning,
+                ("dynamics_loss", "reward_mae", "world_model_grad_norm"), _world_model_remedies),
+    FailureMode("policy_exploits_model", policy_exploits_model,
+                ("mean_imagined_return", "eval_return", "dynamics_loss"), _exploitation_remedies),
+    FailureMode("gradient_explosion", gradient_explosion, ("actor_grad_norm", "actor_loss", "critic_loss"),
+                _explosion_remedies),
+    FailureMode("critic_divergence", critic_divergence, ("critic_loss", "critic_value_mean", "critic_td_error"),
+                _divergence_remedies),
+    FailureMode("policy_converges_too_fast", policy_converges_too_fast, ("entropy", "eval_return"),
+                _convergence_remedies),
 )
 
 
@@ -109,3 +167,29 @@ def diagnose(rows: list[Row], solved_return: float | None = None) -> list[Failur
         if fired:
             found.append(mode)
     return found
+
+
+def evidence(mode: FailureMode, rows: list[Row]) -> dict[str, list[float]]:
+    """The series the detector saw, oldest first, for the metrics it reads."""
+    return {key: [round(v, 4) for v in _series(rows, key)] for key in mode.evidence if _series(rows, key)}
+
+
+@dataclass
+class Finding:
+    """One failure mode across a run: when it fired, what it saw the first time, what to try."""
+
+    mode: FailureMode
+    steps: list[int]
+    first_evidence: dict[str, list[float]]
+
+
+def findings(rows: list[Row], window: int, solved_return: float | None = None) -> list[Finding]:
+    """Replays the loop's diagnosis over a whole metrics log: each row judged with the rows before it."""
+    found: dict[str, Finding] = {}
+    for i in range(len(rows)):
+        recent = rows[max(0, i - window + 1): i + 1]
+        for mode in diagnose(recent, solved_return):
+            if mode.name not in found:
+                found[mode.name] = Finding(mode, [], evidence(mode, recent))
+            found[mode.name].steps.append(int(rows[i]["env_step"]))
+    return list(found.values())

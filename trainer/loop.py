@@ -18,12 +18,12 @@ import torch
 from tqdm import tqdm
 
 from reverie.bundle import versions
-from reverie.evaluation import evaluate_policy
+from reverie.evaluation import play_episodes
 
 from .agent import Agent
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config
-from .diagnostics import diagnose
+from .diagnostics import diagnose, evidence
 from .envs import make_env, space_info
 from .metrics import MetricAverager, MetricsWriter, plot_training_curves, read_metrics
 from .replay import Replay
@@ -121,10 +121,9 @@ class Trainer:
                 self._env_step()
                 self._train()
                 evaluated = self.env_step % cfg.eval_every == 0
-                if evaluated:
-                    self._evaluate()
+                evaluation = self._evaluate() if evaluated else None
                 if evaluated or self.env_step % cfg.log_every == 0:
-                    self._log(evaluated)
+                    self._log(evaluation)
                 if self.env_step % cfg.checkpoint_every == 0:
                     self.save()
                 if self.export and self.env_step % cfg.export_every == 0:
@@ -187,12 +186,21 @@ class Trainer:
             self.averager.add(self.agent.update(batch, counts, mix))
             self.updates += 1
 
-    def _evaluate(self) -> None:
+    def _evaluate(self) -> dict[str, float]:
+        """Eval return, plus the critic's value at each episode's first observation beside the
+        discounted return that followed: what the critic should have said, and what it said."""
         act = lambda obs: self.space.to_env_action(self.agent.act(obs, deterministic=True))  # noqa: E731
-        returns = evaluate_policy(act, self.cfg.env_id, self.cfg.eval_episodes, self.cfg.seed, env=self.eval_env)
-        self.last_eval = float(np.mean(returns))
+        episodes = play_episodes(act, self.cfg.env_id, self.cfg.eval_episodes, self.cfg.seed, self.eval_env,
+                                 self.cfg.gamma)
+        self.last_eval = float(np.mean([e.total for e in episodes]))
+        with torch.no_grad():
+            first = torch.as_tensor(np.stack([e.first_obs for e in episodes]), dtype=torch.float32, device=self.device)
+            values = self.agent.value(self.agent.world_model.encode(first))
+        return {"eval_value": float(values.mean()),
+                "eval_discounted_return": float(np.mean([e.discounted for e in episodes]))}
 
-    def _log(self, evaluated: bool) -> None:
+    def _log(self, evaluation: dict[str, float] | None) -> None:
+        evaluated = evaluation is not None
         elapsed = self.wall_offset + time.perf_counter() - self.started
         row: dict = {"env_step": self.env_step, "phase": self.phase.value, "updates": self.updates,
                      "episodes": self.episodes, "wall_s": round(elapsed, 2), **self.averager.pop()}
@@ -200,11 +208,13 @@ class Trainer:
             row["episode_return"] = float(np.mean(self.episode_returns))
             self.episode_returns.clear()
         if evaluated:
-            row["eval_return"] = self.last_eval
+            row.update(eval_return=self.last_eval, **evaluation)
         failures = diagnose([*self.recent_rows, row], self.solved_return)
         row["failure_modes"] = [f.name for f in failures]
         for f in failures:
-            log.warning("failure mode %s at env step %d; remedies: %s", f.name, self.env_step, "; ".join(f.remedies))
+            log.warning("failure mode %s at env step %d (%s); try: %s", f.name, self.env_step,
+                        ", ".join(f"{k} {v}" for k, v in evidence(f, [*self.recent_rows, row]).items()),
+                        " ".join(f.set_lines(self.cfg)) or "nothing left to turn on")
         self.writer.write(row)
         self.recent_rows.append(row)
         if evaluated:
