@@ -15,6 +15,8 @@ import pytest
 
 from serving import ThreadServer
 
+pytestmark = pytest.mark.slow  # thousands of generated requests per server: tens of seconds
+
 ST = shutil.which("st") or str(Path(sys.executable).with_name("st"))
 
 

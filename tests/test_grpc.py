@@ -145,6 +145,7 @@ def test_bearer_token_over_grpc(exported_agents):
             assert client.act(OBS).model_version == 1
 
 
+@pytest.mark.slow
 def test_hot_reload_under_grpc_load(tmp_path, exported_agents):
     """20+ versions published while Act and ActStream clients run: no failed call, streams never go back."""
     source = latest_bundle(exported_agents["CartPole-v1"][1])

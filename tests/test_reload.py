@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import httpx
+import pytest
 
 from clients.rest import RestClient
 from reverie.bundle import latest_bundle, versions
@@ -15,6 +16,7 @@ OBS = [0.02, -0.3, 0.05, 0.4]
 VERSIONS = 22  # 1 to start with, then 21 more (two broken ones among them)
 
 
+@pytest.mark.slow
 def test_hot_reload_under_load_never_fails_a_request(tmp_path, exported_agents):
     source = latest_bundle(exported_agents["CartPole-v1"][1])
     export_dir = tmp_path / "export"

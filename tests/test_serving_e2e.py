@@ -16,6 +16,8 @@ import pytest
 from reverie.bundle import latest_bundle, load_manifest
 from serving import ProcessServer, free_ports, wait_until
 
+pytestmark = pytest.mark.slow  # trains a CartPole agent or starts `reverie up`: tens of seconds
+
 
 def test_reverie_eval_replays_the_trainers_own_evaluation(trained_cartpole):
     """`reverie eval` through onnxruntime gives the trainer's eval return for the same agent and episodes."""

@@ -98,8 +98,10 @@ class Agent(nn.Module):
         self.critic_optimizer = adam(self.critic_params, cfg.critic_lr, 1e-5)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Also loads checkpoints written before `reward_range` existed (it refills from the next batches)."""
-        state_dict = {"reward_range": torch.tensor([math.inf, -math.inf]), **state_dict}
+        """Also loads checkpoints written before the return bounds existed (they refill from the next batches)."""
+        unbounded = torch.tensor([-math.inf, math.inf])
+        state_dict = {"reward_range": torch.tensor([math.inf, -math.inf]), "value.bounds": unbounded,
+                      "target_value.bounds": unbounded, **state_dict}
         return super().load_state_dict(state_dict, strict, assign)
 
     @property
@@ -133,11 +135,11 @@ class Agent(nn.Module):
         return low, high
 
     def critic_values(self, states: torch.Tensor) -> torch.Tensor:
-        """Bootstrap values for returns: the slow target critic when configured (diagram 6, failure 4),
-        held inside `return_bounds`, so a value the critic extrapolates off the data cannot feed
+        """Bootstrap values for returns: the slow target critic when configured (diagram 6, failure 4).
+
+        Both critics answer inside `return_bounds`, so a value extrapolated off the data cannot feed
         itself through the next target (the runaway loop of failure 4)."""
-        values = (self.target_value if self.cfg.target_critic else self.value)(states)
-        return values.clamp(*self.return_bounds())
+        return (self.target_value if self.cfg.target_critic else self.value)(states)
 
     # ------------------------------------------------------------------ update
     def update(self, batch: dict[str, torch.Tensor], counts: UpdateCounts, critic_real_mix: float) -> dict[str, float]:
@@ -149,6 +151,9 @@ class Agent(nn.Module):
         rewards = batch["reward"]
         self.reward_range.copy_(torch.stack([torch.minimum(self.reward_range[0], rewards.min()),
                                              torch.maximum(self.reward_range[1], rewards.max())]))
+        bounds = torch.tensor(self.return_bounds(), device=self.device)
+        self.value.bounds.copy_(bounds)
+        self.target_value.bounds.copy_(bounds)
         for _ in range(counts.world_model):
             metrics.update(self.world_model_step(batch))
         if counts.actor == 0 and counts.critic == 0:
@@ -218,7 +223,7 @@ class Agent(nn.Module):
         """MSE to detached imagined lambda-returns, blended with real one-step targets by `real_mix`."""
         to_raw = symlog if self.cfg.symlog else (lambda x: x)
         prediction = self.value.raw(trajectory.states[:, :-1])
-        returns = returns.clamp(*self.return_bounds())  # the bootstrap values are inside; the predicted rewards may not be
+        returns = returns.clamp(*self.return_bounds())  # the bootstrap values are inside; predicted rewards may stray
         loss = (1.0 - real_mix) * critic_loss(prediction, to_raw(returns), weights)
         if real_mix > 0:
             with torch.no_grad():

@@ -290,16 +290,23 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class ValueFunction(nn.Module):
-    """state -> value (the raw output is in symlog space when configured)."""
+    """state -> value (the raw output is in symlog space when configured), inside `bounds`.
+
+    `bounds` is the interval every return lies in given the rewards seen (Agent.return_bounds):
+    a value outside it is wrong whatever the state, so the head answers the nearest possible one.
+    That holds for imagined states far from any data too, where a regression in symlog space would
+    otherwise extrapolate exponentially (the runaway of failure 4).
+    """
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.net = mlp(cfg.state_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
         self.symlog = cfg.symlog
+        self.register_buffer("bounds", torch.tensor([-math.inf, math.inf]))
 
     def raw(self, state: torch.Tensor, context: dict | None = None) -> torch.Tensor:
         return self.net(state).squeeze(-1)
 
     def forward(self, state: torch.Tensor, context: dict | None = None) -> torch.Tensor:
         out = self.raw(state, context)
-        return symexp(out) if self.symlog else out
+        return (symexp(out) if self.symlog else out).clamp(self.bounds[0], self.bounds[1])
