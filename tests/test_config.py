@@ -158,3 +158,30 @@ def test_resolve_config_names_where_each_value_came_from():
     assert sources["horizon"] == "--set" and sources["seed"] == "flag"
     assert sources["warmup_steps"] == "preset cartpole" and sources["gamma"] == "default"
     assert (cfg.horizon, cfg.seed, cfg.warmup_steps) == (9, 4, 500)
+
+
+def test_the_readme_table_lists_every_departure_from_the_seed():
+    """The README's table of departures is written by hand; it must not fall behind the config's notes."""
+    from pathlib import Path
+
+    from trainer.config import seed_deviations
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [key for key in seed_deviations() if f"| `{key}` |" not in readme]
+    assert missing == []
+
+
+def test_reverie_config_names_value_source_and_the_seeds_value(capsys):
+    import json
+
+    from reverie.cli import main
+
+    assert main(["config", "--preset", "cartpole", "--set", "horizon=9", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows["horizon"] == {"value": 9, "source": "--set", "description": rows["horizon"]["description"]}
+    assert rows["warmup_steps"]["source"] == "preset cartpole" and rows["warmup_steps"]["seed"] == 5000
+    assert rows["actor_lr"]["value"] == 3e-4 and rows["actor_lr"]["seed"] == 3e-5
+    assert all(row["description"] for row in rows.values())
+    assert main(["config", "--preset", "seed"]) == 0
+    text = capsys.readouterr().out
+    assert "actor_lr" in text and "[seed:" not in text  # the seed preset departs from nothing
