@@ -74,3 +74,16 @@ def test_trained_cartpole_values_are_near_the_returns_observed(trained_cartpole)
     last = [r for r in read_metrics(trained_cartpole) if "eval_return" in r][-1]
     assert last["eval_return"] >= 475
     assert 0.5 * last["eval_discounted_return"] <= last["eval_value"] <= 2.0 * last["eval_discounted_return"]
+
+
+def test_checkpoints_from_before_the_bounds_still_load():
+    """A run checkpointed by an earlier version resumes: the bounds start unknown and refill from the next batch."""
+    replay, space = collect_replay("CartPole-v1", 200, seed=2)
+    old = Agent(build_config("smoke", threads=1), space).state_dict()
+    for key in ("reward_range", "value.bounds", "target_value.bounds"):
+        del old[key]
+    agent = Agent(build_config("smoke", threads=1), space)
+    agent.load_state_dict(old)
+    assert agent.return_bounds() == (-np.inf, np.inf)
+    agent.update(replay.sample(16, np.random.default_rng(0)), UpdateCounts(world_model=1, actor=0, critic=0), 1.0)
+    assert agent.return_bounds() == (0.0, pytest.approx(100.0))

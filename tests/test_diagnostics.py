@@ -85,6 +85,13 @@ def test_policy_exploits_model_needs_flat_real_returns():
     assert names(rows_from(mean_imagined_return=[10.0, 50.0, 100.0], eval_return=[10.0, 50.0, 100.0])) == []
 
 
+def test_a_solved_run_is_not_exploiting_its_model():
+    """Seen on CartPole: the critic catching up with a solved policy raised imagined returns under a flat 500."""
+    rows = rows_from(mean_imagined_return=[20.0, 45.0, 90.0], eval_return=[500.0, 500.0, 500.0])
+    assert names(rows, solved_return=475.0) == []
+    assert names(rows, solved_return=None) == ["policy_exploits_model"]
+
+
 def test_critic_divergence_needs_all_three_growing():
     """A rising value mean alone (a critic tracking better returns) is not divergence."""
     rows = rows_from(critic_loss=[1.0, 0.8, 0.6, 0.5], critic_value_mean=[10.0, 100.0, 1000.0, 2000.0],

@@ -42,10 +42,13 @@ def world_model_not_learning(rows: list[Row]) -> bool:
     return _flat(dyn, 0.02) and _flat(mae, 0.02) and max(grad) < 1e-3
 
 
-def policy_exploits_model(rows: list[Row]) -> bool:
-    """mean_imagined_return rising strongly while eval_return stays flat in the real env."""
+def policy_exploits_model(rows: list[Row], solved_return: float | None = None) -> bool:
+    """mean_imagined_return rising strongly while eval_return stays flat in the real env (below solved:
+    a critic catching up with a solved policy raises imagined returns under a flat, perfect eval)."""
     imagined, real = _series(rows, "mean_imagined_return"), _series(rows, "eval_return")
     if len(imagined) < 3 or len(real) < 3:
+        return False
+    if solved_return is not None and min(real) >= solved_return:
         return False
     rise = imagined[-1] - imagined[0]
     real_range = max(real) - min(real)
@@ -159,11 +162,14 @@ FAILURE_MODES: tuple[FailureMode, ...] = (
 )
 
 
+SOLVED_AWARE = {"policy_exploits_model", "policy_converges_too_fast"}  # a solved env explains their symptom
+
+
 def diagnose(rows: list[Row], solved_return: float | None = None) -> list[FailureMode]:
     """Every failure mode whose symptom shows in `rows` (the recent window, oldest first)."""
     found = []
     for mode in FAILURE_MODES:
-        fired = mode.detect(rows, solved_return) if mode.name == "policy_converges_too_fast" else mode.detect(rows)
+        fired = mode.detect(rows, solved_return) if mode.name in SOLVED_AWARE else mode.detect(rows)
         if fired:
             found.append(mode)
     return found
