@@ -26,36 +26,16 @@ import numpy as np
 import torch
 
 from trainer.config import build_config
-from trainer.imagination import imagine
 from trainer.loop import Trainer
 from trainer.metrics import read_metrics
+from update_speed import time_parts  # benchmarks/, the folder of this script, is on sys.path
 
 THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -200.0)}
 
 
-def time_update(trainer: Trainer, repeats: int = 20) -> dict[str, float]:
+def time_update(trainer: Trainer) -> dict[str, float]:
     """Milliseconds of each part of one full update, on the trained agent and its replay."""
-    agent, cfg = trainer.agent, trainer.cfg
-    batch = trainer.replay.sample(cfg.batch_size, trainer.rng, trainer.device)
-    timings = {"world_model": [], "imagination": [], "actor": [], "critic": []}
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        agent.world_model_step(batch)
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            states, next_states = agent.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
-        t2 = time.perf_counter()
-        imagine(agent.world_model, agent.policy, states, cfg.horizon)
-        t3 = time.perf_counter()
-        _, imagined = agent.actor_step(states)
-        t4 = time.perf_counter()
-        agent.critic_step(*imagined, batch, next_states, 0.0)
-        t5 = time.perf_counter()
-        timings["world_model"].append(t1 - t0)
-        timings["imagination"].append(t3 - t2)
-        timings["actor"].append((t4 - t3) - (t3 - t2))  # actor step minus its own imagination
-        timings["critic"].append(t5 - t4)
-    return {k: 1000 * float(np.median(v)) for k, v in timings.items()}
+    return time_parts(trainer.agent, lambda: trainer.replay.sample(trainer.cfg.batch_size, trainer.rng, trainer.device), 20)
 
 
 def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, threads: int | None = None,

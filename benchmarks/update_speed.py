@@ -32,7 +32,6 @@ def measure(threads: int, updates: int) -> dict[str, float]:
     from trainer.agent import Agent
     from trainer.config import UpdateCounts, build_config
     from trainer.envs import make_env, space_info
-    from trainer.imagination import imagine
     from trainer.replay import Replay
 
     torch.set_num_threads(threads)
@@ -58,15 +57,26 @@ def measure(threads: int, updates: int) -> dict[str, float]:
         start = time.perf_counter()
         agent.update(batch, full, 0.0)
         times.append(time.perf_counter() - start)
+    median = lambda xs: 1000 * sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {"update": median(times), **time_parts(agent, lambda: replay.sample(cfg.batch_size, rng))}
+
+
+def time_parts(agent, sample_batch, repeats: int = 10) -> dict[str, float]:
+    """Median milliseconds of one update's parts: world model (with the re-encoding of the batch),
+    imagination alone, the actor step minus its imagination, and the critic step."""
+    import torch
+
+    from trainer.imagination import imagine
+
     parts: dict[str, list[float]] = {"world_model": [], "imagination": [], "actor": [], "critic": []}
-    for _ in range(10):
-        batch = replay.sample(cfg.batch_size, rng)
+    for _ in range(repeats):
+        batch = sample_batch()
         t0 = time.perf_counter()
         agent.world_model_step(batch)
         with torch.no_grad():
             states, next_states = agent.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
         t1 = time.perf_counter()
-        imagine(agent.world_model, agent.policy, states, cfg.horizon)
+        imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
         t2 = time.perf_counter()
         _, imagined = agent.actor_step(states)
         t3 = time.perf_counter()
@@ -74,8 +84,7 @@ def measure(threads: int, updates: int) -> dict[str, float]:
         t4 = time.perf_counter()
         for key, value in zip(parts, (t1 - t0, t2 - t1, (t3 - t2) - (t2 - t1), t4 - t3)):
             parts[key].append(value)
-    median = lambda xs: 1000 * sorted(xs)[len(xs) // 2]  # noqa: E731
-    return {"update": median(times), **{k: median(v) for k, v in parts.items()}}
+    return {k: 1000 * sorted(v)[len(v) // 2] for k, v in parts.items()}
 
 
 def run_tree(tree: Path, threads: int, updates: int) -> dict[str, float]:

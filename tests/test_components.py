@@ -57,7 +57,7 @@ def test_image_world_model_step_runs():
     batch = {"obs": frames, "next_obs": frames.flip(0), "action": torch.tensor([0.0, 1.0, 2.0, 1.0]),
              "reward": torch.ones(4), "terminated": torch.tensor([0.0, 0.0, 1.0, 0.0])}
     metrics = agent.world_model_step(batch)
-    assert all(np.isfinite(v) for v in metrics.values())
+    assert all(np.isfinite(float(v)) for v in metrics.values())
     assert metrics["world_model_grad_norm"] > 0
 
 

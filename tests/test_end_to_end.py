@@ -15,6 +15,8 @@ from reverie.cli import main
 from trainer.checkpoint import latest_checkpoint
 from trainer.metrics import read_metrics
 
+pytestmark = pytest.mark.slow  # a 1,000-step training run with exports
+
 STEPS = 1000
 ARGS = ["--preset", "cartpole", "--steps", str(STEPS), "--seed", "0",
         "--set", "hidden_dim=64", "--set", "batch_size=64", "--set", "threads=1",

@@ -82,6 +82,7 @@ def test_corrupted_or_truncated_graph_is_refused(exported, tmp_path):
         load_manifest(copy)
 
 
+@pytest.mark.slow
 def test_versions_increase_pointer_moves_and_old_ones_are_pruned(tmp_path):
     space = space_info(make_env("CartPole-v1"))
     agent = Agent(small_config(), space)
@@ -95,6 +96,7 @@ def test_versions_increase_pointer_moves_and_old_ones_are_pruned(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging or pointer temp left behind"
 
 
+@pytest.mark.slow
 def test_training_publishes_bundles_and_reverie_export_adds_one(tmp_path):
     """`reverie train` exports at once, every export_every steps and at the end; `reverie export` adds one."""
     from reverie.cli import main

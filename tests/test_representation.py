@@ -53,7 +53,7 @@ def trained():
     rng = np.random.default_rng(0)
     for _ in range(UPDATES):
         metrics = agent.world_model_step(train.sample(64, rng))
-    assert np.isfinite(metrics["world_model_loss"])
+    assert np.isfinite(float(metrics["world_model_loss"]))
     return agent, train_obs, held_out, before
 
 
