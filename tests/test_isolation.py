@@ -15,6 +15,7 @@ import torch
 
 from conftest import real_batch, small_config
 from trainer.agent import Agent
+from trainer.components import symlog
 from trainer.config import UpdateCounts
 from trainer.imagination import imagine
 from trainer.losses import actor_loss
@@ -103,6 +104,28 @@ def test_critic_step_changes_only_the_critic(setup):
         old = before[f"target_value.{name}"]
         torch.testing.assert_close(target, old + tau * (value - old))
     assert metrics["critic_grad_norm"] > 0
+
+
+def test_critic_real_mix_blends_real_one_step_targets(setup):
+    """real_mix=1 regresses the start states on r + gamma * (1 - terminated) * V_target(s') alone, real_mix=0
+    on the imagined lambda-returns alone, and a mix in between is their weighted sum: the blend is in the loss."""
+    agent, batch, states, next_states = setup
+    with torch.no_grad():
+        trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
+        returns, weights = agent.imagined_returns(trajectory)
+        prediction = agent.value.raw(trajectory.states[:, :-1])
+        real = batch["reward"] + agent.cfg.gamma * (1 - batch["terminated"]) * agent.target_value(next_states)
+        imagined = returns.clamp(*agent.return_bounds())
+        expected_real = (prediction[:, 0] - symlog(real)).pow(2).mean()
+        expected_imagined = ((prediction - symlog(imagined)).pow(2) * weights).mean()
+    losses = {}
+    for mix in (0.0, 1.0, 0.25):
+        probe = copy.deepcopy(agent)
+        losses[mix] = probe.critic_step(trajectory, returns, weights, batch, next_states, real_mix=mix)["critic_loss"]
+    torch.testing.assert_close(losses[1.0], expected_real)
+    torch.testing.assert_close(losses[0.0], expected_imagined)
+    torch.testing.assert_close(losses[0.25], 0.75 * expected_imagined + 0.25 * expected_real)
+    assert abs(float(expected_real - expected_imagined)) > 1e-3  # the two targets differ, so the mix shows
 
 
 def test_world_model_step_changes_only_the_world_model(setup):

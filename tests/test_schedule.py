@@ -16,7 +16,7 @@ WARMUP, TRANSITION = 100, 200
 
 @pytest.fixture
 def schedule() -> Schedule:
-    cfg = small_config(warmup_steps=WARMUP, transition_steps=TRANSITION, update_schedule=[
+    cfg = small_config(warmup_steps=WARMUP, transition_steps=TRANSITION, critic_real_mix_final=0.0, update_schedule=[
         UpdateCounts(from_step=0, world_model=1, actor=1, critic=1),
         UpdateCounts(from_step=50, world_model=3, actor=2, critic=2),
         UpdateCounts(from_step=250, world_model=2, actor=3, critic=4),
@@ -72,11 +72,20 @@ def test_critic_real_mix_anneals_linearly_through_transition(schedule):
     assert all(b <= a for a, b in zip(mixes, mixes[1:]))
 
 
+def test_critic_real_mix_settles_at_its_final_value():
+    """With critic_real_mix_final, the transition anneals 1.0 -> that value and it holds for good."""
+    s = Schedule(small_config(warmup_steps=WARMUP, transition_steps=TRANSITION, critic_real_mix_final=0.2))
+    assert s.critic_real_mix(WARMUP) == 1.0
+    assert s.critic_real_mix(WARMUP + TRANSITION // 2) == pytest.approx(0.6)
+    assert s.critic_real_mix(WARMUP + TRANSITION) == pytest.approx(0.2)
+    assert s.critic_real_mix(10**6) == pytest.approx(0.2)
+
+
 def test_zero_length_transition_goes_straight_to_full():
-    """transition_steps=0 must not divide by zero: the mix drops from 1.0 to 0.0 at the warmup's end."""
-    s = Schedule(small_config(warmup_steps=20, transition_steps=0))
+    """transition_steps=0 must not divide by zero: the mix drops from 1.0 to its final value at the warmup's end."""
+    s = Schedule(small_config(warmup_steps=20, transition_steps=0, critic_real_mix_final=0.1))
     assert s.phase(20) is Phase.FULL
-    assert s.critic_real_mix(19) == 1.0 and s.critic_real_mix(20) == 0.0
+    assert s.critic_real_mix(19) == 1.0 and s.critic_real_mix(20) == pytest.approx(0.1)
 
 
 def test_trainer_makes_no_actor_updates_during_warmup(tmp_path):

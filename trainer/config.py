@@ -85,8 +85,9 @@ class Config(BaseModel):
     # schedule (diagram 5)
     warmup_steps: int = Field(1000, ge=0, description="env steps of world-model-only training and random actions",
                               json_schema_extra=seed_value(5000, "5k random steps would spend more than the whole 2k-step budget CartPole needs"))
-    transition_steps: int = Field(1000, ge=0, description="env steps over which critic_real_mix goes 1.0 -> 0.0",
+    transition_steps: int = Field(1000, ge=0, description="env steps over which critic_real_mix goes 1.0 -> critic_real_mix_final",
                                   json_schema_extra=seed_value(5000, "as warmup_steps: the seed's boundaries suit budgets of 100k steps"))
+    critic_real_mix_final: float = Field(0.0, ge=0, le=1, description="weight of real one-step targets in the critic's loss after the transition")
     replay_ratio: float = Field(2.0, gt=0, description="update rounds per env step")
     learning_starts: int = Field(128, ge=1, description="env steps before the first update")
     update_schedule: list[UpdateCounts] = Field(
@@ -109,6 +110,7 @@ class Config(BaseModel):
 
     # replay, logging, evaluation, checkpoints
     replay_capacity: int = Field(1_000_000, ge=1, description="transitions kept in replay")
+    terminal_share: float = Field(0.0, ge=0, lt=1, description="share of each batch drawn from terminal transitions (the continue head's rare class)")
     log_every: int = Field(250, ge=1, description="env steps between metric rows")
     eval_every: int = Field(500, ge=1, description="env steps between evaluations")
     eval_episodes: int = Field(10, ge=1, description="deterministic episodes per evaluation")

@@ -18,6 +18,7 @@ class Schedule:
         self.warmup_end = cfg.warmup_steps
         self.transition_end = cfg.warmup_steps + cfg.transition_steps
         self.update_schedule = cfg.update_schedule
+        self.final_mix = cfg.critic_real_mix_final
 
     def phase(self, env_step: int) -> Phase:
         if env_step < self.warmup_end:
@@ -30,12 +31,13 @@ class Schedule:
         return self.phase(env_step) is Phase.WARMUP
 
     def critic_real_mix(self, env_step: int) -> float:
-        """1.0 until the transition starts, linearly to 0.0 at its end, 0.0 afterwards."""
+        """1.0 until the transition starts, linearly to `critic_real_mix_final` at its end, that afterwards."""
         if env_step < self.warmup_end:
             return 1.0
         if env_step >= self.transition_end:
-            return 0.0
-        return 1.0 - (env_step - self.warmup_end) / (self.transition_end - self.warmup_end)
+            return self.final_mix
+        progress = (env_step - self.warmup_end) / (self.transition_end - self.warmup_end)
+        return 1.0 - (1.0 - self.final_mix) * progress
 
     def updates(self, env_step: int) -> UpdateCounts:
         """Updates per batch for each optimizer; actor and critic are forced to 0 during warmup."""
