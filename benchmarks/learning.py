@@ -2,6 +2,7 @@
 
     python benchmarks/learning.py --envs cartpole --seeds 0 1 2 3 4 --steps 10000   # the defaults, as a user gets them
     python benchmarks/learning.py --envs cartpole --presets none seed --steps 10000  # the defaults beside the seed's settings
+    python benchmarks/learning.py --envs cartpole --presets actor_lr=3e-5 entropy_coef=0.01  # one seed value at a time
     python benchmarks/learning.py --baselines          # + stable-baselines3 PPO and DQN rows on CartPole
 
 Prints env, seed, steps to threshold (first eval mean >= threshold) and the training wall seconds
@@ -18,6 +19,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -40,11 +42,14 @@ def time_update(trainer: Trainer) -> dict[str, float]:
 
 def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, threads: int | None = None,
                 eval_every: int | None = None) -> dict:
-    """One training run. `preset`: "env" (the env's own preset), "none" (the defaults), or a preset name."""
+    """One training run. `preset`: "env" (the env's own preset), "none" (the defaults), a preset name,
+    or `key=value` (the defaults with that one key changed: the measured effect of one setting)."""
     env_id, threshold = THRESHOLDS[env]
-    name = env if preset == "env" else None if preset == "none" else preset
-    cfg = build_config(name, env_id=env_id, seed=seed, total_steps=steps, threads=threads, eval_every=eval_every)
-    run_dir = out / f"{env}_{preset}_seed{seed}"
+    override = "=" in preset
+    name = None if override or preset == "none" else env if preset == "env" else preset
+    cfg = build_config(name, [preset] if override else None, env_id=env_id, seed=seed, total_steps=steps,
+                       threads=threads, eval_every=eval_every)
+    run_dir = out / f"{env}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', preset)}_seed{seed}"
     trainer = Trainer(cfg, run_dir)
     start = time.perf_counter()
     trainer.run()
@@ -150,7 +155,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="*", default=["cartpole", "pendulum"], choices=sorted(THRESHOLDS))
     parser.add_argument("--presets", nargs="+", default=["none"],
-                        help="'none' (the defaults), 'env' (the env's own preset) or preset names; one row per preset")
+                        help="'none' (the defaults), 'env' (the env's own preset), preset names, or key=value "
+                             "(the defaults with one key changed); one row each")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="env steps per run (default: the config's)")
     parser.add_argument("--eval-every", type=int, default=None)
