@@ -8,7 +8,7 @@ import torch
 
 from conftest import real_batch, small_config
 from trainer.agent import to_floats
-from trainer.losses import actor_loss, continue_loss, critic_loss, discount_weights, lambda_return, world_model_loss
+from trainer.losses import actor_loss, critic_loss, discount_weights, lambda_return, world_model_loss
 from trainer.world_model import WorldModel
 
 
@@ -78,29 +78,6 @@ def test_actor_loss_maximises_weighted_returns_and_entropy():
 
 WM_METRICS = {"dynamics_loss", "reward_loss", "continue_loss", "decoder_loss", "reward_mae", "continue_acc",
               "world_model_loss"}
-
-
-def test_continue_loss_with_the_shift_learns_the_true_odds_from_oversampled_endings():
-    """A continue head with one logit, trained on batches that hold 30% endings where the replay holds 2%:
-    with the replay's shift it learns the replay's odds (continue 0.98); without it, the batch's (0.7)."""
-    from test_replay import ending_every
-
-    replay = ending_every(50, 2000)
-    learned = {}
-    for use_shift in (True, False):
-        rng = np.random.default_rng(0)
-        logit = torch.zeros((), requires_grad=True)
-        optimizer = torch.optim.Adam([logit], lr=0.05)
-        for _ in range(600):
-            batch = replay.sample(256, rng, terminal_share=0.3)
-            shift = batch["terminal_logit_shift"] if use_shift else 0.0
-            loss = continue_loss(logit.expand(256), batch["terminated"], shift)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        learned[use_shift] = torch.sigmoid(logit).item()
-    assert learned[True] == pytest.approx(0.98, abs=0.006)
-    assert learned[False] == pytest.approx(1 - (0.3 + 0.7 * 0.02), abs=0.03)
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import collect_replay
 from trainer.replay import Replay
 
-BATCH_KEYS = {"obs", "action", "reward", "next_obs", "terminated", "terminal_logit_shift"}
+BATCH_KEYS = {"obs", "action", "reward", "next_obs", "terminated"}
 
 
 def obs(i: float) -> np.ndarray:
@@ -33,7 +32,6 @@ def test_sample_shapes_and_dtypes_discrete_and_box():
     assert batch["action"].shape == batch["reward"].shape == batch["terminated"].shape == (8,)
     assert all(t.dtype == torch.float32 for t in batch.values())
     assert set(batch["action"].tolist()) <= {0.0, 1.0}
-    assert batch["terminal_logit_shift"] == 0.0  # uniform unless terminal_share asks otherwise
 
     box, _ = collect_replay("Pendulum-v1", 50)
     batch = box.sample(8, rng)
@@ -51,38 +49,6 @@ def test_sampled_transitions_are_stored_ones():
     torch.testing.assert_close(batch["obs"][:, 0], k)
     torch.testing.assert_close(batch["next_obs"][:, 0], k + 1)
     torch.testing.assert_close(batch["action"], k % 2)
-
-
-def ending_every(period: int, steps: int, capacity: int | None = None) -> Replay:
-    """A replay whose episodes terminate every `period` steps (the last step of each is the terminal one)."""
-    replay = Replay(capacity or steps, (4,), ())
-    fill(replay, [((k + 1) % period == 0, False) for k in range(steps)])
-    return replay
-
-
-def test_terminal_share_draws_that_share_of_endings_and_reports_the_shift():
-    """1 ending in 50 steps: a uniform batch holds ~2% endings, a terminal_share=0.25 one at least 25%,
-    and its shift is the log-odds between the batch's expected share and the replay's."""
-    replay, rng = ending_every(50, 1000), np.random.default_rng(0)
-    uniform = torch.stack([replay.sample(64, rng)["terminated"] for _ in range(200)])
-    assert 0.01 < uniform.mean() < 0.03
-    for _ in range(20):
-        batch = replay.sample(64, rng, terminal_share=0.25)
-        assert batch["terminated"].sum() >= 16
-        assert all(batch["reward"][batch["terminated"] == 1] % 50 == 49)  # real terminal rows, fields aligned
-    p, q = 0.02, (16 + 48 * 0.02) / 64
-    assert batch["terminal_logit_shift"].item() == pytest.approx(np.log(q / (1 - q)) - np.log(p / (1 - p)), rel=1e-5)
-
-
-def test_terminal_share_follows_the_ring_and_a_checkpoint():
-    """An overwritten ending is no longer drawn as one; a restored replay knows its endings."""
-    replay, rng = ending_every(4, 14, capacity=10), np.random.default_rng(0)  # endings 3, 7, 11; 3's slot now holds 13
-    forced = replay.sample(400, rng, terminal_share=0.5)["reward"][:200]
-    assert set(forced.tolist()) == {7.0, 11.0}
-    restored = Replay(10, (4,), ())
-    restored.load_state_dict(replay.state_dict())
-    assert set(restored.sample(400, rng, terminal_share=0.5)["reward"][:200].tolist()) == {7.0, 11.0}
-    assert replay.sample(8, rng)["terminal_logit_shift"] == 0.0
 
 
 def test_episode_ids_and_end_flags():

@@ -66,7 +66,7 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
 
     continue_target = 1.0 - batch["terminated"]
     continue_logits = wm.continue_(next_states).logits
-    cont = continue_loss(continue_logits, batch["terminated"], batch.get("terminal_logit_shift", 0.0))
+    cont = F.binary_cross_entropy_with_logits(continue_logits, continue_target)
 
     decoder = (wm.repr_learner.decode(states_all) - wm.prepare_obs(torch.cat([obs, next_obs]))).pow(2).mean()
 
@@ -87,16 +87,6 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
             "state_std": states.std(0).mean(),
         }
     return WorldModelLosses(total, metrics, states, next_states)
-
-
-def continue_loss(logits: torch.Tensor, terminated: torch.Tensor, terminal_logit_shift: float | torch.Tensor = 0.0) -> torch.Tensor:
-    """BCE of continue logits against 1 - terminated.
-
-    Where the batch over-represents endings by `terminal_logit_shift` in log-odds (Replay.sample's
-    terminal_share), the loss sees the logits moved by that much, so the head itself learns the
-    true odds while seeing the rare endings often (logit adjustment).
-    """
-    return F.binary_cross_entropy_with_logits(logits - terminal_logit_shift, 1.0 - terminated)
 
 
 def actor_loss(

@@ -21,8 +21,6 @@ class Replay:
         self.cursor = 0
         self.episodes = 0  # id of the episode being written
         self._allocated = 0
-        self._terminal: set[int] = set()  # slots holding a terminal transition (terminal_share samples them)
-        self._terminal_array: np.ndarray | None = None
 
     def _grow(self, needed: int) -> None:
         """Allocate lazily (doubling) so a small run never reserves the full capacity."""
@@ -48,11 +46,6 @@ class Replay:
         d["terminated"][i], d["episode_end"][i], d["episode"][i] = terminated, terminated or truncated, self.episodes
         if terminated or truncated:
             self.episodes += 1
-        if terminated or i in self._terminal:  # a new terminal, or a wrapped ring overwriting one
-            self._terminal.discard(i)
-            if terminated:
-                self._terminal.add(i)
-            self._terminal_array = None
         self.cursor = (self.cursor + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
@@ -66,31 +59,11 @@ class Replay:
     def __len__(self) -> int:
         return self.size
 
-    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu",
-               terminal_share: float = 0.0) -> dict[str, torch.Tensor]:
-        """Flat transitions as float tensors on `device`: obs, action, reward, next_obs, terminated, and
-        `terminal_logit_shift`, how much the batch over-represents terminal transitions (in log-odds).
-
-        Uniform, except that `terminal_share` of the batch (when the replay holds any terminal
-        transition) is drawn from the terminal ones: an episode that ends once in 500 steps would
-        otherwise show its ending to the continue head a few times per thousand samples. The shift
-        lets the continue loss undo the over-representation (`world_model_loss`)."""
-        terminal = self._terminal_array
-        if terminal is None:
-            terminal = self._terminal_array = np.fromiter(self._terminal, np.int64, len(self._terminal))
-        forced = round(terminal_share * batch_size) if len(terminal) else 0
+    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Uniform flat transitions as float tensors on `device`: obs, action, reward, next_obs, terminated."""
         idx = rng.integers(0, self.size, size=batch_size)
-        if forced:
-            idx[:forced] = terminal[rng.integers(0, len(terminal), size=forced)]
-        batch = {k: torch.as_tensor(self.data[k][idx]).to(device).float()
-                 for k in ("obs", "action", "reward", "next_obs", "terminated")}
-        shift = 0.0
-        if forced:
-            p = len(terminal) / self.size  # the terminal share of the replay, and of the batch in expectation:
-            q = (forced + (batch_size - forced) * p) / batch_size
-            shift = float(np.log(q / (1 - q)) - np.log(p / (1 - p))) if p < 1 else 0.0
-        batch["terminal_logit_shift"] = torch.tensor(shift, device=device)
-        return batch
+        return {k: torch.as_tensor(self.data[k][idx]).to(device).float()
+                for k in ("obs", "action", "reward", "next_obs", "terminated")}
 
     def state_dict(self) -> dict:
         return {"size": self.size, "cursor": self.cursor, "episodes": self.episodes,
@@ -103,5 +76,3 @@ class Replay:
             for k, v in state["data"].items():
                 self.data[k][:n] = v
         self.size, self.cursor, self.episodes = state["size"], state["cursor"], state["episodes"]
-        self._terminal = set(np.flatnonzero(self.data["terminated"][: self.size]).tolist()) if n else set()
-        self._terminal_array = None
