@@ -161,13 +161,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="env steps per run (default: the config's)")
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--out", default="runs/benchmark")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 with --jobs > 1, else the config's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs in parallel processes (each with one torch thread; wall times then share the CPU)")
     parser.add_argument("--baselines", action="store_true", help="add stable-baselines3 PPO and DQN on CartPole")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [(env, preset, seed, args.steps, out, 1 if args.jobs > 1 else None, args.eval_every)
+    threads = args.threads or (1 if args.jobs > 1 else None)
+    runs = [(env, preset, seed, args.steps, out, threads, args.eval_every)
             for env in args.envs for preset in args.presets for seed in args.seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
