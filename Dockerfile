@@ -16,9 +16,8 @@
 #   proxy. It is used in the dependency stages only and never reaches the final images.
 #
 # Dependencies are installed from pyproject.toml alone, in stages whose venv the final stages copy, so a
-# source edit only redoes the small no-deps editable install. The project is installed editable from
-# /app because the gRPC code is generated at first import from <repo>/proto; it is generated at build
-# time into REVERIE_CACHE_DIR, so the non-root runtime user (uid 10001) never writes there.
+# source edit only redoes the small no-deps editable install, whose build step (build_proto.py, with
+# grpcio-tools from the build requirements) generates the gRPC code from proto/ into /app/reverie/v1.
 
 FROM reverie-base:bookworm AS base
 # No python3-pip: the venv's own pip (ensurepip, from python3-venv) does all the installing.
@@ -34,8 +33,7 @@ RUN apt-get update \
 # PATH is spelled out: the imported base image has only the default one.
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    REVERIE_CACHE_DIR=/opt/reverie-cache
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
 # The dependencies of the project and its serve extra, plus its build requirements (the editable
@@ -43,13 +41,13 @@ WORKDIR /app
 # requirement lists read from pyproject.toml, the self-references `reverie[...]` left out.
 FROM base AS serve-deps
 COPY pyproject.toml .docker-wheels/*.crt /tmp/build/
-RUN python -c "import tomllib; t = tomllib.load(open('/tmp/build/pyproject.toml', 'rb')); p = t['project']; x = p['optional-dependencies']; [open(f'/tmp/build/{e}.txt', 'w').write('\n'.join(t['build-system']['requires'] + p['dependencies'] + [r for k in ('serve', e) for r in x[k] if not r.startswith('reverie')]) + '\n') for e in ('serve', 'train')]" \
+RUN python -c "import tomllib; t = tomllib.load(open('/tmp/build/pyproject.toml', 'rb')); p = t['project']; x = p['optional-dependencies']; [open(f'/tmp/build/{e}.txt', 'w').write('\n'.join(t['build-system']['requires'] + p['dependencies'] + [r for k in ('client', 'serve', e) for r in x[k] if not r.startswith('reverie')]) + '\n') for e in ('serve', 'train')]" \
     && if [ -f /tmp/build/ca-certificates.crt ]; then export PIP_CERT=/tmp/build/ca-certificates.crt; fi \
     && pip install --no-cache-dir -r /tmp/build/serve.txt
 
 # The source is spelled out: `COPY . /app` would also copy .docker-wheels/.
 FROM base AS source
-COPY pyproject.toml README.md /app/
+COPY pyproject.toml README.md build_proto.py /app/
 COPY proto /app/proto
 COPY reverie /app/reverie
 COPY trainer /app/trainer
@@ -60,7 +58,7 @@ FROM base AS serve
 COPY --from=serve-deps /opt/venv /opt/venv
 COPY --from=source /app /app
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
-    && python -c "import service.proto" \
+    && python -c "import reverie.wire" \
     && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
 USER 10001:10001
 EXPOSE 8000 50051
@@ -80,7 +78,7 @@ FROM base AS up
 COPY --from=train-deps /opt/venv /opt/venv
 COPY --from=source /app /app
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
-    && python -c "import service.proto, torch, trainer.loop" \
+    && python -c "import reverie.wire, torch, trainer.loop" \
     && mkdir -p /data/run \
     && chown -R 10001:10001 /data
 USER 10001:10001

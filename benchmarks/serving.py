@@ -112,8 +112,7 @@ def grpc_calls(target: str, stream: bool, calls: int) -> dict:
     """Sequential calls with identical request bytes; responses stay bytes (not decoded)."""
     import grpc
 
-    from service.proto import agent_pb2
-    from service.tensors import to_tensor
+    from reverie.wire import agent_pb2, to_tensor
 
     payload = agent_pb2.ActRequest(obs=to_tensor(np.asarray(OBS, np.float32)), deterministic=True).SerializeToString()
     channel = grpc.insecure_channel(target)

@@ -16,8 +16,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.proto import SERVICE_NAME, agent_pb2, agent_pb2_grpc
-from service.tensors import from_tensor, to_tensor
+from reverie.wire import SERVICE_NAME, agent_pb2, agent_pb2_grpc, from_tensor, to_tensor
 
 from .rest import Action, ApiError, Imagination, Trajectory
 

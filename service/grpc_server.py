@@ -18,15 +18,15 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from reverie.wire import SERVICE_NAME, TensorError, agent_pb2, agent_pb2_grpc, from_tensor, to_tensor
+
 from . import inputs
 from .inputs import InputError
 from .metrics import ServiceMetrics
-from .proto import SERVICE_NAME, agent_pb2, agent_pb2_grpc
 from .runtime import Runtime
 from .settings import ServiceSettings
 from .status import run_dir_of, training_status
 from .store import ModelStore, NotReady
-from .tensors import from_tensor, to_tensor
 
 log = logging.getLogger("reverie.service")
 
@@ -50,7 +50,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         started, code = time.perf_counter(), "OK"
         try:
             yield
-        except InputError as err:
+        except (InputError, TensorError) as err:
             code = "INVALID_ARGUMENT"
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except NotReady as err:

@@ -16,8 +16,7 @@ import pytest
 from clients.grpc_client import GrpcClient
 from clients.rest import ApiError, RestClient
 from reverie.bundle import latest_bundle
-from service.proto import agent_pb2, agent_pb2_grpc
-from service.tensors import to_tensor
+from reverie.wire import agent_pb2, agent_pb2_grpc, to_tensor
 from serving import ProcessServer, ThreadServer, publish_copy, wait_until
 
 OBS = [0.02, -0.3, 0.05, 0.4]
