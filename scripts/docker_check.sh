@@ -25,7 +25,8 @@
 # bundle goes to .docker-wheels/ca-certificates.crt for pip in the dependency stages (not in the
 # final images).
 #
-# Environment: TORCH_WHEEL (the torch CPU wheel), DEBIAN_MIRROR, DOCKERD_FLAGS, STATE_DIR (logs,
+# Environment: TORCH_WHEEL (the torch CPU wheel), DEBIAN_MIRROR (default: the mirror of this machine's own
+# apt sources), DOCKERD_FLAGS, STATE_DIR (logs,
 # hadolint; default ~/.cache/reverie-docker-check), READY_TIMEOUT (s, default 120).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -33,7 +34,17 @@ cd "$(dirname "$0")/.."
 SECONDS=0
 
 TORCH_WHEEL=${TORCH_WHEEL:-/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl}
-DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror this machine's own apt uses: deb822 stanzas (*.sources), else one-line sources lists.
+host_debian_mirror() {
+    local found
+    found=$(awk 'function pick() { if (!done && uri != "" && suites != "" && suites !~ /-security/) { print uri; done = 1; exit } uri = suites = "" }
+                 tolower($1) == "uris:" { uri = $2 } tolower($1) == "suites:" { suites = $0 } NF == 0 { pick() }
+                 END { pick() }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [[ -n $found ]] || found=$(awk '$1 == "deb" && $0 !~ /-security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+    printf '%s' "$found"
+}
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-$(host_debian_mirror)}
 STATE_DIR=${STATE_DIR:-$HOME/.cache/reverie-docker-check}
 READY_TIMEOUT=${READY_TIMEOUT:-120}
 BASE_IMAGE=reverie-base:bookworm
@@ -46,6 +57,7 @@ mkdir -p "$STATE_DIR"
 
 log() { printf '\n== [%3ds] %s\n' "$SECONDS" "$*"; }
 die() { printf '\ndocker_check: FAILED: %s\n' "$*" >&2; exit 1; }
+[[ -n $DEBIAN_MIRROR ]] || die "no Debian mirror found in this machine's apt sources; set DEBIAN_MIRROR"
 
 ROOTFS=""
 cleanup() {
