@@ -21,22 +21,28 @@ from trainer.imagination import imagine
 from trainer.losses import actor_loss
 
 ENVS = ["CartPole-v1", "Pendulum-v1"]
-GROUPS = ("world_model", "policy", "value", "target_value", "log_alpha")
+GROUPS = ("world_model", "policy", "value", "target_value", "log_alpha", "return_scale", "reward_range")
 
 
 def group_of(name: str) -> str:
     return name.split(".", 1)[0]
 
 
+def state_tensors(agent: Agent):
+    """Parameters and buffers alike: normaliser statistics, return scale and bounds are state too."""
+    yield from agent.named_parameters()
+    yield from agent.named_buffers()
+
+
 def snapshot(agent: Agent) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in agent.named_parameters()}
+    return {name: t.detach().clone() for name, t in state_tensors(agent)}
 
 
 def changed_groups(agent: Agent, before: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-    """For each parameter group, the names of the parameters that are no longer bit-identical."""
+    """For each group, the names of the parameters and buffers that are no longer bit-identical."""
     out: dict[str, list[str]] = {g: [] for g in GROUPS}
-    for name, p in agent.named_parameters():
-        if not torch.equal(p.detach(), before[name]):
+    for name, t in state_tensors(agent):
+        if not torch.equal(t.detach(), before[name]):
             out[group_of(name)].append(name)
     return out
 
@@ -77,10 +83,11 @@ def test_actor_step_changes_only_the_policy(setup):
     before = snapshot(agent)
     metrics, _ = agent.actor_step(states)
     changed = changed_groups(agent, before)
-    assert changed["world_model"] == []
-    assert changed["value"] == [] and changed["target_value"] == []
-    assert changed["log_alpha"] == []
+    assert changed["world_model"] == []  # its normaliser statistics included
+    assert changed["value"] == [] and changed["target_value"] == []  # their return bounds included
+    assert changed["log_alpha"] == [] and changed["reward_range"] == []
     assert sorted(changed["policy"]) == sorted(group_names(agent, "policy"))
+    assert changed["return_scale"] == ["return_scale"]  # the actor's own running return spread
     assert metrics["actor_grad_norm"] > 0
     # No gradient was even written into the other modules (they would leak into a later step).
     for module in (agent.world_model, agent.value, agent.target_value):
@@ -97,6 +104,7 @@ def test_critic_step_changes_only_the_critic(setup):
     metrics = agent.critic_step(trajectory, returns, weights, batch, next_states, real_mix=0.5)
     changed = changed_groups(agent, before)
     assert changed["world_model"] == [] and changed["policy"] == [] and changed["log_alpha"] == []
+    assert changed["return_scale"] == [] and changed["reward_range"] == []
     assert sorted(changed["value"]) == sorted(group_names(agent, "value"))
     assert changed["target_value"], "the target critic should track the critic"
     tau = agent.cfg.target_critic_tau
@@ -135,7 +143,8 @@ def test_world_model_step_changes_only_the_world_model(setup):
     metrics = agent.world_model_step(batch)
     changed = changed_groups(agent, before)
     assert changed["policy"] == [] and changed["value"] == [] and changed["target_value"] == []
-    assert changed["log_alpha"] == []
+    assert changed["log_alpha"] == [] and changed["return_scale"] == [] and changed["reward_range"] == []
+    # Every world-model parameter moved; its normaliser is the trainer's to update, from new env steps only.
     assert sorted(changed["world_model"]) == sorted(group_names(agent, "world_model"))
     assert metrics["world_model_grad_norm"] > 0
 
@@ -146,7 +155,10 @@ def test_warmup_update_trains_the_world_model_only(setup):
     before = snapshot(agent)
     metrics = agent.update(batch, UpdateCounts(world_model=2, actor=0, critic=0), critic_real_mix=1.0)
     changed = changed_groups(agent, before)
-    assert changed["policy"] == [] and changed["value"] == [] and changed["target_value"] == []
+    assert changed["policy"] == [] and changed["return_scale"] == []
+    # Of the critics, only the return bounds move: they follow the rewards seen (reward_range), not a step.
+    assert changed["value"] == ["value.bounds"] and changed["target_value"] == ["target_value.bounds"]
+    assert changed["reward_range"] == ["reward_range"]
     assert changed["world_model"]
     assert "actor_loss" not in metrics and "critic_loss" not in metrics
 
@@ -223,3 +235,33 @@ def test_actor_gradient_leaves_no_trace_in_world_model(setup):
     # ... but the agent's own actor step asks for the policy's only.
     agent.actor_step(states)
     assert all(p.grad is None for p in agent.world_model.parameters())
+
+
+# ---------------------------------------------------------------------- gradient clipping
+
+@pytest.mark.parametrize("step", ["world_model", "actor", "critic"])
+def test_each_optimizer_applies_gradients_clipped_to_grad_clip(setup, step):
+    """Where the gradient is larger than grad_clip (1.0), each optimizer is handed one of norm exactly grad_clip."""
+    agent, batch, states, next_states = setup
+    optimizer, params = {"world_model": (agent.world_model_optimizer, agent.world_model_params),
+                         "actor": (agent.actor_optimizer, agent.actor_params),
+                         "critic": (agent.critic_optimizer, agent.critic_params)}[step]
+    with torch.no_grad():  # make every gradient large: a critic far from its targets, a sharper world model
+        for p in params:
+            p.mul_(3.0)
+    applied = []
+    hook = optimizer.register_step_pre_hook(lambda opt, *_: applied.append(
+        [p.grad.clone() for g in opt.param_groups for p in g["params"]]))
+    if step == "world_model":
+        norm = agent.world_model_step(batch)["world_model_grad_norm"]
+    elif step == "actor":
+        norm = agent.actor_step(states)[0]["actor_grad_norm"]
+    else:
+        trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
+        returns, weights = agent.imagined_returns(trajectory.detach())
+        norm = agent.critic_step(trajectory.detach(), returns.detach(), weights, batch, next_states, 0.5)["critic_grad_norm"]
+    hook.remove()
+    assert float(norm) > agent.cfg.grad_clip  # the unclipped norm, as logged: clipping had work to do
+    grads = applied[0]
+    total = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    torch.testing.assert_close(total, torch.tensor(agent.cfg.grad_clip), rtol=1e-5, atol=1e-6)
