@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,6 +92,25 @@ def test_resume_restores_position_models_optimizers_and_replay(stopped_copy):
 
     for key, value in at_stop.agent.state_dict().items():
         assert torch.equal(value, resumed.agent.state_dict()[key]), key
+
+
+def test_resume_restores_every_random_state(stopped_copy, tmp_path):
+    """The RNGs after a resume are those saved at the stop, so two resumed runs act alike step for step."""
+    run_dir, at_stop = stopped_copy
+    saved = load_checkpoint(latest_checkpoint(run_dir))["rng"]
+    twin = tmp_path / "twin"
+    shutil.copytree(run_dir, twin)
+    resumed = Trainer(tiny(END), run_dir, resume=True)
+    assert resumed.rng.bit_generator.state == saved["generator"] == at_stop.rng.bit_generator.state
+    assert torch.equal(torch.get_rng_state(), saved["torch"])
+    assert np.random.get_state()[1].tobytes() == saved["numpy"][1].tobytes() and random.getstate() == saved["python"]
+    resumed.run()
+    other = Trainer(tiny(END), twin, resume=True)
+    other.run()
+    for field in ("action", "obs", "reward"):
+        assert resumed.replay.data[field][STOP:END].tobytes() == other.replay.data[field][STOP:END].tobytes(), field
+    # ...and they are the draws that followed the stop: a fresh generator from the seed would differ.
+    assert np.random.default_rng(resumed.cfg.seed).bit_generator.state != saved["generator"]
 
 
 def test_resumed_run_continues_without_warmup_or_update_burst(stopped_copy):
