@@ -90,6 +90,8 @@ def exported_agents(tmp_path_factory):
         space = space_info(make_env(env_id))
         agent = Agent(small_config(env_id=env_id), space)
         agent.world_model.normalizer.update(torch.randn(64, *space.obs_shape) * 2 + 0.5)
+        with torch.no_grad():  # a policy far from uniform: actions, probabilities and env units then differ by state
+            agent.policy.net[-1].weight.normal_(0.0, 0.5)
         export_dir = tmp_path_factory.mktemp(env_id) / "export"
         export_bundle(agent, export_dir, training_step=100, phase="full", last_eval=20.0, keep=100)
         agents[env_id] = (agent, export_dir)

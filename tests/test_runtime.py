@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -50,6 +51,12 @@ def test_act_and_value_match_the_torch_agent(pair):
         np.testing.assert_allclose(result.mean, params[0].numpy(), atol=1e-5, rtol=0)
         np.testing.assert_allclose(result.std, params[1].numpy(), atol=1e-5, rtol=0)
         np.testing.assert_allclose(np.asarray(result.actions), np.asarray(expected), atol=1e-5, rtol=0)
+        # In the env's own units, computed here from the env's bounds rather than by the code under test:
+        # Pendulum's torque in [-2, 2] is 2 * tanh(mean), not tanh(mean) nor a clip of it.
+        bounds = gym.make(agent.cfg.env_id).action_space
+        assert (bounds.low, bounds.high) == (-2.0, 2.0)
+        env_units = bounds.low + (np.tanh(params[0].numpy()) + 1) / 2 * (bounds.high - bounds.low)
+        np.testing.assert_allclose(np.asarray(result.actions), env_units, atol=1e-5, rtol=0)
 
 
 def test_sampling_is_reproducible_with_a_seed_and_follows_the_distribution(pair):
@@ -108,6 +115,29 @@ def test_imagine_matches_torch_rollout_and_lambda_returns(pair):
         np.testing.assert_allclose(got.values[i], values[0].numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got.lambda_return[i], returns[0].numpy(), atol=1e-3, rtol=1e-4)
         np.testing.assert_allclose(np.asarray(got.actions[i], np.float64), np.asarray(env_plan, np.float64), atol=1e-5)
+
+
+def test_policy_driven_imagination_matches_the_torch_rollout(pair):
+    """Without a plan, the served rollout follows the policy's mode through the world model exactly as torch does."""
+    agent, runtime = pair
+    obs = observations(agent, 1, seed=4)
+    horizon = 10
+    got = runtime.imagine(obs, horizon, samples=2, deterministic=True, seed=None)
+    wm = agent.world_model
+    with torch.no_grad():
+        state = wm.encode(torch.from_numpy(obs))
+        states, actions, rewards = [state], [], []
+        for _ in range(horizon):
+            action = agent.policy(state).mode()
+            state, reward, _ = wm.step(state, wm.encode_action(action))
+            states.append(state)
+            actions.append(agent.space.to_env_action(action[0].numpy()))
+            rewards.append(reward.reshape(-1))
+        states, rewards = torch.stack(states, 1), torch.stack(rewards, 1)
+    for i in range(2):
+        np.testing.assert_allclose(got.states[i], states[0].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got.rewards[i], rewards[0].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(np.asarray(got.actions[i], np.float64), np.asarray(actions, np.float64), atol=1e-4)
 
 
 def test_imagined_samples_differ_but_replay_with_the_seed(pair):
