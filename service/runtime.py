@@ -91,8 +91,10 @@ class Runtime:
         return runtime
 
     def warm_up(self) -> None:
+        """Run every graph once, the fused act graph included: a bundle any of them fails on is refused."""
         obs = np.zeros((1, *self.manifest.observation_space.shape), np.float32)
         try:
+            self.act(obs, deterministic=False, seed=0)
             self.imagine(obs, horizon=2, samples=2, deterministic=False, seed=0)
             self._run("decoder", self._run("encoder", obs)[0])
         except Exception as err:

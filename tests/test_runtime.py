@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from reverie.bundle import latest_bundle
+from reverie.bundle import BundleError, latest_bundle, load_manifest, sha256_of
 from service.inputs import InputError, observation_batch, plan
 from service.runtime import Runtime
 from trainer.losses import lambda_return
@@ -138,6 +140,21 @@ def test_policy_driven_imagination_matches_the_torch_rollout(pair):
         np.testing.assert_allclose(got.states[i], states[0].numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got.rewards[i], rewards[0].numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(np.asarray(got.actions[i], np.float64), np.asarray(actions, np.float64), atol=1e-4)
+
+
+def test_a_bundle_whose_act_graph_fails_is_refused_at_warm_up(exported_agents, tmp_path):
+    """act.onnx replaced by another valid graph (the value graph), checksums made right: it loads, but /act
+    would fail on every request, so warm-up runs it and the bundle is refused before it can be served."""
+    bundle = latest_bundle(exported_agents["CartPole-v1"][1])
+    broken = tmp_path / bundle.name
+    shutil.copytree(bundle, broken)
+    shutil.copy(broken / "value.onnx", broken / "act.onnx")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["sha256"]["act.onnx"] = sha256_of(broken / "act.onnx")
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="warm-up failed"):
+        Runtime.load(broken)
+    assert Runtime.load(bundle).version == load_manifest(bundle).model_version  # the intact one loads
 
 
 def test_imagined_samples_differ_but_replay_with_the_seed(pair):
