@@ -87,8 +87,7 @@ class Config(BaseModel):
                               json_schema_extra=seed_value(5000, "5k random steps would spend more than the whole 2k-step budget CartPole needs"))
     transition_steps: int = Field(1000, ge=0, description="env steps over which critic_real_mix goes 1.0 -> critic_real_mix_final",
                                   json_schema_extra=seed_value(5000, "as warmup_steps: the seed's boundaries suit budgets of 100k steps"))
-    critic_real_mix_final: float = Field(0.1, ge=0, le=1, description="weight of real one-step targets in the critic's loss after the transition",
-                                         json_schema_extra=seed_value(0.0, "real endings keep teaching the critic where episodes end: the continue head sees CartPole's rare track-edge endings a few times in 10,000 steps, and imagination alone let the cart drift off"))
+    critic_real_mix_final: float = Field(0.0, ge=0, le=1, description="weight of real one-step targets in the critic's loss after the transition")
     replay_ratio: float = Field(2.0, gt=0, description="update rounds per env step")
     learning_starts: int = Field(128, ge=1, description="env steps before the first update")
     update_schedule: list[UpdateCounts] = Field(
