@@ -32,6 +32,8 @@ VERSION_DIR = re.compile(r"^v(\d{6,})$")
 GRAPHS = ("encoder", "policy", "value", "world_model", "decoder", "act")
 
 
+MAX_HORIZON = 64  # the longest imagination a bundle serves: /imagine and Imagine refuse longer horizons
+
 class GraphSpec(BaseModel):
     file: str
     inputs: list[str]

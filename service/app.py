@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 import reverie
+from reverie.runs import read_status, run_dir_of
 
 from . import inputs, openapi, preview
 from .guard import Guard
@@ -31,7 +32,6 @@ from .inputs import InputError
 from .metrics import ServiceMetrics
 from .runtime import Runtime
 from .settings import ServiceSettings
-from .status import run_dir_of, training_status
 from .store import ModelStore, NotReady
 
 log = logging.getLogger("reverie.service")
@@ -314,7 +314,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
             "reloads": store.reloads,
             "refused": [{"bundle": str(b), "reason": reason} for b, (_, reason) in store.refused.items()],
             "manifest": runtime.manifest.model_dump(),
-            "training": training_status(run_dir_of(settings.models)),  # looked up each time: `up` starts before the run
+            "training": read_status(run_dir_of(settings.models)),  # looked up each time: `up` starts before the run
         })
 
     @app.get("/healthz")

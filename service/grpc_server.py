@@ -18,6 +18,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from reverie.runs import read_status, run_dir_of
 from reverie.wire import SERVICE_NAME, TensorError, agent_pb2, agent_pb2_grpc, from_tensor, to_tensor
 
 from . import inputs
@@ -25,7 +26,6 @@ from .inputs import InputError
 from .metrics import ServiceMetrics
 from .runtime import Runtime
 from .settings import ServiceSettings
-from .status import run_dir_of, training_status
 from .store import ModelStore, NotReady
 
 log = logging.getLogger("reverie.service")
@@ -119,7 +119,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         m = runtime.manifest
         info = agent_pb2.ModelInfo(model_version=runtime.version, env_id=m.env_id, training_step=m.training_step,
                                    phase=m.phase, manifest_json=m.model_dump_json(),
-                                   training_json=json.dumps(training_status(run_dir_of(self.settings.models))))
+                                   training_json=json.dumps(read_status(run_dir_of(self.settings.models))))
         if m.last_eval_return is not None:
             info.last_eval_return = m.last_eval_return
         return info

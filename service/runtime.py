@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from reverie.bundle import BundleError, Manifest, load_manifest
+from reverie.returns import lambda_return
 
 from .inputs import InputError
 
@@ -42,16 +43,6 @@ class Imagination:
     @property
     def horizon(self) -> int:
         return self.rewards.shape[1]
-
-
-def lambda_return(rewards: np.ndarray, continues: np.ndarray, values: np.ndarray, gamma: float, lambda_: float) -> np.ndarray:
-    """R_t = r_t + gamma * c_t * ((1 - lambda) * V_{t+1} + lambda * R_{t+1}), R_H = V_H (as the trainer's)."""
-    returns = np.empty_like(rewards)
-    next_return = values[:, -1]
-    for t in reversed(range(rewards.shape[1])):
-        next_return = rewards[:, t] + gamma * continues[:, t] * ((1 - lambda_) * values[:, t + 1] + lambda_ * next_return)
-        returns[:, t] = next_return
-    return returns
 
 
 def _session(path: Path) -> ort.InferenceSession:

@@ -74,7 +74,8 @@ def test_the_critic_of_a_solved_cartpole_learns_the_returns_observed(trained_car
     value at 20 start states is within 2x of the discounted return that followed them under that policy
     (sampling, as in training: the critic values the policy it imagines with). Measured here: 0.80x."""
     from reverie.evaluation import play_episodes
-    from trainer.checkpoint import latest_checkpoint, load_checkpoint
+    from reverie.runs import latest_checkpoint
+    from trainer.checkpoint import load_checkpoint
     from trainer.config import Config
     from trainer.envs import make_env
     from trainer.replay import Replay

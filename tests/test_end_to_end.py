@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from reverie.cli import main
-from trainer.checkpoint import latest_checkpoint
+from reverie.runs import latest_checkpoint
 from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.slow  # a 1,000-step training run with exports

@@ -44,6 +44,18 @@ def test_lambda_return_limits_td0_and_monte_carlo():
                                                     3 + 0.5 * 8]))
 
 
+def test_the_services_numpy_lambda_return_is_the_trainers():
+    """reverie.returns (what /imagine reports) and trainer.losses (what the actor maximises) agree."""
+    from reverie.returns import lambda_return as numpy_lambda_return
+
+    g = torch.Generator().manual_seed(0)
+    rewards, continues = torch.randn(5, 9, generator=g), torch.rand(5, 9, generator=g)
+    values = torch.randn(5, 10, generator=g) * 10
+    expected = lambda_return(rewards, continues, values, 0.97, 0.9).numpy()
+    got = numpy_lambda_return(rewards.numpy(), continues.numpy(), values.numpy(), 0.97, 0.9)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_discount_weights_are_exclusive_continue_products():
     """w_t = prod_{k<t} c_k: step 0 always counts fully; a 0 continue zeroes every later step; no gradient."""
     c = torch.tensor([[0.9, 0.8, 0.7], [1.0, 0.0, 1.0]], requires_grad=True)

@@ -16,7 +16,8 @@ from conftest import small_config
 from reverie.bundle import versions
 from reverie.cli import main
 from reverie.signals import on_stop_signals
-from trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from reverie.runs import latest_checkpoint, list_checkpoints
+from trainer.checkpoint import load_checkpoint
 from trainer.loop import Trainer
 from trainer.metrics import read_metrics
 from trainer.schedule import Phase

@@ -7,16 +7,11 @@ resume would pick up.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
 
-PATTERN = re.compile(r"step_(\d+)\.pt$")
-
-
-def checkpoint_path(run_dir: Path, env_step: int) -> Path:
-    return run_dir / "checkpoints" / f"step_{env_step:09d}.pt"
+from reverie.runs import checkpoint_path, list_checkpoints
 
 
 def save_checkpoint(run_dir: Path, env_step: int, state: dict, keep: int = 2) -> Path:
@@ -28,19 +23,6 @@ def save_checkpoint(run_dir: Path, env_step: int, state: dict, keep: int = 2) ->
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if PATTERN.search(p.name))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reverie.bundle import ActionSpace, GraphSpec, Manifest, ObservationSpace, publish
+from reverie.bundle import MAX_HORIZON, ActionSpace, GraphSpec, Manifest, ObservationSpace, publish
 
 from .agent import Agent
 
 log = logging.getLogger("reverie.export")
-MAX_HORIZON = 64
 
 
 class _OneInput(nn.Module):
@@ -113,7 +112,9 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
 
 def export_run(run_dir: Path) -> Path:
     """`reverie export`: publish a bundle from the newest checkpoint of a run directory."""
-    from .checkpoint import latest_checkpoint, load_checkpoint
+    from reverie.runs import latest_checkpoint
+
+    from .checkpoint import load_checkpoint
     from .config import Config
     from .envs import make_env, space_info
     from .schedule import Schedule

@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from reverie.bundle import versions
 from reverie.evaluation import play_episodes
+from reverie.runs import latest_checkpoint, publish_status
 
 from .agent import Agent
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .diagnostics import diagnose, evidence
 from .envs import make_env, space_info
@@ -216,6 +217,7 @@ class Trainer:
                         ", ".join(f"{k} {v}" for k, v in evidence(f, [*self.recent_rows, row]).items()),
                         " ".join(f.set_lines(self.cfg)) or "nothing left to turn on")
         self.writer.write(row)
+        publish_status(self.run_dir, row)
         self.recent_rows.append(row)
         if evaluated:
             plot_training_curves(

@@ -1,0 +1,71 @@
+"""The run directory as trainer, service and `reverie up` all see it (no torch).
+
+    RUN_DIR/config.json, metrics.jsonl, training_curves.png, tensorboard/    the trainer's record
+    RUN_DIR/checkpoints/step_000002500.pt                                    resumable states
+    RUN_DIR/export/v000001/ ...                                              bundles (reverie.bundle)
+    RUN_DIR/status.json                                                      training progress, for the service
+
+The trainer rewrites `status.json` after every metric row (atomically); the service reads that
+small file for `/model` and `GetModel` instead of parsing the trainer's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+CHECKPOINT = re.compile(r"step_(\d+)\.pt$")
+STATUS_FILE = "status.json"
+STATUS_KEYS = ("env_step", "phase", "updates", "episodes", "wall_s", "eval_return", "eval_env_step", "failure_modes")
+
+
+def checkpoint_path(run_dir: Path, env_step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{env_step:09d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints (a write in progress has another name), oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if CHECKPOINT.search(p.name))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def read_status(run_dir: Path | None) -> dict | None:
+    """The trainer's latest published progress, or None (no run there, or nothing published yet)."""
+    if run_dir is None:
+        return None
+    try:
+        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def publish_status(run_dir: Path, row: dict) -> None:
+    """Publish a metric row's progress; an evaluation is carried forward until the next one."""
+    previous = read_status(run_dir) or {}
+    status = {key: row.get(key) for key in STATUS_KEYS[:5]}
+    evaluated = row.get("eval_return") is not None
+    status["eval_return"] = row["eval_return"] if evaluated else previous.get("eval_return")
+    status["eval_env_step"] = row["env_step"] if evaluated else previous.get("eval_env_step")
+    status["failure_modes"] = list(row.get("failure_modes", []))
+    path = Path(run_dir) / STATUS_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(status))
+    os.replace(tmp, path)  # a reader sees the old status or the new one, never half of one
+
+
+def run_dir_of(models: Path) -> Path | None:
+    """The run directory behind a `--models` path (the run dir, its export/ or one bundle), when there is one."""
+    models = Path(models)
+    for candidate in (models, models.parent, models.parent.parent):
+        if (candidate / "config.json").is_file() or (candidate / STATUS_FILE).is_file():
+            return candidate
+    return None

@@ -1,0 +1,38 @@
+"""The run directory's shared layout: the trainer publishes its progress, the service reads it back."""
+
+from __future__ import annotations
+
+from conftest import small_config
+from reverie.runs import STATUS_KEYS, publish_status, read_status, run_dir_of
+from trainer.loop import Trainer
+from trainer.metrics import read_metrics
+
+
+def test_status_carries_the_last_evaluation_forward(tmp_path):
+    assert read_status(tmp_path) is None and read_status(None) is None
+    publish_status(tmp_path, {"env_step": 500, "phase": "full", "updates": 9, "episodes": 3, "wall_s": 1.0,
+                              "eval_return": 42.0, "failure_modes": ["critic_divergence"], "dynamics_loss": 0.1})
+    publish_status(tmp_path, {"env_step": 750, "phase": "full", "updates": 12, "episodes": 4, "wall_s": 2.0,
+                              "failure_modes": []})
+    status = read_status(tmp_path)
+    assert tuple(status) == STATUS_KEYS  # progress only: the loss columns stay in the trainer's log
+    assert status["env_step"] == 750 and status["eval_return"] == 42.0 and status["eval_env_step"] == 500
+    assert status["failure_modes"] == []
+    (tmp_path / "status.json").write_text("{half a file")
+    assert read_status(tmp_path) is None  # never raises into a request
+
+
+def test_a_training_run_publishes_what_the_service_reads(tmp_path):
+    """The trainer's rows and the service's view agree, from the run dir, its export folder or a bundle."""
+    cfg = small_config(total_steps=300, warmup_steps=100, transition_steps=100, log_every=50, eval_every=200,
+                       eval_episodes=1, checkpoint_every=10_000)
+    Trainer(cfg, tmp_path).run()
+    rows = read_metrics(tmp_path)
+    status = read_status(tmp_path)
+    assert status["env_step"] == rows[-1]["env_step"] == 300 and status["updates"] == rows[-1]["updates"]
+    evaluated = [r for r in rows if "eval_return" in r]
+    assert status["eval_env_step"] == evaluated[-1]["env_step"] and status["eval_return"] == evaluated[-1]["eval_return"]
+    bundle = tmp_path / "export" / "v000001"  # where `reverie serve --models` may point
+    bundle.mkdir(parents=True)
+    assert run_dir_of(tmp_path) == run_dir_of(tmp_path / "export") == run_dir_of(bundle) == tmp_path
+    assert run_dir_of(tmp_path / "nowhere" / "at" / "all") is None
