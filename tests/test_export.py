@@ -97,8 +97,10 @@ def test_versions_increase_pointer_moves_and_old_ones_are_pruned(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_publishes_bundles_and_reverie_export_adds_one(tmp_path):
-    """`reverie train` exports at once, every export_every steps and at the end; `reverie export` adds one."""
+def test_training_publishes_bundles_and_reverie_export_adds_one(tmp_path, monkeypatch):
+    """`reverie train` exports at once, every export_every steps and at the end; `reverie export` adds one,
+    from the checkpoint alone (its spaces are saved there: no env is made)."""
+    import trainer.envs
     from reverie.cli import main
 
     args = ["train", "--run-dir", str(tmp_path), "--preset", "smoke", "--steps", "200", "--set", "threads=1"]
@@ -106,7 +108,12 @@ def test_training_publishes_bundles_and_reverie_export_adds_one(tmp_path):
     export_dir = tmp_path / "export"
     assert versions(export_dir) == [1, 2, 3]  # at step 0, then every 100 steps (smoke)
     assert [load_manifest(export_dir / f"v00000{v}").training_step for v in (1, 2, 3)] == [0, 100, 200]
+    def no_env(*_):
+        raise AssertionError("reverie export made an env")
+
+    monkeypatch.setattr(trainer.envs, "make_env", no_env)
     assert main(["export", "--run-dir", str(tmp_path)]) == 0
     newest = load_manifest(latest_bundle(tmp_path))
+    assert newest.action_space == load_manifest(export_dir / "v000003").action_space
     assert newest.model_version == 4 and newest.training_step == 200
     assert main(["export", "--run-dir", str(tmp_path / "missing")]) == 2

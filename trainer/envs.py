@@ -34,6 +34,17 @@ class SpaceInfo:
         return (self.action_low + (unit + 1.0) * 0.5 * (self.action_high - self.action_low)).astype(np.float32)
 
 
+    def to_dict(self) -> dict:
+        """Plain values, for checkpoints: a run's spaces are known without making its env."""
+        bounds = {} if self.discrete else {"action_low": self.action_low.tolist(), "action_high": self.action_high.tolist()}
+        return {"obs_shape": list(self.obs_shape), "discrete": self.discrete, "action_dim": self.action_dim, **bounds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SpaceInfo":
+        low, high = (None, None) if d["discrete"] else (np.asarray(d["action_low"], np.float32), np.asarray(d["action_high"], np.float32))
+        return cls(tuple(d["obs_shape"]), d["discrete"], d["action_dim"], low, high)
+
+
 def space_info(env: gym.Env) -> SpaceInfo:
     obs_space, act_space = env.observation_space, env.action_space
     if not isinstance(obs_space, gym.spaces.Box):

@@ -116,7 +116,7 @@ def export_run(run_dir: Path) -> Path:
 
     from .checkpoint import load_checkpoint
     from .config import Config
-    from .envs import make_env, space_info
+    from .envs import SpaceInfo, make_env, space_info
     from .schedule import Schedule
 
     run_dir = Path(run_dir)
@@ -125,7 +125,9 @@ def export_run(run_dir: Path) -> Path:
         raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
     cfg = Config.model_validate_json((run_dir / "config.json").read_text())
     state = load_checkpoint(checkpoint)
-    agent = Agent(cfg, space_info(make_env(cfg.env_id)))
+    # The checkpoint names its spaces; one written before it did needs the env to learn them.
+    space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_id))
+    agent = Agent(cfg, space)
     agent.load_state_dict(state["agent"])
     step = state["position"]["env_step"]
     return export_bundle(agent, run_dir / "export", step, Schedule(cfg).phase(step).value,

@@ -237,6 +237,7 @@ class Trainer:
         elapsed = self.wall_offset + (time.perf_counter() - self.started if hasattr(self, "started") else 0.0)
         state = {
             "agent": self.agent.state_dict(),
+            "space": self.space.to_dict(),
             "world_model_optimizer": self.agent.world_model_optimizer.state_dict(),
             "actor_optimizer": self.agent.actor_optimizer.state_dict(),
             "critic_optimizer": self.agent.critic_optimizer.state_dict(),
