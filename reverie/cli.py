@@ -13,13 +13,14 @@ from reverie.signals import on_stop_signals
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.config import build_config
+    from trainer.config import resolve_config
     from trainer.loop import Trainer
 
-    cfg = build_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps)
+    cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps)
     stop = threading.Event()
     on_stop_signals(stop.set)
-    trainer = Trainer(cfg, Path(args.run_dir), resume=args.resume, export=True, stop=stop)
+    given = frozenset(key for key, source in sources.items() if source != "default")
+    trainer = Trainer(cfg, Path(args.run_dir), resume=args.resume, export=True, stop=stop, given=given)
     trainer.run()
     if stop.is_set():
         print(f"stopped at env step {trainer.env_step}; resume with --resume", file=sys.stderr)

@@ -114,6 +114,27 @@ def test_resume_restores_every_random_state(stopped_copy, tmp_path):
     assert np.random.default_rng(resumed.cfg.seed).bit_generator.state != saved["generator"]
 
 
+def test_resume_applies_and_logs_given_settings_and_refuses_the_fixed_ones(stopped_copy, caplog, capsys):
+    """--set with --resume is not dropped: a tunable key changes the saved config (logged); a key the
+    checkpoint's networks depend on is refused with a message that names it, and nothing is written."""
+    import json
+
+    run_dir, _ = stopped_copy
+    saved = (run_dir / "config.json").read_text()
+    assert main(["train", "--run-dir", str(run_dir), "--resume", "--set", "hidden_dim=64", "--set", "actor_lr=1e-4"]) == 2
+    assert "--resume cannot change hidden_dim" in capsys.readouterr().err
+    assert (run_dir / "config.json").read_text() == saved
+    with caplog.at_level("INFO", logger="reverie.trainer"):
+        resumed = Trainer(tiny(END).model_copy(update={"actor_lr": 1e-4, "eval_every": 50}), run_dir, resume=True,
+                          given=frozenset({"actor_lr", "eval_every", "total_steps"}))
+    assert resumed.cfg.actor_lr == 1e-4 and resumed.cfg.eval_every == 50 and resumed.cfg.total_steps == END
+    assert resumed.agent.actor_optimizer.param_groups[0]["lr"] == 1e-4
+    assert json.loads((run_dir / "config.json").read_text())["actor_lr"] == 1e-4
+    assert "resume: actor_lr 0.0003 -> 0.0001" in caplog.text
+    untouched = Trainer(tiny(END, actor_lr=1e-4), run_dir, resume=True)  # nothing given: the saved values stand
+    assert untouched.cfg.actor_lr == 1e-4 and untouched.cfg.eval_every == 50
+
+
 def test_resumed_run_continues_without_warmup_or_update_burst(stopped_copy):
     """The resumed run reaches END, pays replay_ratio updates per new step (no catch-up), and never re-warms."""
     run_dir, at_stop = stopped_copy

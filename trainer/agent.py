@@ -97,6 +97,15 @@ class Agent(nn.Module):
         self.actor_optimizer = adam(actor_groups, cfg.actor_lr, 1e-5)
         self.critic_optimizer = adam(self.critic_params, cfg.critic_lr, 1e-5)
 
+    def apply_rates(self) -> None:
+        """The config's learning rates and weight decay onto the optimizers: a loaded optimizer state
+        carries the rates it was saved with, and a resume may have been given new ones."""
+        for group in self.world_model_optimizer.param_groups:
+            group.update(lr=self.cfg.world_model_lr, weight_decay=self.cfg.world_model_weight_decay)
+        self.actor_optimizer.param_groups[0]["lr"] = self.cfg.actor_lr  # (the temperature's group keeps its own)
+        for group in self.critic_optimizer.param_groups:
+            group["lr"] = self.cfg.critic_lr
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Also loads checkpoints written before the return bounds existed (they refill from the next batches)."""
         unbounded = torch.tensor([-math.inf, math.inf])

@@ -131,6 +131,11 @@ class Config(BaseModel):
         return value
 
 
+# What a resumed run cannot change: the env, the networks' shapes and parameter groups, the replay's size.
+FIXED_ON_RESUME = ("env_id", "feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth",
+                   "dynamics_ensemble", "adaptive_entropy", "replay_capacity")
+
+
 def seed_deviations() -> dict[str, tuple[Any, Any, str]]:
     """key -> (the seed's value, our default, why): every default that departs from the seed."""
     out = {}

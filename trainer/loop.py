@@ -23,7 +23,7 @@ from reverie.runs import latest_checkpoint, publish_status
 
 from .agent import Agent
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config
+from .config import FIXED_ON_RESUME, Config
 from .diagnostics import diagnose, evidence
 from .envs import make_env, space_info
 from .metrics import MetricAverager, MetricsWriter, plot_training_curves, read_metrics
@@ -44,7 +44,9 @@ def resolve_device(name: str) -> torch.device:
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
-                 export: bool = False, stop: threading.Event | None = None):
+                 export: bool = False, stop: threading.Event | None = None, given: frozenset[str] = frozenset()):
+        """`given`: the keys the user set (preset, --set, flags); on a resume they change the saved
+        configuration, logged, except the FIXED_ON_RESUME ones, which are refused."""
         # Set from a signal handler (`reverie train`): the loop finishes the step, export or eval
         # under way, then checkpoints and returns. A KeyboardInterrupt raised at whatever line is
         # running can land in a finalizer, where Python prints and drops it, and training goes on.
@@ -59,7 +61,15 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds a run: continue it with --resume, or pick a new --run-dir")
         if checkpoint is not None:
             saved = Config.model_validate_json((self.run_dir / "config.json").read_text())
-            cfg = saved.model_copy(update={"total_steps": max(cfg.total_steps, saved.total_steps)})
+            changed = {k: getattr(cfg, k) for k in sorted(given - {"total_steps"}) if getattr(cfg, k) != getattr(saved, k)}
+            fixed = [f"{k} ({getattr(saved, k)!r} -> {v!r})" for k, v in changed.items() if k in FIXED_ON_RESUME]
+            if fixed:
+                raise ValueError(f"--resume cannot change {', '.join(fixed)}: the checkpoint was trained with the "
+                                 "saved values; start a new --run-dir to change them")
+            for key, value in changed.items():
+                log.info("resume: %s %r -> %r (given)", key, getattr(saved, key), value)
+            cfg = saved.model_copy(update={**changed, "total_steps": max(cfg.total_steps, saved.total_steps)})
+            cfg = Config.model_validate(cfg.model_dump())  # the combination is validated like any config
         self.cfg = cfg
         (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
 
@@ -254,6 +264,7 @@ class Trainer:
         self.agent.world_model_optimizer.load_state_dict(state["world_model_optimizer"])
         self.agent.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.agent.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.agent.apply_rates()
         pos = state["position"]
         self.env_step, self.updates, self.update_credit = pos["env_step"], pos["updates"], pos["update_credit"]
         self.episodes, self.last_eval, self.wall_offset = pos["episodes"], pos["last_eval"], pos["wall_s"]
