@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import queue
 import time
 
@@ -16,7 +15,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from reverie.wire import SERVICE_NAME, agent_pb2, agent_pb2_grpc, from_tensor, to_tensor
+from reverie.wire import SERVICE_NAME, agent_pb2, agent_pb2_grpc, from_tensor, message_dict, to_tensor
 
 from .rest import Action, ApiError, Imagination, Trajectory
 
@@ -127,10 +126,8 @@ class GrpcClient:
 
     # ------------------------------------------------------------------ status
     def model(self) -> dict:
-        """The same shape as REST's GET /model: model_version, manifest, training."""
-        info = self._call(self.stub.GetModel, agent_pb2.GetModelRequest())
-        return {"model_version": info.model_version, "manifest": json.loads(info.manifest_json),
-                "training": json.loads(info.training_json)}
+        """What REST's GET /model answers, key for key."""
+        return message_dict(self._call(self.stub.GetModel, agent_pb2.GetModelRequest()))
 
     def ready(self) -> bool:
         try:

@@ -45,6 +45,29 @@ class TensorError(ValueError):
         self.message = message
 
 
+def message_dict(message) -> dict:
+    """A message as plain Python values: what its JSON twin on REST holds (an unset optional field is
+    None, a map a dict, a repeated field a list; 64-bit integers stay ints, unlike protobuf's JSON)."""
+    out = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.has_presence and not message.HasField(field.name):
+            out[field.name] = None
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entry = field.message_type.fields_by_name["value"]
+            out[field.name] = {k: message_dict(v) if entry.message_type else v for k, v in value.items()}
+        elif field.message_type is not None:
+            out[field.name] = [message_dict(v) for v in value] if _repeated(field) else message_dict(value)
+        else:
+            out[field.name] = list(value) if _repeated(field) else value
+    return out
+
+
+def _repeated(field) -> bool:
+    """protobuf >= 5.28 says so itself; older ones by the field's label."""
+    return field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+
+
 def to_tensor(array) -> agent_pb2.Tensor:
     array = np.asarray(array)
     name = _LITTLE.get(array.dtype)

@@ -23,13 +23,13 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 import reverie
-from reverie.runs import read_status, run_dir_of
 
 from . import inputs, openapi, preview
 from .guard import Guard
 from .responses import error_response, json_response
 from .inputs import InputError
 from .metrics import ServiceMetrics
+from .requests import imagination_args, model_info
 from .runtime import Runtime
 from .settings import ServiceSettings
 from .store import ModelStore, NotReady
@@ -257,18 +257,8 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         return json_response({"value": float(values[0]), "model_version": runtime.version})
 
     async def imagine(runtime: Runtime, obs, horizon, samples, deterministic, seed, actions, fmt) -> Response:
-        manifest = runtime.manifest
-        inputs.check_range("samples", samples, 1, settings.max_samples)
-        plan = None
-        if actions is not None:
-            plan = inputs.plan(actions, manifest.action_space)
-            if horizon is not None and horizon != len(plan):
-                raise InputError("horizon", f"disagrees with the plan: `actions` holds {len(plan)} steps")
-            horizon = len(plan)
-            inputs.check_range("actions", horizon, 1, manifest.max_horizon)
-        horizon = inputs.check_range("horizon", horizon if horizon is not None else manifest.default_horizon,
-                                     1, manifest.max_horizon)
-        batch = inputs.observation_batch(obs, manifest.observation_space, "obs", batched=False)
+        horizon, samples, plan = imagination_args(runtime, settings, horizon, samples, actions)
+        batch = inputs.observation_batch(obs, runtime.manifest.observation_space, "obs", batched=False)
         result = runtime.imagine(batch, horizon, samples, deterministic, seed, plan)
         if fmt == "png":
             png = await anyio.to_thread.run_sync(preview.render, runtime, result)
@@ -305,17 +295,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
     @app.get("/model", dependencies=guarded, responses=ERRORS)
     async def model():
         """The served bundle's manifest, when it was loaded, and the run's training progress."""
-        runtime = store.require()
-        return json_response({
-            "model_version": runtime.version,
-            "bundle": str(runtime.bundle),
-            "follow": settings.follow,
-            "loaded_at": store.loaded_at,
-            "reloads": store.reloads,
-            "refused": [{"bundle": str(b), "reason": reason} for b, (_, reason) in store.refused.items()],
-            "manifest": runtime.manifest.model_dump(),
-            "training": read_status(run_dir_of(settings.models)),  # looked up each time: `up` starts before the run
-        })
+        return json_response(model_info(store, settings))
 
     @app.get("/healthz")
     async def healthz():

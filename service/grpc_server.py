@@ -7,7 +7,6 @@ names the field; an oversized message is RESOURCE_EXHAUSTED (grpc's own receive 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent import futures
@@ -15,15 +14,16 @@ from contextlib import contextmanager
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from reverie.runs import read_status, run_dir_of
 from reverie.wire import SERVICE_NAME, TensorError, agent_pb2, agent_pb2_grpc, from_tensor, to_tensor
 
 from . import inputs
 from .inputs import InputError
 from .metrics import ServiceMetrics
+from .requests import imagination_args, model_info
 from .runtime import Runtime
 from .settings import ServiceSettings
 from .store import ModelStore, NotReady
@@ -90,18 +90,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def _imagine(self, request: agent_pb2.ImagineRequest) -> agent_pb2.ImagineResponse:
         runtime = self.store.require()
-        manifest = runtime.manifest
         obs = observations(request.obs, runtime, 1)
-        samples = inputs.check_range("samples", request.samples or 1, 1, self.settings.max_samples)
-        horizon = request.horizon or None
-        plan = None
-        if request.actions.dtype:
-            actions = from_tensor(request.actions, "actions")
-            plan = inputs.plan(actions.tolist(), manifest.action_space)
-            if horizon is not None and horizon != len(plan):
-                raise InputError("horizon", f"disagrees with the plan: `actions` holds {len(plan)} steps")
-            horizon = inputs.check_range("actions", len(plan), 1, manifest.max_horizon)
-        horizon = inputs.check_range("horizon", horizon or manifest.default_horizon, 1, manifest.max_horizon)
+        actions = from_tensor(request.actions, "actions").tolist() if request.actions.dtype else None
+        horizon, samples, plan = imagination_args(runtime, self.settings, request.horizon or None, request.samples or 1, actions)
         seed = request.seed if request.HasField("seed") else None
         result = runtime.imagine(obs, horizon, samples, request.deterministic, seed, plan)
         actions = np.asarray(result.actions, np.int64 if runtime.discrete else np.float32)
@@ -115,14 +106,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             return self._model()
 
     def _model(self) -> agent_pb2.ModelInfo:
-        runtime = self.store.require()
-        m = runtime.manifest
-        info = agent_pb2.ModelInfo(model_version=runtime.version, env_id=m.env_id, training_step=m.training_step,
-                                   phase=m.phase, manifest_json=m.model_dump_json(),
-                                   training_json=json.dumps(read_status(run_dir_of(self.settings.models))))
-        if m.last_eval_return is not None:
-            info.last_eval_return = m.last_eval_return
-        return info
+        return json_format.ParseDict(model_info(self.store, self.settings), agent_pb2.ModelInfo())  # None: unset
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
