@@ -8,7 +8,8 @@ import torch
 
 from conftest import real_batch, small_config
 from trainer.agent import to_floats
-from trainer.losses import actor_loss, critic_loss, discount_weights, lambda_return, world_model_loss
+from trainer.envs import SpaceInfo
+from trainer.losses import actor_loss, continue_loss, critic_loss, discount_weights, lambda_return, world_model_loss
 from trainer.world_model import WorldModel
 
 
@@ -90,6 +91,45 @@ def test_actor_loss_maximises_weighted_returns_and_entropy():
 
 WM_METRICS = {"dynamics_loss", "reward_loss", "continue_loss", "decoder_loss", "reward_mae", "continue_acc",
               "world_model_loss"}
+
+
+def test_continue_loss_with_extra_endings_learns_the_replays_odds():
+    """A one-logit continue head, fed 32 extra endings per 128 transitions where the replay holds 2% endings:
+    with the shares it learns the replay's continue probability (0.98); without, the batch's (0.78)."""
+    from test_replay import ending_every
+
+    replay = ending_every(50, 2000)
+    learned = {}
+    for adjusted in (True, False):
+        rng, logit = np.random.default_rng(0), torch.zeros((), requires_grad=True)
+        optimizer = torch.optim.Adam([logit], lr=0.05)
+        for _ in range(600):
+            batch = replay.sample(128, rng, endings=32)
+            terminated = torch.cat([batch["terminated"], torch.ones(32)])
+            p = batch["ending_share"]
+            shares = ((32 + 128 * p) / 160, p) if adjusted else (0.0, 0.0)
+            loss = continue_loss(logit.expand(160), terminated, *shares)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        learned[adjusted] = torch.sigmoid(logit).item()
+    assert learned[True] == pytest.approx(0.98, abs=0.006)
+    assert learned[False] == pytest.approx(1 - (32 + 128 * 0.02) / 160, abs=0.02)
+
+
+def test_world_model_loss_trains_the_continue_head_on_the_extra_endings():
+    """world_model_loss takes the extra endings into the continue BCE (the loss changes) and nowhere else."""
+    from test_replay import ending_every
+
+    replay = ending_every(10, 200)
+    wm = WorldModel(small_config(), SpaceInfo((4,), True, 2))
+    with_endings = replay.sample(32, np.random.default_rng(0), endings=8)
+    plain = {k: v for k, v in with_endings.items() if not k.startswith("ending")}
+    weights = {"dynamics": 1.0, "reward": 1.0, "continue": 1.0, "decoder": 1.0}
+    a, b = world_model_loss(wm, plain, weights, True).metrics, world_model_loss(wm, with_endings, weights, True).metrics
+    assert a["continue_loss"] != b["continue_loss"]
+    for key in ("dynamics_loss", "reward_loss", "decoder_loss"):
+        assert a[key] == b[key], key
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import collect_replay
@@ -49,6 +50,36 @@ def test_sampled_transitions_are_stored_ones():
     torch.testing.assert_close(batch["obs"][:, 0], k)
     torch.testing.assert_close(batch["next_obs"][:, 0], k + 1)
     torch.testing.assert_close(batch["action"], k % 2)
+
+
+def ending_every(period: int, steps: int, capacity: int | None = None) -> Replay:
+    """A replay whose episodes terminate every `period` steps (the last step of each is the terminal one)."""
+    replay = Replay(capacity or steps, (4,), ())
+    fill(replay, [((k + 1) % period == 0, False) for k in range(steps)])
+    return replay
+
+
+def test_endings_draws_extra_terminal_observations_and_their_replay_share():
+    """1 ending in 50 steps: the uniform batch is untouched, and `endings` adds that many terminal next_obs
+    (from the endings alone) with the replay's ending share, 2%."""
+    replay = ending_every(50, 1000)
+    plain, extra = replay.sample(64, np.random.default_rng(0)), replay.sample(64, np.random.default_rng(0), endings=16)
+    for key in plain:
+        assert torch.equal(plain[key], extra[key]), key  # the uniform part draws exactly as without endings
+    assert extra["ending_next_obs"].shape == (16, 4)
+    assert set((extra["ending_next_obs"][:, 0] - 1).tolist()) <= {float(k) for k in range(49, 1000, 50)}
+    assert extra["ending_share"].item() == pytest.approx(0.02)
+    assert set(ending_every(50, 40).sample(8, np.random.default_rng(0), endings=4)) == BATCH_KEYS  # none stored yet
+
+
+def test_endings_follow_the_ring_and_a_checkpoint():
+    """An overwritten ending is no longer drawn as one; a restored replay knows its endings."""
+    replay, rng = ending_every(4, 14, capacity=10), np.random.default_rng(0)  # endings 3, 7, 11; 3's slot now holds 13
+    steps = lambda r: set((r.sample(1, rng, endings=200)["ending_next_obs"][:, 0] - 1).tolist())  # noqa: E731
+    assert steps(replay) == {7.0, 11.0}
+    restored = Replay(10, (4,), ())
+    restored.load_state_dict(replay.state_dict())
+    assert steps(restored) == {7.0, 11.0}
 
 
 def test_episode_ids_and_end_flags():

@@ -193,7 +193,7 @@ class Trainer:
         mix = self.schedule.critic_real_mix(self.env_step)
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
-            batch = self.replay.sample(self.cfg.batch_size, self.rng, self.device)
+            batch = self.replay.sample(self.cfg.batch_size, self.rng, self.device, self.cfg.continue_endings)
             self.averager.add(self.agent.update(batch, counts, mix))
             self.updates += 1
 

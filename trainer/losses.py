@@ -66,7 +66,14 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
 
     continue_target = 1.0 - batch["terminated"]
     continue_logits = wm.continue_(next_states).logits
-    cont = F.binary_cross_entropy_with_logits(continue_logits, continue_target)
+    if "ending_next_obs" in batch:  # extra endings for the continue head alone (Replay.sample's `endings`)
+        ending_logits = wm.continue_(wm.encode(batch["ending_next_obs"])).logits
+        p, k = batch["ending_share"], len(ending_logits)
+        cont = continue_loss(torch.cat([continue_logits, ending_logits]),
+                             torch.cat([batch["terminated"], torch.ones_like(ending_logits)]),
+                             (k + n * p) / (k + n), p)
+    else:
+        cont = continue_loss(continue_logits, batch["terminated"])
 
     decoder = (wm.repr_learner.decode(states_all) - wm.prepare_obs(torch.cat([obs, next_obs]))).pow(2).mean()
 
@@ -87,6 +94,20 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
             "state_std": states.std(0).mean(),
         }
     return WorldModelLosses(total, metrics, states, next_states)
+
+
+def continue_loss(logits: torch.Tensor, terminated: torch.Tensor, batch_share: torch.Tensor | float = 0.0,
+                  replay_share: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """BCE of continue logits against 1 - terminated.
+
+    Where the batch holds endings at `batch_share` (in expectation) and the replay at `replay_share`,
+    the loss sees the logits moved by logit(batch_share) - logit(replay_share), so the head itself
+    learns the replay's odds while seeing its rare endings often (logit adjustment for a shifted
+    class prior). Equal shares, the default, are plain BCE.
+    """
+    q = torch.as_tensor(batch_share, dtype=logits.dtype, device=logits.device).clamp(1e-6, 1 - 1e-6)
+    p = torch.as_tensor(replay_share, dtype=logits.dtype, device=logits.device).clamp(1e-6, 1 - 1e-6)
+    return F.binary_cross_entropy_with_logits(logits - (torch.logit(q) - torch.logit(p)), 1.0 - terminated)
 
 
 def actor_loss(

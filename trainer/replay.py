@@ -21,6 +21,8 @@ class Replay:
         self.cursor = 0
         self.episodes = 0  # id of the episode being written
         self._allocated = 0
+        self._terminal: set[int] = set()  # slots holding a terminal transition (for `endings`)
+        self._terminal_array: np.ndarray | None = None
 
     def _grow(self, needed: int) -> None:
         """Allocate lazily (doubling) so a small run never reserves the full capacity."""
@@ -46,6 +48,11 @@ class Replay:
         d["terminated"][i], d["episode_end"][i], d["episode"][i] = terminated, terminated or truncated, self.episodes
         if terminated or truncated:
             self.episodes += 1
+        if terminated or i in self._terminal:  # a new terminal, or a wrapped ring overwriting one
+            self._terminal.discard(i)
+            if terminated:
+                self._terminal.add(i)
+            self._terminal_array = None
         self.cursor = (self.cursor + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
@@ -59,11 +66,26 @@ class Replay:
     def __len__(self) -> int:
         return self.size
 
-    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Uniform flat transitions as float tensors on `device`: obs, action, reward, next_obs, terminated."""
+    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu",
+               endings: int = 0) -> dict[str, torch.Tensor]:
+        """Uniform flat transitions as float tensors on `device`: obs, action, reward, next_obs, terminated.
+
+        With `endings` > 0 and any terminal transition stored, also `ending_next_obs`: that many
+        observations where an episode ended, drawn from the endings alone, for the continue head
+        only; and `ending_share`, the endings' share of the replay, so the loss can undo the
+        over-representation (`losses.continue_loss`). An episode that ends once in 500 steps would
+        otherwise reach the continue head a few times per thousand samples.
+        """
         idx = rng.integers(0, self.size, size=batch_size)
-        return {k: torch.as_tensor(self.data[k][idx]).to(device).float()
-                for k in ("obs", "action", "reward", "next_obs", "terminated")}
+        batch = {k: torch.as_tensor(self.data[k][idx]).to(device).float()
+                 for k in ("obs", "action", "reward", "next_obs", "terminated")}
+        if endings and self._terminal:
+            if self._terminal_array is None:
+                self._terminal_array = np.fromiter(self._terminal, np.int64, len(self._terminal))
+            picked = self._terminal_array[rng.integers(0, len(self._terminal_array), size=endings)]
+            batch["ending_next_obs"] = torch.as_tensor(self.data["next_obs"][picked]).to(device).float()
+            batch["ending_share"] = torch.tensor(len(self._terminal_array) / self.size, device=device)
+        return batch
 
     def state_dict(self) -> dict:
         return {"size": self.size, "cursor": self.cursor, "episodes": self.episodes,
@@ -76,3 +98,5 @@ class Replay:
             for k, v in state["data"].items():
                 self.data[k][:n] = v
         self.size, self.cursor, self.episodes = state["size"], state["cursor"], state["episodes"]
+        self._terminal = set(np.flatnonzero(self.data["terminated"][: self.size]).tolist()) if n else set()
+        self._terminal_array = None
