@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 
+from reverie.actions import ActionCoding
 from reverie.bundle import ActionSpace, ObservationSpace
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -130,9 +131,9 @@ def plan(value, space: ActionSpace, field: str = "actions") -> np.ndarray:
     for i, a in enumerate(value):
         _numbers(a, (dim,), f"{field}[{i}]")
     actions = check_finite(np.asarray(value, dtype=np.float64), field)
-    low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
-    outside = (actions < low) | (actions > high)
+    coding = ActionCoding(False, dim, space.low, space.high)
+    outside = (actions < coding.low) | (actions > coding.high)
     if outside.any():
         i, j = (int(k) for k in np.argwhere(outside)[0])
-        raise InputError(f"{field}[{i}][{j}]", f"outside the action bounds [{low[j]}, {high[j]}]")
-    return (2.0 * (actions - low) / (high - low) - 1.0).astype(np.float32)
+        raise InputError(f"{field}[{i}][{j}]", f"outside the action bounds [{coding.low[j]}, {coding.high[j]}]")
+    return coding.from_env(actions)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from reverie.actions import ActionCoding
 from reverie.bundle import BundleError, Manifest, load_manifest
 from reverie.returns import lambda_return
 
@@ -61,9 +62,7 @@ class Runtime:
         space = manifest.action_space
         self.discrete = space.kind == "discrete"
         self.action_dim = space.n if self.discrete else space.shape[0]
-        if not self.discrete:
-            self.low = np.asarray(space.low, np.float32)
-            self.high = np.asarray(space.high, np.float32)
+        self.coding = ActionCoding(self.discrete, self.action_dim, space.low, space.high)
         try:
             self.sessions = {name: _session(bundle / spec.file) for name, spec in manifest.graphs.items()}
         except Exception as err:  # onnxruntime raises its own exception types for truncated or invalid graphs
@@ -132,16 +131,7 @@ class Runtime:
         return self.entropy if seed is None else np.random.default_rng(seed)
 
     def to_env(self, actions: np.ndarray) -> list:
-        if self.discrete:
-            return [int(a) for a in actions]
-        scaled = self.low + (np.clip(actions, -1.0, 1.0) + 1.0) * 0.5 * (self.high - self.low)
-        return scaled.astype(np.float32).tolist()
-
-    def to_graph(self, actions: np.ndarray) -> np.ndarray:
-        """Agent actions -> the world-model graph's action input."""
-        if self.discrete:
-            return np.eye(self.action_dim, dtype=np.float32)[actions]
-        return actions.astype(np.float32)
+        return self.coding.to_env(actions).tolist()
 
     @staticmethod
     def _finite(field: str, *arrays: np.ndarray) -> None:
@@ -174,7 +164,7 @@ class Runtime:
                 action, _ = self._sample(self._run("policy", state), deterministic, rng)
             else:
                 action = np.repeat(plan[t:t + 1], samples, axis=0)
-            state, reward, cont = self._run("world_model", state, self.to_graph(action))
+            state, reward, cont = self._run("world_model", state, self.coding.to_graph(action))
             states.append(state)
             actions.append(action)
             rewards.append(reward.reshape(-1))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
+from reverie.actions import ActionCoding
+
 
 @dataclass(frozen=True)
 class SpaceInfo:
@@ -26,12 +28,14 @@ class SpaceInfo:
     def is_image(self) -> bool:
         return len(self.obs_shape) == 3
 
+    @property
+    def coding(self) -> ActionCoding:
+        return ActionCoding(self.discrete, self.action_dim, self.action_low, self.action_high)
+
     def to_env_action(self, action: np.ndarray | int):
         """Agent action (index, or vector in [-1, 1]) -> the value `env.step` takes."""
-        if self.discrete:
-            return int(action)
-        unit = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
-        return (self.action_low + (unit + 1.0) * 0.5 * (self.action_high - self.action_low)).astype(np.float32)
+        env_action = self.coding.to_env(action)
+        return int(env_action) if self.discrete else env_action
 
 
     def to_dict(self) -> dict:
