@@ -28,16 +28,29 @@ POINTER = "LATEST"
 BEST = "BEST"
 FOLLOW = {"latest": POINTER, "best": BEST}  # what a server can follow
 VERSION_DIR = re.compile(r"^v(\d{6,})$")
-# `act` is encoder, policy and value fused into one graph: the hot path of serving is one graph call.
-GRAPHS = ("encoder", "policy", "value", "world_model", "decoder", "act")
-
-
 MAX_HORIZON = 64  # the longest imagination a bundle serves: /imagine and Imagine refuse longer horizons
 
 class GraphSpec(BaseModel):
     file: str
     inputs: list[str]
     outputs: list[str]
+
+
+POLICY_OUTPUTS = {"discrete": ["logits"], "box": ["mean", "std"]}  # a Categorical's, a pre-tanh Normal's
+
+
+def graph_contract(action_kind: str) -> dict[str, GraphSpec]:
+    """Every graph of a bundle, its file and its named inputs and outputs. `act` is encoder, policy and
+    value fused into one graph: the hot path of serving is one graph call."""
+    policy = POLICY_OUTPUTS[action_kind]
+    return {
+        "encoder": GraphSpec(file="encoder.onnx", inputs=["obs"], outputs=["state"]),
+        "policy": GraphSpec(file="policy.onnx", inputs=["state"], outputs=policy),
+        "value": GraphSpec(file="value.onnx", inputs=["state"], outputs=["value"]),
+        "world_model": GraphSpec(file="world_model.onnx", inputs=["state", "action"], outputs=["next_state", "reward", "continue"]),
+        "decoder": GraphSpec(file="decoder.onnx", inputs=["state"], outputs=["obs"]),
+        "act": GraphSpec(file="act.onnx", inputs=["obs"], outputs=[*policy, "value"]),
+    }
 
 
 class ObservationSpace(BaseModel):
@@ -152,9 +165,14 @@ def load_manifest(bundle: Path) -> Manifest:
         raise BundleError(f"{bundle}: unreadable manifest: {err}") from err
     if manifest.format_version != FORMAT_VERSION:
         raise BundleError(f"{bundle}: format version {manifest.format_version}, expected {FORMAT_VERSION}")
-    missing = [name for name in GRAPHS if name not in manifest.graphs]
+    contract = graph_contract(manifest.action_space.kind)
+    missing = [name for name in contract if name not in manifest.graphs]
     if missing:
         raise BundleError(f"{bundle}: the manifest lacks graphs {', '.join(missing)}")
+    for name, spec in contract.items():
+        if manifest.graphs[name] != spec:
+            raise BundleError(f"{bundle}: graph {name} is declared as {manifest.graphs[name].model_dump()}, "
+                              f"the bundle format says {spec.model_dump()}")
     unlisted = [spec.file for spec in manifest.graphs.values() if spec.file not in manifest.sha256]
     if unlisted:
         raise BundleError(f"{bundle}: no checksum for {', '.join(unlisted)}")

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from reverie.actions import ActionCoding
-from reverie.bundle import BundleError, Manifest, load_manifest
+from reverie.bundle import POLICY_OUTPUTS, BundleError, Manifest, load_manifest
 from reverie.returns import lambda_return
 
 from .inputs import InputError
@@ -139,7 +139,8 @@ class Runtime:
             raise InputError(field, "the model's output is not finite for this input")
 
     def act(self, obs: np.ndarray, deterministic: bool, seed: int | None) -> ActResult:
-        *params, values = self._run("act", obs)  # encoder, policy and value: one graph call
+        out = dict(zip(self.outputs["act"], self._run("act", obs)))  # encoder, policy and value: one graph call
+        params, values = [out[name] for name in POLICY_OUTPUTS[self.manifest.action_space.kind]], out["value"]
         values = values.reshape(-1)
         actions, params = self._sample(params, deterministic, seed)
         self._finite("obs", values, *params.values())

@@ -73,6 +73,10 @@ def test_corrupted_or_truncated_graph_is_refused(exported, tmp_path):
     (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     with pytest.raises(BundleError, match="format version 1, expected 2"):
         load_manifest(copy)  # an older bundle (no fused act graph) is refused by name, not by a missing file
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "graphs": {**manifest["graphs"], "act": {
+        **manifest["graphs"]["act"], "outputs": manifest["graphs"]["act"]["outputs"][::-1]}}}))
+    with pytest.raises(BundleError, match="graph act is declared as"):
+        load_manifest(copy)  # outputs are read by name, and the names are the bundle format's
     del manifest["graphs"]["act"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="lacks graphs act"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reverie.bundle import MAX_HORIZON, ActionSpace, GraphSpec, Manifest, ObservationSpace, publish
+from reverie.bundle import MAX_HORIZON, ActionSpace, GraphSpec, Manifest, ObservationSpace, graph_contract, publish
 
 from .agent import Agent
 
@@ -59,18 +59,17 @@ class _Act(nn.Module):
 def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], GraphSpec]]:
     """name -> (module, example inputs, spec): the five graphs of the bundle."""
     space, cfg = agent.space, agent.cfg
-    state = torch.zeros(2, cfg.state_dim)
-    action = torch.zeros(2, space.action_dim)
-    policy_out = ["logits"] if space.discrete else ["mean", "std"]
-    return {
-        "encoder": (_OneInput(agent, agent.world_model.encode), (torch.zeros(2, *space.obs_shape),), GraphSpec(file="encoder.onnx", inputs=["obs"], outputs=["state"])),
-        "policy": (_OneInput(agent, agent.policy.params), (state,), GraphSpec(file="policy.onnx", inputs=["state"], outputs=policy_out)),
-        "value": (agent.value, (state,), GraphSpec(file="value.onnx", inputs=["state"], outputs=["value"])),
-        "world_model": (_WorldModelStep(agent), (state, action),
-                        GraphSpec(file="world_model.onnx", inputs=["state", "action"], outputs=["next_state", "reward", "continue"])),
-        "decoder": (_OneInput(agent, agent.world_model.decode), (state,), GraphSpec(file="decoder.onnx", inputs=["state"], outputs=["obs"])),
-        "act": (_Act(agent), (torch.zeros(2, *space.obs_shape),), GraphSpec(file="act.onnx", inputs=["obs"], outputs=policy_out + ["value"])),
+    obs, state, action = torch.zeros(2, *space.obs_shape), torch.zeros(2, cfg.state_dim), torch.zeros(2, space.action_dim)
+    contract = graph_contract("discrete" if space.discrete else "box")
+    modules = {
+        "encoder": (_OneInput(agent, agent.world_model.encode), (obs,)),
+        "policy": (_OneInput(agent, agent.policy.params), (state,)),
+        "value": (agent.value, (state,)),
+        "world_model": (_WorldModelStep(agent), (state, action)),
+        "decoder": (_OneInput(agent, agent.world_model.decode), (state,)),
+        "act": (_Act(agent), (obs,)),
     }
+    return {name: (*modules[name], spec) for name, spec in contract.items()}
 
 
 def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path) -> None:
