@@ -121,3 +121,27 @@ def test_policy_is_untouched_by_a_warmup_only_run(tmp_path):
             assert torch.equal(a, b), module
     assert not all(torch.equal(a, b) for a, b in zip(fresh.world_model.parameters(),
                                                        trained.world_model.parameters()))
+
+
+def test_the_trainer_drives_the_parts_it_is_given(tmp_path):
+    """Parts passed in are the ones used: here an env whose episodes are cut at 20 steps, and a replay
+    that already holds a transition; the checkpoint is those parts' own state_dicts."""
+    import gymnasium as gym
+    import numpy as np
+
+    from trainer.checkpoint import load_checkpoint
+    from trainer.loop import Parts
+    from reverie.runs import latest_checkpoint
+
+    cfg = small_config(total_steps=100, warmup_steps=50, transition_steps=50, eval_every=10_000, checkpoint_every=100)
+    parts = Parts.build(cfg, tmp_path)
+    parts.env = gym.make("CartPole-v1", max_episode_steps=20)
+    parts.replay.add(np.full(4, 7.0, np.float32), np.asarray(1), 1.0, np.zeros(4, np.float32), False, True)
+    trainer = Trainer(cfg, tmp_path, parts=parts)
+    trainer.run()
+    assert trainer.env is parts.env and trainer.replay is parts.replay and len(parts.replay) == 101
+    lengths = np.bincount(parts.replay.data["episode"][1:101])
+    assert lengths[lengths > 0].max() <= 20
+    saved = load_checkpoint(latest_checkpoint(tmp_path))
+    assert {"agent", "world_model_optimizer", "actor_optimizer", "critic_optimizer", "replay"} <= saved.keys()
+    assert saved["replay"]["data"]["obs"][0].tolist() == [7.0] * 4

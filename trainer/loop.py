@@ -11,8 +11,10 @@ import random
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -42,11 +44,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class Parts:
+    """What the loop drives: the envs it plays and evaluates in, the agent, the replay, the metric writer.
+    Built from the config by default; a caller may bring its own (another env, a prepared replay)."""
+
+    env: gym.Env
+    eval_env: gym.Env
+    agent: Agent
+    replay: Replay
+    writer: MetricsWriter
+
+    @classmethod
+    def build(cls, cfg: Config, run_dir: Path) -> "Parts":
+        env = make_env(cfg.env_id)
+        space = space_info(env)
+        agent = Agent(cfg, space).to(resolve_device(cfg.device))
+        obs_dtype = np.uint8 if space.is_image else np.float32
+        replay = Replay(cfg.replay_capacity, space.obs_shape, () if space.discrete else (space.action_dim,), obs_dtype)
+        return cls(env, make_env(cfg.env_id), agent, replay, MetricsWriter(run_dir))
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
-                 export: bool = False, stop: threading.Event | None = None, given: frozenset[str] = frozenset()):
+                 export: bool = False, stop: threading.Event | None = None, given: frozenset[str] = frozenset(),
+                 parts: Parts | None = None):
         """`given`: the keys the user set (preset, --set, flags); on a resume they change the saved
-        configuration, logged, except the FIXED_ON_RESUME ones, which are refused."""
+        configuration, logged, except the FIXED_ON_RESUME ones, which are refused. `parts`: built from
+        the (resolved) config unless given."""
         # Set from a signal handler (`reverie train`): the loop finishes the step, export or eval
         # under way, then checkpoints and returns. A KeyboardInterrupt raised at whatever line is
         # running can land in a finalizer, where Python prints and drops it, and training goes on.
@@ -79,17 +104,16 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
 
-        self.env = make_env(cfg.env_id)
-        self.eval_env = make_env(cfg.env_id)
-        self.space = space_info(self.env)
+        parts = parts or Parts.build(cfg, self.run_dir)
+        self.env, self.eval_env, self.agent, self.replay, self.writer = (
+            parts.env, parts.eval_env, parts.agent, parts.replay, parts.writer)
+        self.space, self.device = self.agent.space, self.agent.device
         self.solved_return = self.env.spec.reward_threshold if self.env.spec else None
-        self.device = resolve_device(cfg.device)
-        self.agent = Agent(cfg, self.space).to(self.device)
-        action_shape = () if self.space.discrete else (self.space.action_dim,)
-        obs_dtype = np.uint8 if self.space.is_image else np.float32
-        self.replay = Replay(cfg.replay_capacity, self.space.obs_shape, action_shape, obs_dtype)
+        # The checkpoint is these parts' own state_dicts, by name, plus the loop's position and RNGs.
+        self.stateful = {"agent": self.agent, "world_model_optimizer": self.agent.world_model_optimizer,
+                         "actor_optimizer": self.agent.actor_optimizer, "critic_optimizer": self.agent.critic_optimizer,
+                         "replay": self.replay}
         self.schedule = Schedule(cfg)
-        self.writer = MetricsWriter(self.run_dir)
         self.averager = MetricAverager()
         self.export = export  # publish ONNX bundles to RUN_DIR/export every `export_every` steps
 
@@ -245,25 +269,21 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
         elapsed = self.wall_offset + (time.perf_counter() - self.started if hasattr(self, "started") else 0.0)
-        state = {
-            "agent": self.agent.state_dict(),
-            "space": self.space.to_dict(),
-            "world_model_optimizer": self.agent.world_model_optimizer.state_dict(),
-            "actor_optimizer": self.agent.actor_optimizer.state_dict(),
-            "critic_optimizer": self.agent.critic_optimizer.state_dict(),
-            "position": {"env_step": self.env_step, "updates": self.updates, "update_credit": self.update_credit,
-                         "episodes": self.episodes, "last_eval": self.last_eval, "wall_s": elapsed},
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "generator": self.rng.bit_generator.state},
-            "replay": self.replay.state_dict() if self.cfg.checkpoint_replay else None,
-        }
+        state = {name: part.state_dict() for name, part in self.stateful.items()
+                 if name != "replay" or self.cfg.checkpoint_replay}
+        state.update(
+            space=self.space.to_dict(),
+            position={"env_step": self.env_step, "updates": self.updates, "update_credit": self.update_credit,
+                      "episodes": self.episodes, "last_eval": self.last_eval, "wall_s": elapsed},
+            rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                 "generator": self.rng.bit_generator.state},
+        )
         return save_checkpoint(self.run_dir, self.env_step, state)
 
     def _restore(self, state: dict) -> None:
-        self.agent.load_state_dict(state["agent"])
-        self.agent.world_model_optimizer.load_state_dict(state["world_model_optimizer"])
-        self.agent.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.agent.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        for name, part in self.stateful.items():
+            if state.get(name) is not None:  # a checkpoint without the replay (checkpoint_replay=false) resumes empty
+                part.load_state_dict(state[name])
         self.agent.apply_rates()
         pos = state["position"]
         self.env_step, self.updates, self.update_credit = pos["env_step"], pos["updates"], pos["update_credit"]
@@ -272,8 +292,6 @@ class Trainer:
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
         self.rng.bit_generator.state = state["rng"]["generator"]
-        if state["replay"] is not None:
-            self.replay.load_state_dict(state["replay"])
         # The episode in progress at the stop cannot be continued: close it as truncated.
         self.replay.close_episode()
 
