@@ -8,7 +8,7 @@ value; a 5xx means a bug, never a client's mistake.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request
@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
@@ -31,98 +31,12 @@ from .inputs import InputError
 from .metrics import ServiceMetrics
 from .requests import imagination_args, model_info
 from .runtime import Runtime
+from .schemas import (SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ImagineRequest, ImagineResponse,
+                      ObservationRequest, ValueBatchResponse, ValueResponse)
 from .settings import ServiceSettings
 from .store import ModelStore, NotReady
 
 log = logging.getLogger("reverie.service")
-SEED_MAX = 2**32 - 1  # exact as a JSON number in every client
-
-def _integral(value):
-    """JSON Schema counts 579.0 as an integer; so do we (but not "579" or true)."""
-    return int(value) if type(value) is float and value.is_integer() else value
-
-
-Integer = Annotated[int, BeforeValidator(_integral)]
-Observation = list[Any]  # nested lists of numbers; the shape comes from the served manifest
-Action = int | list[float]  # env form: an index for Discrete, a vector for Box
-PlanAction = Any  # checked against the served action space by inputs.plan, which names the bad element
-
-
-# ---------------------------------------------------------------------------- request / response
-class Strict(BaseModel):
-    """Unknown fields, explicit nulls and lax coercions ("true" for true, 1.0 for 1) are refused."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class ObservationRequest(Strict):
-    obs: Observation = Field(None, description="one observation")
-    observations: list[Observation] = Field(None, description="a batch of observations")
-
-
-class ActRequest(ObservationRequest):
-    deterministic: bool = Field(False, description="the most likely action instead of a sample")
-    seed: Integer = Field(None, ge=0, le=SEED_MAX, description="makes a sampled action reproducible")
-
-
-class ImagineRequest(Strict):
-    obs: Observation = Field(description="the observation to imagine from")
-    horizon: Integer = Field(None, ge=1, description="steps to imagine (default: the manifest's); the plan's length when `actions` is given")
-    samples: Integer = Field(1, ge=1, description="trajectories, batched through the graphs together")
-    deterministic: bool = False
-    seed: Integer = Field(None, ge=0, le=SEED_MAX)
-    actions: list[PlanAction] = Field(None, description="an action plan to evaluate instead of the policy")
-    format: Literal["json", "png"] = "json"
-
-
-class ActResponse(BaseModel):
-    action: Action
-    value: float
-    model_version: int
-    probs: list[float] | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-
-
-class ActBatchResponse(BaseModel):
-    actions: list[Action]
-    values: list[float]
-    model_version: int
-    probs: list[list[float]] | None = None
-    mean: list[list[float]] | None = None
-    std: list[list[float]] | None = None
-
-
-class ValueResponse(BaseModel):
-    value: float
-    model_version: int
-
-
-class ValueBatchResponse(BaseModel):
-    values: list[float]
-    model_version: int
-
-
-class Trajectory(BaseModel):
-    states: list[list[float]]
-    actions: list[Action]
-    rewards: list[float]
-    continues: list[float]
-    values: list[float]
-    lambda_return: list[float]
-
-
-class ImagineResponse(BaseModel):
-    model_version: int
-    horizon: int
-    trajectories: list[Trajectory]
-
-
-class Error(BaseModel):
-    detail: str
-    field: str | None = None
-
-
 ERRORS = {code: {"model": Error} for code in (401, 413, 422, 503)}
 BODIES = {model.__name__: model for model in (ActRequest, ObservationRequest, ImagineRequest)}
 
