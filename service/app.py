@@ -29,7 +29,7 @@ from .guard import Guard
 from .responses import error_response, json_response
 from .inputs import InputError
 from .metrics import ServiceMetrics
-from .requests import imagination_args, model_info
+from .requests import imagination_args, json_observations, model_info
 from .runtime import Runtime
 from .schemas import (SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ImagineRequest, ImagineResponse,
                       ObservationRequest, ValueBatchResponse, ValueResponse)
@@ -72,17 +72,6 @@ def field_name(loc: tuple) -> str:
     for p in parts:
         name += f"[{p}]" if isinstance(p, int) else (f".{p}" if name else str(p))
     return name or str(loc[0] if loc else "body")
-
-
-def observations_of(request: ObservationRequest, runtime: Runtime, max_batch: int):
-    """(float32 batch, batched?) from whichever of `obs` / `observations` the request gave."""
-    if (request.obs is None) == (request.observations is None):
-        raise InputError("obs", "give exactly one of `obs` (one observation) or `observations` (a batch)")
-    space = runtime.manifest.observation_space
-    if request.obs is not None:
-        return inputs.observation_batch(request.obs, space, "obs", batched=False), False
-    inputs.check_batch_size(len(request.observations), "observations", max_batch)  # before the checks walk it
-    return inputs.observation_batch(request.observations, space, "observations", batched=True), True
 
 
 # ---------------------------------------------------------------------------- the app
@@ -150,7 +139,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         """An action for one observation (`obs`) or for each of a batch (`observations`)."""
         request = await parse(raw, ActRequest)
         runtime = store.require()
-        obs, batched = observations_of(request, runtime, settings.max_batch)
+        obs, batched = json_observations(request.obs, request.observations, runtime, settings.max_batch)
         result = runtime.act(obs, request.deterministic, request.seed)
         params = {k: v for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
         if batched:
@@ -164,7 +153,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         """The critic's value of one observation or of each of a batch."""
         request = await parse(raw, ObservationRequest)
         runtime = store.require()
-        obs, batched = observations_of(request, runtime, settings.max_batch)
+        obs, batched = json_observations(request.obs, request.observations, runtime, settings.max_batch)
         values = runtime.value(obs)
         if batched:
             return json_response({"values": values, "model_version": runtime.version})

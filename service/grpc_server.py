@@ -20,24 +20,13 @@ from grpc_reflection.v1alpha import reflection
 
 from reverie.wire import SERVICE_NAME, TensorError, agent_pb2, agent_pb2_grpc, from_tensor, to_tensor
 
-from . import inputs
 from .inputs import InputError
 from .metrics import ServiceMetrics
-from .requests import imagination_args, model_info
-from .runtime import Runtime
+from .requests import imagination_args, model_info, tensor_observations
 from .settings import ServiceSettings
 from .store import ModelStore, NotReady
 
 log = logging.getLogger("reverie.service")
-
-
-def observations(tensor: agent_pb2.Tensor, runtime: Runtime, max_batch: int, field: str = "obs") -> np.ndarray:
-    """One observation or a batch, as a checked float32 batch."""
-    if not tensor.dtype:
-        raise InputError(field, "required")
-    batch = inputs.check_observation_array(from_tensor(tensor, field), runtime.manifest.observation_space, field)
-    inputs.check_batch_size(len(batch), field, max_batch)
-    return batch
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
@@ -61,7 +50,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def _act(self, request: agent_pb2.ActRequest) -> agent_pb2.ActResponse:
         runtime = self.store.require()
-        obs = observations(request.obs, runtime, self.settings.max_batch)
+        obs = tensor_observations(request.obs, runtime, self.settings.max_batch)
         seed = request.seed if request.HasField("seed") else None
         result = runtime.act(obs, request.deterministic, seed)
         actions = np.asarray(result.actions, np.int64 if runtime.discrete else np.float32)
@@ -81,7 +70,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     def Value(self, request, context):
         with self._call("Value", context):
             runtime = self.store.require()
-            values = runtime.value(observations(request.obs, runtime, self.settings.max_batch))
+            values = runtime.value(tensor_observations(request.obs, runtime, self.settings.max_batch))
             return agent_pb2.ValueResponse(values=to_tensor(values), model_version=runtime.version)
 
     def Imagine(self, request, context):
@@ -90,7 +79,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def _imagine(self, request: agent_pb2.ImagineRequest) -> agent_pb2.ImagineResponse:
         runtime = self.store.require()
-        obs = observations(request.obs, runtime, 1)
+        obs = tensor_observations(request.obs, runtime, 1)
         actions = from_tensor(request.actions, "actions").tolist() if request.actions.dtype else None
         horizon, samples, plan = imagination_args(runtime, self.settings, request.horizon or None, request.samples or 1, actions)
         seed = request.seed if request.HasField("seed") else None

@@ -7,12 +7,33 @@ from __future__ import annotations
 import numpy as np
 
 from reverie.runs import read_status, run_dir_of
+from reverie.wire import from_tensor
 
 from . import inputs
 from .inputs import InputError
 from .runtime import Runtime
 from .settings import ServiceSettings
 from .store import ModelStore
+
+
+def json_observations(obs, observations, runtime: Runtime, max_batch: int) -> tuple[np.ndarray, bool]:
+    """REST: (float32 batch, batched?) from whichever of `obs` (one) / `observations` (a batch) was given."""
+    if (obs is None) == (observations is None):
+        raise InputError("obs", "give exactly one of `obs` (one observation) or `observations` (a batch)")
+    space = runtime.manifest.observation_space
+    if obs is not None:
+        return inputs.observation_batch(obs, space, "obs", batched=False), False
+    inputs.check_batch_size(len(observations), "observations", max_batch)  # before the checks walk it
+    return inputs.observation_batch(observations, space, "observations", batched=True), True
+
+
+def tensor_observations(tensor, runtime: Runtime, max_batch: int, field: str = "obs") -> np.ndarray:
+    """gRPC: one observation or a batch in a Tensor message, as a checked float32 batch."""
+    if not tensor.dtype:
+        raise InputError(field, "required")
+    batch = inputs.check_observation_array(from_tensor(tensor, field), runtime.manifest.observation_space, field)
+    inputs.check_batch_size(len(batch), field, max_batch)
+    return batch
 
 
 def imagination_args(runtime: Runtime, settings: ServiceSettings, horizon: int | None, samples: int,
