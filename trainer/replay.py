@@ -81,7 +81,7 @@ class Replay:
                  for k in ("obs", "action", "reward", "next_obs", "terminated")}
         if endings and self._terminal:
             if self._terminal_array is None:
-                self._terminal_array = np.fromiter(self._terminal, np.int64, len(self._terminal))
+                self._terminal_array = np.sort(np.fromiter(self._terminal, np.int64, len(self._terminal)))  # set order aside
             picked = self._terminal_array[rng.integers(0, len(self._terminal_array), size=endings)]
             batch["ending_next_obs"] = torch.as_tensor(self.data["next_obs"][picked]).to(device).float()
             batch["ending_share"] = torch.tensor(len(self._terminal_array) / self.size, device=device)
