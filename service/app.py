@@ -29,7 +29,7 @@ from .guard import Guard
 from .responses import error_response, json_response
 from .inputs import InputError
 from .metrics import ServiceMetrics
-from .requests import imagination_args, json_observations, model_info
+from .requests import failure_status, imagination_args, json_observations, model_info
 from .runtime import Runtime
 from .schemas import (SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ImagineRequest, ImagineResponse,
                       ObservationRequest, ValueBatchResponse, ValueResponse)
@@ -119,11 +119,11 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
 
     @app.exception_handler(InputError)
     async def _bad_input(_, exc: InputError):
-        return error_response(422, exc.message, exc.field)
+        return error_response(failure_status(exc)[0], exc.message, exc.field)
 
     @app.exception_handler(NotReady)
     async def _not_ready(_, exc: NotReady):
-        return error_response(503, str(exc), None, {"Retry-After": "1"})
+        return error_response(failure_status(exc)[0], str(exc), None, {"Retry-After": "1"})
 
     @app.exception_handler(HTTPException)
     async def _http(request, exc: HTTPException):

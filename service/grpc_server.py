@@ -18,13 +18,12 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from reverie.wire import SERVICE_NAME, TensorError, agent_pb2, agent_pb2_grpc, from_tensor, to_tensor
+from reverie.wire import SERVICE_NAME, agent_pb2, agent_pb2_grpc, from_tensor, to_tensor
 
-from .inputs import InputError
 from .metrics import ServiceMetrics
-from .requests import imagination_args, model_info, tensor_observations
+from .requests import FAILURES, failure_status, imagination_args, model_info, tensor_observations
 from .settings import ServiceSettings
-from .store import ModelStore, NotReady
+from .store import ModelStore
 
 log = logging.getLogger("reverie.service")
 
@@ -39,12 +38,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         started, code = time.perf_counter(), "OK"
         try:
             yield
-        except (InputError, TensorError) as err:
-            code = "INVALID_ARGUMENT"
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except NotReady as err:
-            code = "UNAVAILABLE"
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        except tuple(FAILURES) as err:
+            code = failure_status(err)[1]
+            context.abort(grpc.StatusCode[code], str(err))
         finally:
             self.metrics.observe("grpc", name, code, time.perf_counter() - started)
 

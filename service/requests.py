@@ -7,13 +7,25 @@ from __future__ import annotations
 import numpy as np
 
 from reverie.runs import read_status, run_dir_of
-from reverie.wire import from_tensor
+from reverie.wire import TensorError, from_tensor
 
 from . import inputs
 from .inputs import InputError
 from .runtime import Runtime
 from .settings import ServiceSettings
-from .store import ModelStore
+from .store import ModelStore, NotReady
+
+
+# How each failure of a request reaches its client, on each front end: (HTTP status, gRPC status).
+FAILURES: dict[type[Exception], tuple[int, str]] = {
+    InputError: (422, "INVALID_ARGUMENT"),  # bad input; the message names the field
+    TensorError: (422, "INVALID_ARGUMENT"),  # a gRPC Tensor that does not decode
+    NotReady: (503, "UNAVAILABLE"),  # no bundle loaded yet: try again shortly
+}
+
+
+def failure_status(err: Exception) -> tuple[int, str]:
+    return next(status for kind, status in FAILURES.items() if isinstance(err, kind))
 
 
 def json_observations(obs, observations, runtime: Runtime, max_batch: int) -> tuple[np.ndarray, bool]:
