@@ -69,6 +69,9 @@ class Runtime:
             raise BundleError(f"{bundle}: onnxruntime cannot load it: {err}") from err
         self.outputs = {name: spec.outputs for name, spec in manifest.graphs.items()}
         self.inputs = {name: spec.inputs for name, spec in manifest.graphs.items()}
+        # Where act's outputs are, by the bundle format's names: looked up once, not per request.
+        self._act_params = [self.outputs["act"].index(n) for n in POLICY_OUTPUTS[space.kind]]
+        self._act_value = self.outputs["act"].index("value")
         # Unseeded requests draw from one long-lived generator (numpy's are thread-safe): a fresh
         # one per call costs more OS entropy and setup than the sampling itself.
         self.entropy = np.random.default_rng()
@@ -139,8 +142,8 @@ class Runtime:
             raise InputError(field, "the model's output is not finite for this input")
 
     def act(self, obs: np.ndarray, deterministic: bool, seed: int | None) -> ActResult:
-        out = dict(zip(self.outputs["act"], self._run("act", obs)))  # encoder, policy and value: one graph call
-        params, values = [out[name] for name in POLICY_OUTPUTS[self.manifest.action_space.kind]], out["value"]
+        out = self._run("act", obs)  # encoder, policy and value: one graph call
+        params, values = [out[i] for i in self._act_params], out[self._act_value]
         values = values.reshape(-1)
         actions, params = self._sample(params, deterministic, seed)
         self._finite("obs", values, *params.values())

@@ -107,7 +107,7 @@ def test_continue_loss_with_extra_endings_learns_the_replays_odds():
             batch = replay.sample(128, rng, endings=32)
             terminated = torch.cat([batch["terminated"], torch.ones(32)])
             p = batch["ending_share"]
-            shares = ((32 + 128 * p) / 160, p) if adjusted else (0.0, 0.0)
+            shares = ((32 + 128 * p) / 160, p) if adjusted else ()
             loss = continue_loss(logit.expand(160), terminated, *shares)
             optimizer.zero_grad()
             loss.backward()

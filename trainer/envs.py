@@ -7,6 +7,7 @@ The agent always acts in a normalised space: a class index for Discrete, a vecto
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import gymnasium as gym
 import numpy as np
@@ -28,15 +29,15 @@ class SpaceInfo:
     def is_image(self) -> bool:
         return len(self.obs_shape) == 3
 
-    @property
+    @cached_property
     def coding(self) -> ActionCoding:
+        """Built once: `to_env_action` runs on every env step."""
         return ActionCoding(self.discrete, self.action_dim, self.action_low, self.action_high)
 
     def to_env_action(self, action: np.ndarray | int):
         """Agent action (index, or vector in [-1, 1]) -> the value `env.step` takes."""
         env_action = self.coding.to_env(action)
         return int(env_action) if self.discrete else env_action
-
 
     def to_dict(self) -> dict:
         """Plain values, for checkpoints: a run's spaces are known without making its env."""

@@ -96,15 +96,17 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
     return WorldModelLosses(total, metrics, states, next_states)
 
 
-def continue_loss(logits: torch.Tensor, terminated: torch.Tensor, batch_share: torch.Tensor | float = 0.0,
-                  replay_share: torch.Tensor | float = 0.0) -> torch.Tensor:
+def continue_loss(logits: torch.Tensor, terminated: torch.Tensor, batch_share: torch.Tensor | float | None = None,
+                  replay_share: torch.Tensor | float | None = None) -> torch.Tensor:
     """BCE of continue logits against 1 - terminated.
 
     Where the batch holds endings at `batch_share` (in expectation) and the replay at `replay_share`,
     the loss sees the logits moved by logit(batch_share) - logit(replay_share), so the head itself
     learns the replay's odds while seeing its rare endings often (logit adjustment for a shifted
-    class prior). Equal shares, the default, are plain BCE.
+    class prior). Without shares (every update's usual case) it is plain BCE, with no extra operations.
     """
+    if batch_share is None:
+        return F.binary_cross_entropy_with_logits(logits, 1.0 - terminated)
     q = torch.as_tensor(batch_share, dtype=logits.dtype, device=logits.device).clamp(1e-6, 1 - 1e-6)
     p = torch.as_tensor(replay_share, dtype=logits.dtype, device=logits.device).clamp(1e-6, 1 - 1e-6)
     return F.binary_cross_entropy_with_logits(logits - (torch.logit(q) - torch.logit(p)), 1.0 - terminated)
