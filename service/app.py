@@ -7,25 +7,26 @@ value; a 5xx means a bug, never a client's mistake.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Literal
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.types import ASGIApp
 
 import reverie
 
 from . import inputs, openapi, preview
+from .batching import ActBatcher
 from .guard import Guard
+from .hot import HotPaths, HotRoute
 from .responses import error_response, json_response
 from .inputs import InputError
 from .metrics import ServiceMetrics
@@ -74,39 +75,10 @@ def field_name(loc: tuple) -> str:
     return name or str(loc[0] if loc else "body")
 
 
-# ---------------------------------------------------------------------------- the app
-def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
-    app = FastAPI(title="Reverie", version=reverie.__version__,
-                  description="A world-model agent: actions, values and imagined rollouts from the newest exported bundle.")
-    metrics = ServiceMetrics(store)
-    bearer = HTTPBearer(auto_error=False, description="set when the server has REVERIE_API_TOKEN")
+# ---------------------------------------------------------------------------- errors
+def add_error_handlers(app: FastAPI) -> None:
+    """Every failure as `{"detail", "field"}`, for FastAPI's routes and the hot paths alike."""
 
-    def authorized(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        """The token check; `bearer` is there so that the document describes the scheme."""
-        if not settings.token_accepts(request.headers.get("authorization")):
-            raise FieldError(401, "Authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-
-    guarded = [Depends(authorized)] if settings.api_token else []  # the document asks for a token only when one is needed
-    documented: list[APIRoute] = []
-
-    def hot_post(path: str, model: type[BaseModel], **doc):
-        """A POST endpoint on the per-step path of every client: served as a plain Starlette route,
-        without FastAPI's per-request dependency solving (about 27 us of 88 in process), and documented
-        by FastAPI from the same function. Its body is parsed by `parse`, its token checked here.
-        The hot routes come first in the router, in the order declared: /act is matched at once."""
-        def register(endpoint):
-            async def guarded_endpoint(request: Request):
-                authorized(request, None)
-                return await endpoint(request)
-
-            served = guarded_endpoint if settings.api_token else endpoint
-            app.router.routes.insert(len(documented), Route(path, served, methods=["POST"]))
-            documented.append(APIRoute(path, endpoint, methods=["POST"], dependencies=guarded,
-                                       openapi_extra=body_of(model), **doc))
-            return endpoint
-        return register
-
-    # -------------------------------------------------------------- errors
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, exc: RequestValidationError):
         first = exc.errors()[0]  # its `input` may be a NaN or a megabyte: never echoed
@@ -133,6 +105,47 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
             headers = {**(headers or {}), "Allow": ", ".join(methods)}
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "field", None), headers)
 
+
+# ---------------------------------------------------------------------------- the app
+def served(app: FastAPI) -> ASGIApp:
+    """What uvicorn serves: the guard (body limit, metrics) around the hot paths, in front of FastAPI."""
+    settings = app.state.settings
+    endpoints = {route.path for route in app.routes}
+    return Guard(HotPaths(app), max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics, endpoints=endpoints)
+
+
+def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
+    # FastAPI's own OpenTelemetry is off: the service's metrics are Prometheus' (/metrics), and the
+    # hot paths never pass through FastAPI's stack, so its telemetry would see only the cold routes.
+    app = FastAPI(title="Reverie", version=reverie.__version__, telemetry={"tracing": False, "metrics": False, "logs": False},
+                  description="A world-model agent: actions, values and imagined rollouts from the newest exported bundle.")
+    metrics = ServiceMetrics(store)
+    batcher = ActBatcher(metrics.act_requests_per_call)
+    bearer = HTTPBearer(auto_error=False, description="set when the server has REVERIE_API_TOKEN")
+
+    def authorized(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """The token check; `bearer` is there so that the document describes the scheme."""
+        if not settings.token_accepts(request.headers.get("authorization")):
+            raise FieldError(401, "Authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorized)] if settings.api_token else []  # the document asks for a token only when one is needed
+
+    def hot_post(path: str, model: type[BaseModel], **doc):
+        """A POST route on every client's per-step path (see hot.py): its body is parsed by `parse`,
+        its token checked here, since the hot paths skip FastAPI's dependencies."""
+        def register(endpoint):
+            @functools.wraps(endpoint)
+            async def checked(request: Request):
+                authorized(request, None)
+                return await endpoint(request)
+
+            app.router.add_api_route(path, checked if settings.api_token else endpoint, methods=["POST"],
+                                     dependencies=guarded, openapi_extra=body_of(model), route_class_override=HotRoute, **doc)
+            return endpoint
+        return register
+
+    add_error_handlers(app)
+
     # -------------------------------------------------------------- agent
     @hot_post("/act", ActRequest, response_model=ActResponse | ActBatchResponse, responses=ERRORS)
     async def act(raw: Request):
@@ -140,7 +153,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         request = await parse(raw, ActRequest)
         runtime = store.require()
         obs, batched = json_observations(request.obs, request.observations, runtime, settings.max_batch)
-        result = runtime.act(obs, request.deterministic, request.seed)
+        result = await batcher.act(runtime, obs, request.deterministic, request.seed)
         params = {k: v for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
         if batched:
             return json_response({"actions": result.actions, "values": result.values,
@@ -215,22 +228,6 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    documents: dict = {}
-
-    def document() -> dict:
-        """FastAPI's document, refined for the served bundle (rebuilt when a bundle with other spaces loads)."""
-        runtime = store.current
-        key = None if runtime is None else runtime.manifest.model_dump_json(include={"observation_space", "action_space", "max_horizon", "env_id"})
-        if key not in documents:
-            base = get_openapi(title=app.title, version=app.version, description=app.description,
-                               routes=app.routes + documented)
-            base["components"]["schemas"].update({name: model.model_json_schema() for name, model in BODIES.items()})
-            documents.clear()
-            documents[key] = base if runtime is None else openapi.refine(base, runtime.manifest, settings)
-        return documents[key]
-
-    app.openapi = document
-    endpoints = {route.path for route in app.routes}
-    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, metrics=metrics, endpoints=endpoints)
+    openapi.install(app, store, settings, BODIES)
     app.state.store, app.state.metrics, app.state.settings = store, metrics, settings
     return app

@@ -10,10 +10,34 @@ from __future__ import annotations
 
 import copy
 
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
 from reverie.bundle import Manifest
 
 from .inputs import FLOAT32_MAX, NUMBER_PATTERN
 from .settings import ServiceSettings
+from .store import ModelStore
+
+
+def install(app: FastAPI, store: ModelStore, settings: ServiceSettings, bodies: dict[str, type[BaseModel]]) -> None:
+    """Serve FastAPI's document refined for the bundle being served, rebuilt when a bundle with
+    other spaces loads. `bodies` are the request models the hot routes parse themselves."""
+    documents: dict = {}
+
+    def document() -> dict:
+        runtime = store.current
+        key = None if runtime is None else runtime.manifest.model_dump_json(
+            include={"observation_space", "action_space", "max_horizon", "env_id"})
+        if key not in documents:
+            base = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            base["components"]["schemas"].update({name: model.model_json_schema() for name, model in bodies.items()})
+            documents.clear()
+            documents[key] = base if runtime is None else refine(base, runtime.manifest, settings)
+        return documents[key]
+
+    app.openapi = document
 
 
 def observation_schema(manifest: Manifest) -> dict:

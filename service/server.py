@@ -6,7 +6,7 @@ import logging
 
 import uvicorn
 
-from .app import create_app
+from .app import create_app, served
 from .grpc_server import build_grpc_server
 from .settings import ServiceSettings
 from .store import ModelStore
@@ -21,7 +21,7 @@ class Service:
         self.settings = settings
         self.store = ModelStore(settings.models, settings.poll_interval, settings.follow)
         app = create_app(self.store, settings)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False, log_level="warning",
+        config = uvicorn.Config(served(app), host=settings.host, port=settings.port, access_log=False, log_level="warning",
                                 lifespan="off", timeout_graceful_shutdown=5)
         self.http = uvicorn.Server(config)
         self.grpc = build_grpc_server(self.store, settings, app.state.metrics)
