@@ -20,6 +20,7 @@ from reverie.returns import lambda_return
 
 from .inputs import InputError
 
+NOT_FINITE = "the model's output is not finite for this input"
 
 @dataclass
 class ActResult:
@@ -107,26 +108,33 @@ class Runtime:
         return self._run("decoder", states)[0]
 
     # ------------------------------------------------------------------ actions
-    def _sample(self, params: list[np.ndarray], deterministic: bool, seed) -> tuple[np.ndarray, dict]:
-        """Agent actions ([B] indices or [B, dim] in [-1, 1]) from distribution parameters.
-
-        `seed` is an int, None (the runtime's own unseeded generator) or a Generator shared across the
-        steps of a rollout; a deterministic action needs no generator at all.
-        """
-        rng = None if deterministic else self._generator(seed)
+    def _distribution(self, params: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """What clients see of the policy: `probs` (Discrete) or the pre-tanh Normal's `mean` and `std` (Box)."""
         if self.discrete:
-            logits = params[0]
-            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            probs = params[0] - params[0].max(-1, keepdims=True)  # softmax in place: on the hot path, allocations count
+            np.exp(probs, out=probs)
             probs /= probs.sum(-1, keepdims=True)
-            if deterministic:
-                actions = logits.argmax(-1)
-            else:  # inverse-CDF sampling, one uniform per row
-                u = rng.random((len(probs), 1))
-                actions = np.minimum((probs.cumsum(-1) < u).sum(-1), self.action_dim - 1)
-            return actions, {"probs": probs}
+            return {"probs": probs}
         mean, std = params
-        raw = mean if deterministic else mean + std * rng.standard_normal(mean.shape).astype(np.float32)
-        return np.tanh(raw), {"mean": mean, "std": std}
+        return {"mean": mean, "std": std}
+
+    def _greedy(self, params: list[np.ndarray]) -> np.ndarray:
+        """Deterministic agent actions: the most probable index, or tanh of the mean."""
+        return params[0].argmax(-1) if self.discrete else np.tanh(params[0])
+
+    def _draw(self, distribution: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """Sampled agent actions ([B] indices or [B, dim] in [-1, 1])."""
+        if self.discrete:  # inverse-CDF sampling, one uniform per row
+            probs = distribution["probs"]
+            u = rng.random((len(probs), 1))
+            return np.minimum((probs.cumsum(-1) < u).sum(-1), self.action_dim - 1)
+        mean, std = distribution["mean"], distribution["std"]
+        return np.tanh(mean + std * rng.standard_normal(mean.shape).astype(np.float32))
+
+    def _sample(self, params: list[np.ndarray], deterministic: bool, seed) -> np.ndarray:
+        """Agent actions from distribution parameters. `seed` is an int, None (the runtime's own unseeded
+        generator) or a Generator shared across the steps of a rollout."""
+        return self._greedy(params) if deterministic else self._draw(self._distribution(params), self._generator(seed))
 
     def _generator(self, seed) -> np.random.Generator:
         if isinstance(seed, np.random.Generator):
@@ -138,16 +146,41 @@ class Runtime:
 
     @staticmethod
     def _finite(field: str, *arrays: np.ndarray) -> None:
-        if not all(np.isfinite(a).all() for a in arrays):
-            raise InputError(field, "the model's output is not finite for this input")
+        for array in arrays:
+            if not np.isfinite(array).all():
+                raise InputError(field, NOT_FINITE)
 
     def act(self, obs: np.ndarray, deterministic: bool, seed: int | None) -> ActResult:
-        out = self._run("act", obs)  # encoder, policy and value: one graph call
-        params, values = [out[i] for i in self._act_params], out[self._act_value]
-        values = values.reshape(-1)
-        actions, params = self._sample(params, deterministic, seed)
-        self._finite("obs", values, *params.values())
-        return ActResult(self.to_env(actions), values, **params)
+        result = self.act_many([(obs, deterministic, seed)])[0]
+        if isinstance(result, InputError):
+            raise result
+        return result
+
+    def act_many(self, requests: list[tuple[np.ndarray, bool, int | None]]) -> list[ActResult | InputError]:
+        """Several requests' (obs batch, deterministic, seed) answered from one call of the act graph
+        (encoder, policy and value fused). Rows are independent in the graph, each request samples with
+        its own seed, and a non-finite output fails only the request it belongs to."""
+        obs = requests[0][0] if len(requests) == 1 else np.concatenate([r[0] for r in requests])
+        out = self._run("act", obs)
+        params, values = [out[i] for i in self._act_params], out[self._act_value].reshape(-1)
+        distribution = self._distribution(params)
+        if len(requests) == 1:
+            return [self._answer(params, values, distribution, *requests[0][1:])]
+        results, lo = [], 0
+        for batch, deterministic, seed in requests:
+            rows = slice(lo, lo + len(batch))
+            results.append(self._answer([p[rows] for p in params], values[rows],
+                                        {name: array[rows] for name, array in distribution.items()}, deterministic, seed))
+            lo = rows.stop
+        return results
+
+    def _answer(self, params: list[np.ndarray], values: np.ndarray, distribution: dict[str, np.ndarray],
+                deterministic: bool, seed: int | None) -> ActResult | InputError:
+        for array in (values, *params):  # finite logits make finite probabilities
+            if not np.isfinite(array).all():
+                return InputError("obs", NOT_FINITE)
+        actions = self._greedy(params) if deterministic else self._draw(distribution, self._generator(seed))
+        return ActResult(self.to_env(actions), values, **distribution)
 
     def value(self, obs: np.ndarray) -> np.ndarray:
         values = self.values_of(self.encode(obs))
@@ -165,7 +198,7 @@ class Runtime:
         states, actions, rewards, continues = [state], [], [], []
         for t in range(horizon):
             if plan is None:
-                action, _ = self._sample(self._run("policy", state), deterministic, rng)
+                action = self._sample(self._run("policy", state), deterministic, rng)
             else:
                 action = np.repeat(plan[t:t + 1], samples, axis=0)
             state, reward, cont = self._run("world_model", state, self.coding.to_graph(action))

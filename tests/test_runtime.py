@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -12,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from prometheus_client import CollectorRegistry, Histogram
+
 from reverie.bundle import BundleError, latest_bundle, load_manifest, sha256_of
+from service.batching import ActBatcher
 from service.inputs import InputError, observation_batch, plan
 from service.runtime import Runtime
 from trainer.losses import lambda_return
@@ -82,6 +86,41 @@ def test_sampling_is_reproducible_with_a_seed_and_follows_the_distribution(pair)
         raw = np.arctanh(np.clip(unit, -0.999999, 0.999999))
         np.testing.assert_allclose(raw.mean(0), first.mean[0], atol=0.1)
         np.testing.assert_allclose(raw.std(0), first.std[0], rtol=0.1)
+
+
+def test_concurrent_acts_share_one_graph_call_and_each_gets_its_own_answer(exported_agents):
+    """Unseeded requests that reach the event loop in the same turn are answered by one act-graph call
+    per runtime, each as if alone (to float rounding), a failure staying with its request; a seeded
+    request gets a call of its own, so that its seed reproduces the answer exactly."""
+    runtimes = {env: Runtime.load(latest_bundle(export_dir)) for env, (_, export_dir) in exported_agents.items()}
+    cartpole, pendulum = runtimes["CartPole-v1"], runtimes["Pendulum-v1"]
+    obs = {env: observations(exported_agents[env][0], 6) for env in runtimes}
+    requests = [(cartpole, obs["CartPole-v1"][0:1], True, None), (cartpole, obs["CartPole-v1"][1:3], False, None),
+                (pendulum, obs["Pendulum-v1"][0:1], False, 7), (cartpole, obs["CartPole-v1"][3:4], False, 8),
+                (cartpole, np.full((1, 4), np.nan, np.float32), False, None),  # its output is NaN: it fails, alone
+                (pendulum, obs["Pendulum-v1"][1:4], True, None), (cartpole, obs["CartPole-v1"][5:6], False, 7),
+                (pendulum, obs["Pendulum-v1"][4:5], False, None)]
+    registry = CollectorRegistry()
+    batcher = ActBatcher(Histogram("calls", "requests per call", buckets=(1, 2, 3, 4), registry=registry))
+
+    async def all_in_one_turn():
+        return await asyncio.gather(*(batcher.act(*request) for request in requests), return_exceptions=True)
+
+    answers = asyncio.run(all_in_one_turn())
+    # CartPole's three unseeded requests share a call, Pendulum's two theirs; each seeded one is alone.
+    assert registry.get_sample_value("calls_count") == 5 and registry.get_sample_value("calls_sum") == 8
+    assert [registry.get_sample_value("calls_bucket", {"le": le}) for le in ("1.0", "2.0", "3.0")] == [3, 4, 5]
+    for (runtime, batch, deterministic, seed), answer in zip(requests, answers):
+        if np.isnan(batch).any():
+            assert isinstance(answer, InputError) and answer.field == "obs"
+            continue
+        alone = runtime.act(batch, deterministic, seed)
+        exact = seed is not None
+        if exact or deterministic:
+            np.testing.assert_allclose(answer.actions, alone.actions, rtol=0 if exact else 1e-6)
+        for name in ("values", "probs", "mean", "std"):
+            if getattr(alone, name) is not None:
+                np.testing.assert_allclose(getattr(answer, name), getattr(alone, name), rtol=0 if exact else 1e-6)
 
 
 def test_imagine_matches_torch_rollout_and_lambda_returns(pair):
