@@ -142,6 +142,15 @@ def grpc_calls(target: str, stream: bool, calls: int) -> dict:
             "rps": len(times) / float(np.sum(times))}
 
 
+def requests_per_call(url: str) -> float:
+    """Mean /act requests answered per act-graph call so far, from the server's own metrics."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    total = {name: float(value) for name, value in re.findall(r"^reverie_act_requests_per_call_(sum|count) (\S+)$", text, re.M)}
+    return total["sum"] / total["count"]
+
+
 # ---------------------------------------------------------------------------- run
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, url in (("bare FastAPI constant", bare), ("Reverie /act", rest)):
             for connections in (1, 16):
                 rows.append((name, "POST /act", f"wrk c={connections}", wrk(f"{url}/act", act, connections, args.seconds)))
+        per_call = requests_per_call(rest)
         for name, target in (("bare gRPC echo", ports["bare_grpc"]), ("Reverie gRPC", ports["grpc"])):
             for stream in (False, True):
                 rows.append((name, "ActStream" if stream else "Act", "python, sequential",
@@ -190,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     act_ratio = by[("Reverie gRPC", "Act", "python, sequential")]["p50"] / by[("bare gRPC echo", "Act", "python, sequential")]["p50"]
     stream_ratio = by[("Reverie gRPC", "ActStream", "python, sequential")]["p50"] / by[("bare gRPC echo", "ActStream", "python, sequential")]["p50"]
     imagine = [r["p50"] for (name, call, _), r in by.items() if name == "Reverie /imagine"]
-    print(f"\n/act throughput vs bare: {throughput:.0%} (goal >= 70%)")
-    print(f"gRPC Act p50 vs echo: {act_ratio:.2f}x (goal <= 1.3x); ActStream p50 vs echo: {stream_ratio:.2f}x")
+    print(f"\n/act throughput vs bare: {throughput:.0%} (goal >= 80%); /act requests per act-graph call "
+          f"over both wrk runs: {per_call:.2f}")
+    print(f"gRPC Act p50 vs echo: {act_ratio:.2f}x (goal <= 1.4x); ActStream p50 vs echo: {stream_ratio:.2f}x")
     print(f"/imagine H=15 p50: {imagine[0]:.2f} ms (1 sample), {imagine[1]:.2f} ms (16 samples) (goal < 5 ms)")
     return 0
 
