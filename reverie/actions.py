@@ -1,10 +1,11 @@
 """Action encoding, both ways, for trainer and service alike (no torch).
 
-    agent action   a class index (Discrete), or a vector in [-1, 1] (Box): what the policy emits
+    agent action   a class index (Discrete), or a vector in [-1, 1] (Box): what the policy emits, what
+                   replay stores and what the world-model graph takes
     env action     the index, or that vector scaled onto the env's bounds [low, high]: what env.step takes
-    graph input    one-hot (Discrete) or the [-1, 1] vector (Box): what dynamics and reward take
 
-The trainer's torch one-hot of stored actions (`WorldModel.encode_action`) is `to_graph` on tensors.
+What dynamics and reward see of an action (one-hot, or the vector) is the model's own business:
+`WorldModel.encode_action`, which the exported world-model graph contains.
 """
 
 from __future__ import annotations
@@ -31,9 +32,3 @@ class ActionCoding:
         if self.discrete:
             return np.asarray(actions, np.int64)
         return (2.0 * (np.asarray(actions, np.float64) - self.low) / (self.high - self.low) - 1.0).astype(np.float32)
-
-    def to_graph(self, actions: np.ndarray) -> np.ndarray:
-        """Agent actions -> the world-model graph's action input."""
-        if self.discrete:
-            return np.eye(self.size, dtype=np.float32)[np.asarray(actions, np.int64)]
-        return np.asarray(actions, np.float32)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FORMAT_VERSION = 2  # 2: the fused `act` graph is required
+FORMAT_VERSION = 3  # 2: the fused `act` graph is required; 3: `world_model` takes agent actions (indices for Discrete)
 POINTER = "LATEST"
 BEST = "BEST"
 FOLLOW = {"latest": POINTER, "best": BEST}  # what a server can follow

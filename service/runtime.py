@@ -3,7 +3,7 @@
 The graphs return distribution parameters; sampling happens here, from a numpy generator
 seeded per request, so a `seed` reproduces an answer exactly. Actions leave in the form the env
 takes (an int for Discrete, floats within the Box bounds) and enter the world-model graph in the
-agent's form (one-hot, or a vector in [-1, 1]).
+agent's form (an int64 index, or a float32 vector in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ class Runtime:
                 action = self._sample(self._run("policy", state), deterministic, rng)
             else:
                 action = np.repeat(plan[t:t + 1], samples, axis=0)
-            state, reward, cont = self._run("world_model", state, self.coding.to_graph(action))
+            state, reward, cont = self._run("world_model", state, action)
             states.append(state)
             actions.append(action)
             rewards.append(reward.reshape(-1))

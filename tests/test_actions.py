@@ -1,4 +1,4 @@
-"""Action encoding, the one place trainer and service share: env <-> agent <-> graph input."""
+"""Action encoding, the one place trainer and service share: env <-> agent (the world-model graph takes the agent form)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ def test_box_actions_map_onto_the_bounds_and_back():
     np.testing.assert_allclose(env, [[-2.0, 0.0], [0.0, 7.5], [2.0, 10.0]])
     np.testing.assert_allclose(coding.from_env(env), agent, atol=1e-6)
     np.testing.assert_allclose(coding.to_env(np.array([[3.0, -7.0]])), [[2.0, 0.0]])  # outside [-1, 1]: the bound
-    np.testing.assert_array_equal(coding.to_graph(agent), agent)
 
 
-def test_discrete_actions_are_indices_and_one_hot_for_the_graph():
+def test_discrete_actions_are_indices_both_ways():
     coding = ActionCoding(True, 3)
     assert coding.to_env(np.array([2, 0])).tolist() == [2, 0] and coding.from_env([1]).tolist() == [1]
-    np.testing.assert_array_equal(coding.to_graph(np.array([2, 0])), [[0, 0, 1], [1, 0, 0]])

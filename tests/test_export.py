@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import small_config
-from reverie.bundle import POINTER, BundleError, latest_bundle, load_manifest, versions
+from reverie.bundle import FORMAT_VERSION, POINTER, BundleError, latest_bundle, load_manifest, versions
 from trainer.agent import Agent
 from trainer.envs import make_env, space_info
 from trainer.export import export_bundle, graph_specs
@@ -37,8 +37,10 @@ def test_every_graph_matches_torch_on_1000_random_inputs(exported):
             feeds = {n: rng.normal(0, 2, (batch, *e.shape[1:])).astype(np.float32) for n, e in zip(spec.inputs, examples)}
             if "state" in feeds:  # states as the encoder makes them: layer-normalised
                 feeds["state"] = torch.nn.functional.layer_norm(torch.from_numpy(feeds["state"]), (feeds["state"].shape[-1],)).numpy()
-            if "action" in feeds:  # actions in the agent's encoding: in [-1, 1] (one-hot lies inside it)
-                feeds["action"] = np.tanh(feeds["action"])
+            if "action" in feeds:  # agent actions: class indices, or vectors in [-1, 1]
+                example = examples[spec.inputs.index("action")]
+                feeds["action"] = (rng.integers(0, agent.space.action_dim, batch) if example.dtype == torch.int64
+                                   else np.tanh(feeds["action"]))
             got = session.run(spec.outputs, feeds)
             with torch.no_grad():
                 want = module(*(torch.from_numpy(feeds[n]) for n in spec.inputs))
@@ -70,9 +72,9 @@ def test_corrupted_or_truncated_graph_is_refused(exported, tmp_path):
         load_manifest(copy)
     shutil.copy(bundle / "policy.onnx", copy / "policy.onnx")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
-    with pytest.raises(BundleError, match="format version 1, expected 2"):
-        load_manifest(copy)  # an older bundle (no fused act graph) is refused by name, not by a missing file
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION - 1}))
+    with pytest.raises(BundleError, match=f"format version {FORMAT_VERSION - 1}, expected {FORMAT_VERSION}"):
+        load_manifest(copy)  # an older bundle (its world model takes one-hot actions) is refused by name, not by a failing call
     (copy / "manifest.json").write_text(json.dumps({**manifest, "graphs": {**manifest["graphs"], "act": {
         **manifest["graphs"]["act"], "outputs": manifest["graphs"]["act"]["outputs"][::-1]}}}))
     with pytest.raises(BundleError, match="graph act is declared as"):

@@ -36,12 +36,15 @@ class _OneInput(nn.Module):
 
 
 class _WorldModelStep(nn.Module):
+    """(state, agent action) -> one imagined step: the graph encodes the action itself
+    (`WorldModel.encode_action`), so that encoding exists once, in the model."""
+
     def __init__(self, agent: Agent):
         super().__init__()
         self.wm = agent.world_model
 
     def forward(self, state, action):
-        return self.wm.step(state, action)
+        return self.wm.step(state, self.wm.encode_action(action))
 
 
 class _Act(nn.Module):
@@ -59,7 +62,8 @@ class _Act(nn.Module):
 def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], GraphSpec]]:
     """name -> (module, example inputs, spec): the five graphs of the bundle."""
     space, cfg = agent.space, agent.cfg
-    obs, state, action = torch.zeros(2, *space.obs_shape), torch.zeros(2, cfg.state_dim), torch.zeros(2, space.action_dim)
+    obs, state = torch.zeros(2, *space.obs_shape), torch.zeros(2, cfg.state_dim)
+    action = torch.zeros(2, dtype=torch.int64) if space.discrete else torch.zeros(2, space.action_dim)  # agent form
     contract = graph_contract("discrete" if space.discrete else "box")
     modules = {
         "encoder": (_OneInput(agent, agent.world_model.encode), (obs,)),
