@@ -160,6 +160,15 @@ def test_box_plans_are_checked_against_the_bounds(pendulum):
     assert ok.status_code == 200 and ok.json()["trajectories"][0]["actions"] == [[2.0], [-2.0], [0.5]]
 
 
+def test_other_methods_on_the_hot_paths_are_405_with_allow(cartpole):
+    """The hot POST routes leave every other method to FastAPI: 405, our error shape, and an Allow
+    header that lists both /imagine routes."""
+    for method, path, allow in (("GET", "/act", "POST"), ("PUT", "/imagine", "GET, POST"), ("DELETE", "/value", "POST")):
+        response = httpx.request(method, f"{cartpole.url}{path}", json={"obs": OBS})
+        assert response.status_code == 405 and response.headers["allow"] == allow
+        assert response.json() == {"detail": "Method Not Allowed", "field": None}
+
+
 def test_an_oversized_body_is_refused_from_its_content_length_before_it_is_read(cartpole):
     big = {"observations": [OBS] * 8, "pad": "x" * 70_000}
     response = httpx.post(f"{cartpole.url}/act", json=big)
