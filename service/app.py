@@ -40,6 +40,8 @@ from .store import ModelStore, NotReady
 log = logging.getLogger("reverie.service")
 ERRORS = {code: {"model": Error} for code in (401, 413, 422, 503)}
 BODIES = {model.__name__: model for model in (ActRequest, ObservationRequest, ImagineRequest)}
+METRICS = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}}
+PNG = {200: {"content": {"application/json": {}, "image/png": {}}, "description": "JSON trajectories, or the PNG preview"}}
 
 
 def body_of(model: type[BaseModel]) -> dict:
@@ -55,8 +57,6 @@ async def parse(request: Request, model: type[BaseModel]):
         return model.model_validate_json(await request.body())
     except ValidationError as err:
         raise RequestValidationError(err.errors()) from None
-METRICS = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}}
-PNG = {200: {"content": {"application/json": {}, "image/png": {}}, "description": "JSON trajectories, or the PNG preview"}}
 
 
 class FieldError(HTTPException):
