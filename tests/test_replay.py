@@ -72,6 +72,17 @@ def test_endings_draws_extra_terminal_observations_and_their_replay_share():
     assert set(ending_every(50, 40).sample(8, np.random.default_rng(0), endings=4)) == BATCH_KEYS  # none stored yet
 
 
+def test_extra_endings_raise_the_share_to_the_floor_and_only_below_it():
+    """`continue_endings` is a floor on the endings' share of the continue head's batch: 2% in the
+    replay and a 10% floor need ceil(128 * 0.08 / 0.9) = 12 extra (12 + 2.56 of 140 is 10.4%);
+    a replay already at or above the floor, or holding no ending, gets none."""
+    replay = ending_every(50, 1000)
+    assert replay.extra_endings(128, 0.10) == 12
+    assert (12 + 128 * 0.02) / (128 + 12) >= 0.10 > (11 + 128 * 0.02) / (128 + 11)
+    assert replay.extra_endings(128, 0.02) == 0 and replay.extra_endings(128, 0.0) == 0
+    assert ending_every(50, 40).extra_endings(128, 0.10) == 0  # no ending stored yet
+
+
 def test_endings_follow_the_ring_and_a_checkpoint():
     """An overwritten ending is no longer drawn as one; a restored replay knows its endings."""
     replay, rng = ending_every(4, 14, capacity=10), np.random.default_rng(0)  # endings 3, 7, 11; 3's slot now holds 13

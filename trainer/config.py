@@ -110,8 +110,8 @@ class Config(BaseModel):
 
     # replay, logging, evaluation, checkpoints
     replay_capacity: int = Field(1_000_000, ge=1, description="transitions kept in replay")
-    continue_endings: int = Field(0, ge=0, description="extra episode endings per batch for the continue head alone (its rare class)")
-    terminal_share: float = Field(0.0, ge=0, lt=1, description="share of each batch drawn from terminal transitions (the continue head's rare class)")
+    continue_endings: float = Field(0.0, ge=0, lt=1, description="the least share of episode endings the continue head sees per batch: "
+                                    "when the replay holds fewer, extra ones are drawn for it alone, logit-adjusted (its rare class); 0: off")
     log_every: int = Field(250, ge=1, description="env steps between metric rows")
     eval_every: int = Field(500, ge=1, description="env steps between evaluations")
     eval_episodes: int = Field(10, ge=1, description="deterministic episodes per evaluation")

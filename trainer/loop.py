@@ -217,7 +217,8 @@ class Trainer:
         mix = self.schedule.critic_real_mix(self.env_step)
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
-            batch = self.replay.sample(self.cfg.batch_size, self.rng, self.device, self.cfg.continue_endings)
+            endings = self.replay.extra_endings(self.cfg.batch_size, self.cfg.continue_endings)
+            batch = self.replay.sample(self.cfg.batch_size, self.rng, self.device, endings)
             self.averager.add(self.agent.update(batch, counts, mix))
             self.updates += 1
 

@@ -6,6 +6,8 @@ respect episode boundaries; for now it samples flat transitions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -65,6 +67,14 @@ class Replay:
 
     def __len__(self) -> int:
         return self.size
+
+    def extra_endings(self, batch_size: int, floor: float) -> int:
+        """How many endings to add to a uniform batch so that they make at least `floor` of it
+        (k of batch_size + k): none while the replay's own share already reaches the floor."""
+        share = len(self._terminal) / self.size if self.size else 0.0
+        if not self._terminal or share >= floor:
+            return 0
+        return math.ceil(batch_size * (floor - share) / (1.0 - floor))
 
     def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu",
                endings: int = 0) -> dict[str, torch.Tensor]:
