@@ -52,10 +52,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """The failure modes of a finished or running run: when they fired, the evidence, what to try."""
-    import gymnasium as gym
-
     from trainer.config import Config
-    from trainer.diagnostics import findings
+    from trainer.diagnostics import findings, solved_return
     from trainer.metrics import read_metrics
 
     run_dir = Path(args.run_dir)
@@ -63,11 +61,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{run_dir} holds no run (no config.json)")
     cfg = Config.model_validate_json((run_dir / "config.json").read_text())
     rows = read_metrics(run_dir)
-    try:
-        solved = gym.spec(cfg.env_id).reward_threshold
-    except gym.error.Error:
-        solved = None
-    found = findings(rows, cfg.diagnostics_window, solved)
+    found = findings(rows, cfg.diagnostics_window, solved_return(cfg))
     span = f"{len(rows)} logged rows, env steps {rows[0]['env_step']:,}-{rows[-1]['env_step']:,}" if rows else "no logged rows"
     if not found:
         print(f"{run_dir}: no failure mode fired ({span})")

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from trainer.config import Config, build_config
-from trainer.diagnostics import FAILURE_MODES, diagnose
+from trainer.diagnostics import FAILURE_MODES, diagnose, solved_return
 from trainer.metrics import MetricsWriter, read_metrics
 
 
@@ -85,6 +85,23 @@ def test_policy_exploits_model_needs_flat_real_returns():
     assert names(rows_from(mean_imagined_return=[10.0, 50.0, 100.0], eval_return=[10.0, 50.0, 100.0])) == []
 
 
+def test_convergence_is_not_judged_without_a_solved_return():
+    """Pendulum with the defaults: the tanh-Normal's entropy falls from 0.66 to -4 as the policy sharpens
+    at -143, its optimum. Without a solved return that is indistinguishable from a premature collapse,
+    so nothing fires; with one (the pendulum preset's -200, or --set solved_return) it is judged."""
+    rows = rows_from(entropy=[0.66, -4.09, -6.29, -4.89, -4.29], eval_return=[-1118.0, -144.1, -142.6, -142.8, -143.0])
+    assert names(rows, solved_return=None) == []
+    assert names(rows, solved_return=-200.0) == []  # solved
+    assert names(rows, solved_return=-100.0) == ["policy_converges_too_fast"]  # a stricter bar: stuck below it
+
+
+def test_the_solved_return_is_the_configs_else_the_envs():
+    assert solved_return(build_config(env_id="CartPole-v1")) == 475.0
+    assert solved_return(build_config(env_id="Pendulum-v1")) is None
+    assert solved_return(build_config(preset="pendulum")) == -200.0
+    assert solved_return(build_config(env_id="CartPole-v1", solved_return=400.0)) == 400.0
+
+
 def test_a_solved_run_is_not_exploiting_its_model():
     """Seen on CartPole: the critic catching up with a solved policy raised imagined returns under a flat 500."""
     rows = rows_from(mean_imagined_return=[20.0, 45.0, 90.0], eval_return=[500.0, 500.0, 500.0])
@@ -125,8 +142,8 @@ def test_solved_cartpole_is_not_premature_convergence():
     """Low entropy at a flat 500 is success, not collapse, once the env's solved return is known."""
     rows = rows_from(entropy=[0.6, 0.3, 0.05, 0.01, 0.005], eval_return=[200.0, 450.0, 500.0, 500.0, 500.0])
     assert "policy_converges_too_fast" not in names(rows, solved_return=475.0)
-    # Without the solved threshold the same rows do look like a collapse: the threshold is what decides.
-    assert "policy_converges_too_fast" in names(rows, solved_return=None)
+    # The threshold is what decides: below a bar it has not reached, the same rows are a collapse.
+    assert "policy_converges_too_fast" in names(rows, solved_return=600.0)
 
 
 def test_remedies_name_the_runs_own_values_and_never_what_is_on():

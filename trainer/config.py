@@ -115,6 +115,8 @@ class Config(BaseModel):
     log_every: int = Field(250, ge=1, description="env steps between metric rows")
     eval_every: int = Field(500, ge=1, description="env steps between evaluations")
     eval_episodes: int = Field(10, ge=1, description="deterministic episodes per evaluation")
+    solved_return: float | None = Field(None, description="eval return at which the env counts as solved, for the diagnostics "
+                                        "(default: the env's reward_threshold; Pendulum-v1 and most custom envs have none)")
     target_return: float | None = Field(None, description="stop once an evaluation reaches this return")
     checkpoint_every: int = Field(2500, ge=1, description="env steps between checkpoints")
     checkpoint_replay: bool = Field(True, description="keep the replay in checkpoints (exact resume)")
@@ -152,7 +154,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cartpole": {"env_id": "CartPole-v1", "warmup_steps": 500, "transition_steps": 500, "total_steps": 2500,
                  "eval_every": 250},
     "pendulum": {"env_id": "Pendulum-v1", "warmup_steps": 1000, "transition_steps": 1000, "total_steps": 15000,
-                 "eval_every": 1000, "replay_ratio": 1.0},
+                 "eval_every": 1000, "replay_ratio": 1.0, "solved_return": -200.0},
     "smoke": {"hidden_dim": 32, "feature_dim": 32, "state_dim": 16, "batch_size": 16, "horizon": 5,
               "warmup_steps": 100, "transition_steps": 100, "learning_starts": 32, "replay_ratio": 0.25,
               "log_every": 50, "eval_every": 100, "eval_episodes": 2, "checkpoint_every": 100,

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import gymnasium as gym
+
 from .config import Config
 
 Row = dict[str, object]
@@ -73,9 +75,12 @@ def critic_divergence(rows: list[Row]) -> bool:
 
 
 def policy_converges_too_fast(rows: list[Row], solved_return: float | None = None) -> bool:
-    """entropy collapses (below 5% of its early level) while eval_return plateaus below solved."""
+    """entropy collapses (below 5% of its early level) while eval_return plateaus below solved.
+
+    Without a solved return this is not judged: a converged policy that has solved its env shows the
+    same collapse and plateau (Pendulum-v1, whose optimal policy is near-deterministic)."""
     entropy, real = _series(rows, "entropy"), _series(rows, "eval_return")
-    if len(entropy) < 3 or len(real) < 3:
+    if solved_return is None or len(entropy) < 3 or len(real) < 3:
         return False
     plateau = _flat(real[-3:], 0.05)
     solved = solved_return is not None and real[-1] >= solved_return
@@ -187,6 +192,16 @@ class Finding:
     mode: FailureMode
     steps: list[int]
     first_evidence: dict[str, list[float]]
+
+
+def solved_return(cfg: Config) -> float | None:
+    """The eval return that counts as solved: the config's, else the env's registered reward_threshold."""
+    if cfg.solved_return is not None:
+        return cfg.solved_return
+    try:
+        return gym.spec(cfg.env_id).reward_threshold
+    except gym.error.Error:  # an env id gymnasium does not know
+        return None
 
 
 def findings(rows: list[Row], window: int, solved_return: float | None = None) -> list[Finding]:

@@ -26,7 +26,7 @@ from reverie.runs import latest_checkpoint, publish_status
 from .agent import Agent
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FIXED_ON_RESUME, Config
-from .diagnostics import diagnose, evidence
+from .diagnostics import diagnose, evidence, solved_return
 from .envs import make_env, space_info
 from .metrics import MetricAverager, MetricsWriter, plot_training_curves, read_metrics
 from .replay import Replay
@@ -108,7 +108,7 @@ class Trainer:
         self.env, self.eval_env, self.agent, self.replay, self.writer = (
             parts.env, parts.eval_env, parts.agent, parts.replay, parts.writer)
         self.space, self.device = self.agent.space, self.agent.device
-        self.solved_return = self.env.spec.reward_threshold if self.env.spec else None
+        self.solved_return = solved_return(cfg)
         # The checkpoint is these parts' own state_dicts, by name, plus the loop's position and RNGs.
         self.stateful = {"agent": self.agent, "world_model_optimizer": self.agent.world_model_optimizer,
                          "actor_optimizer": self.agent.actor_optimizer, "critic_optimizer": self.agent.critic_optimizer,
