@@ -20,7 +20,6 @@ from reverie.returns import lambda_return
 
 from .inputs import InputError
 
-NOT_FINITE = "the model's output is not finite for this input"
 
 @dataclass
 class ActResult:
@@ -148,7 +147,7 @@ class Runtime:
     def _finite(field: str, *arrays: np.ndarray) -> None:
         for array in arrays:
             if not np.isfinite(array).all():
-                raise InputError(field, NOT_FINITE)
+                raise InputError(field, "the model's output is not finite for this input")
 
     def act(self, obs: np.ndarray, deterministic: bool, seed: int | None) -> ActResult:
         result = self.act_many([(obs, deterministic, seed)])[0]
@@ -176,9 +175,10 @@ class Runtime:
 
     def _answer(self, params: list[np.ndarray], values: np.ndarray, distribution: dict[str, np.ndarray],
                 deterministic: bool, seed: int | None) -> ActResult | InputError:
-        for array in (values, *params):  # finite logits make finite probabilities
-            if not np.isfinite(array).all():
-                return InputError("obs", NOT_FINITE)
+        try:
+            self._finite("obs", values, *params)  # finite logits make finite probabilities
+        except InputError as err:
+            return err
         actions = self._greedy(params) if deterministic else self._draw(distribution, self._generator(seed))
         return ActResult(self.to_env(actions), values, **distribution)
 
