@@ -1,0 +1,63 @@
+"""What a CartPole run's continue head says about the episode endings in its own replay, by kind.
+
+    python benchmarks/cartpole_endings.py runs/X runs/Y:7500 ...   # RUN_DIR[:STEP], default its newest checkpoint
+
+CartPole ends an episode when the pole passes 12 degrees or the cart leaves the track (|x| > 2.4).
+For each checkpoint: how many stored terminal transitions are of each kind, and the continue head's
+mean and largest probability of "continue" at them (0 is right). Imagination only sees an ending
+the head predicts, so an ending kind it misreads is one the policy never learns to avoid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reverie.runs import latest_checkpoint  # noqa: E402
+from trainer.agent import Agent  # noqa: E402
+from trainer.checkpoint import load_checkpoint  # noqa: E402
+from trainer.config import Config  # noqa: E402
+from trainer.envs import SpaceInfo, make_env, space_info  # noqa: E402
+
+TRACK = 2.4  # |x| beyond which CartPole-v1 terminates
+
+
+def continue_at_endings(run_dir: Path, step: int | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """(env step, p(continue) at edge endings, p(continue) at pole endings) of one checkpoint."""
+    cfg = Config.model_validate_json((run_dir / "config.json").read_text())
+    path = run_dir / "checkpoints" / f"step_{step:09d}.pt" if step is not None else latest_checkpoint(run_dir)
+    state = load_checkpoint(path)
+    space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_id))
+    agent = Agent(cfg, space)
+    agent.load_state_dict(state["agent"])
+    data, size = state["replay"]["data"], state["replay"]["size"]
+    endings = np.asarray(data["next_obs"][:size])[np.asarray(data["terminated"][:size]).astype(bool)]
+    with torch.no_grad():
+        wm = agent.world_model
+        logits = wm.continue_.net(wm.encode(torch.as_tensor(endings, dtype=torch.float32))).squeeze(-1)
+    p = torch.sigmoid(logits).numpy()
+    edge = np.abs(endings[:, 0]) > TRACK
+    return state["position"]["env_step"], p[edge], p[~edge]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR:STEP")
+    args = parser.parse_args()
+    print("| run | env step | cart off the track: n, mean / max p(continue) | pole fallen: n, mean / max p(continue) |")
+    print("|---|---|---|---|")
+    for spec in args.runs:
+        run, _, step = spec.partition(":")
+        at, edge, pole = continue_at_endings(Path(run), int(step) if step else None)
+        cell = lambda p: f"{len(p)}, {p.mean():.3f} / {p.max():.3f}" if len(p) else "0"  # noqa: E731
+        print(f"| {Path(run).name} | {at:,} | {cell(edge)} | {cell(pole)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
