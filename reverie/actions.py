@@ -14,9 +14,9 @@ import numpy as np
 
 
 class ActionCoding:
-    def __init__(self, discrete: bool, size: int, low=None, high=None):
-        """`size`: the number of classes (Discrete) or the vector's length (Box, with its bounds)."""
-        self.discrete, self.size = discrete, size
+    def __init__(self, discrete: bool, low=None, high=None):
+        """`low`, `high`: a Box's bounds (a Discrete action needs none)."""
+        self.discrete = discrete
         if not discrete:
             self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
 

@@ -39,7 +39,7 @@ class ActBatcher:
         groups: dict[tuple, list] = {}
         for i, entry in enumerate(pending):
             seeded = entry[1][2] is not None
-            groups.setdefault((id(entry[0]), i if seeded else None), []).append(entry)
+            groups.setdefault((entry[0], i if seeded else None), []).append(entry)
         for group in groups.values():
             self.requests_per_call.observe(len(group))
             try:

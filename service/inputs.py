@@ -131,7 +131,7 @@ def plan(value, space: ActionSpace, field: str = "actions") -> np.ndarray:
     for i, a in enumerate(value):
         _numbers(a, (dim,), f"{field}[{i}]")
     actions = check_finite(np.asarray(value, dtype=np.float64), field)
-    coding = ActionCoding(False, dim, space.low, space.high)
+    coding = ActionCoding(False, space.low, space.high)
     outside = (actions < coding.low) | (actions > coding.high)
     if outside.any():
         i, j = (int(k) for k in np.argwhere(outside)[0])

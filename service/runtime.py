@@ -62,7 +62,7 @@ class Runtime:
         space = manifest.action_space
         self.discrete = space.kind == "discrete"
         self.action_dim = space.n if self.discrete else space.shape[0]
-        self.coding = ActionCoding(self.discrete, self.action_dim, space.low, space.high)
+        self.coding = ActionCoding(self.discrete, space.low, space.high)
         try:
             self.sessions = {name: _session(bundle / spec.file) for name, spec in manifest.graphs.items()}
         except Exception as err:  # onnxruntime raises its own exception types for truncated or invalid graphs
@@ -163,8 +163,6 @@ class Runtime:
         out = self._run("act", obs)
         params, values = [out[i] for i in self._act_params], out[self._act_value].reshape(-1)
         distribution = self._distribution(params)
-        if len(requests) == 1:
-            return [self._answer(params, values, distribution, *requests[0][1:])]
         results, lo = [], 0
         for batch, deterministic, seed in requests:
             rows = slice(lo, lo + len(batch))

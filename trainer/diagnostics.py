@@ -83,7 +83,7 @@ def policy_converges_too_fast(rows: list[Row], solved_return: float | None = Non
     if solved_return is None or len(entropy) < 3 or len(real) < 3:
         return False
     plateau = _flat(real[-3:], 0.05)
-    solved = solved_return is not None and real[-1] >= solved_return
+    solved = real[-1] >= solved_return
     return max(entropy) > 0 and entropy[-1] < 0.05 * max(entropy[: len(entropy) // 2 + 1]) and plateau and not solved
 
 

@@ -32,7 +32,7 @@ class SpaceInfo:
     @cached_property
     def coding(self) -> ActionCoding:
         """Built once: `to_env_action` runs on every env step."""
-        return ActionCoding(self.discrete, self.action_dim, self.action_low, self.action_high)
+        return ActionCoding(self.discrete, self.action_low, self.action_high)
 
     def to_env_action(self, action: np.ndarray | int):
         """Agent action (index, or vector in [-1, 1]) -> the value `env.step` takes."""
