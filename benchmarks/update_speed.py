@@ -76,7 +76,8 @@ def time_parts(agent, sample_batch, repeats: int = 10) -> dict[str, float]:
         with torch.no_grad():
             states, next_states = agent.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
         t1 = time.perf_counter()
-        imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
+        with torch.set_grad_enabled(not getattr(agent, "reinforce", False)):  # as the actor step imagines
+            imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
         t2 = time.perf_counter()
         _, imagined = agent.actor_step(states)
         t3 = time.perf_counter()

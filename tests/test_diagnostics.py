@@ -153,6 +153,7 @@ def test_remedies_name_the_runs_own_values_and_never_what_is_on():
     lines = {mode.name: mode.set_lines(cfg) for mode in FAILURE_MODES}
     assert "--set actor_lr=0.0001" in lines["gradient_explosion"]
     assert "--set horizon=10" in lines["gradient_explosion"]
+    assert "--set actor_gradient=reinforce" in lines["gradient_explosion"]
     assert "--set world_model_lr=0.01" in lines["world_model_not_learning"]
     assert "--set critic_lr=0.0001" in lines["critic_divergence"]
     assert "--set entropy_coef=0.0015" in lines["policy_converges_too_fast"]
@@ -163,6 +164,7 @@ def test_remedies_name_the_runs_own_values_and_never_what_is_on():
     assert "--set target_critic=true" in FAILURE_MODES[3].set_lines(off)
     assert "--set obs_norm=true" in FAILURE_MODES[0].set_lines(off)
     assert "--set actor_lr=1e-05" in FAILURE_MODES[2].set_lines(off)
+    assert not any("actor_gradient" in line for line in FAILURE_MODES[2].set_lines(Config(actor_gradient="reinforce")))
     assert not any("adaptive_entropy" in line or "entropy_coef" in line for line in FAILURE_MODES[4].set_lines(off))
 
 

@@ -99,7 +99,7 @@ def test_critic_step_changes_only_the_critic(setup):
     agent, batch, states, next_states = setup
     with torch.no_grad():
         trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
-        returns, weights = agent.imagined_returns(trajectory)
+        returns, weights, _ = agent.imagined_returns(trajectory)
     before = snapshot(agent)
     metrics = agent.critic_step(trajectory, returns, weights, batch, next_states, real_mix=0.5)
     changed = changed_groups(agent, before)
@@ -120,7 +120,7 @@ def test_critic_real_mix_blends_real_one_step_targets(setup):
     agent, batch, states, next_states = setup
     with torch.no_grad():
         trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
-        returns, weights = agent.imagined_returns(trajectory)
+        returns, weights, _ = agent.imagined_returns(trajectory)
         prediction = agent.value.raw(trajectory.states[:, :-1])
         real = batch["reward"] + agent.cfg.gamma * (1 - batch["terminated"]) * agent.target_value(next_states)
         imagined = returns.clamp(*agent.return_bounds())
@@ -184,7 +184,7 @@ def policy_grad_norm(agent: Agent, states: torch.Tensor) -> float:
     """
     torch.manual_seed(1)
     trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
-    returns, weights = agent.imagined_returns(trajectory)
+    returns, weights, _ = agent.imagined_returns(trajectory)
     loss = actor_loss(returns, trajectory.entropies, weights, entropy_coef=0.0)
     params = list(agent.policy.parameters())
     grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -226,7 +226,7 @@ def test_actor_gradient_leaves_no_trace_in_world_model(setup):
     """Gradients flow *through* the world model during imagination, but none are stored in it."""
     agent, _, states, _ = setup
     trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
-    returns, weights = agent.imagined_returns(trajectory)
+    returns, weights, _ = agent.imagined_returns(trajectory)
     loss = actor_loss(returns, trajectory.entropies, weights, entropy_coef=0.0)
     # The world-model parameters are in the graph (they would receive a gradient if asked) ...
     wm_grads = torch.autograd.grad(loss, list(agent.world_model.dynamics.parameters()), retain_graph=True,
@@ -258,7 +258,7 @@ def test_each_optimizer_applies_gradients_clipped_to_grad_clip(setup, step):
         norm = agent.actor_step(states)[0]["actor_grad_norm"]
     else:
         trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
-        returns, weights = agent.imagined_returns(trajectory.detach())
+        returns, weights, _ = agent.imagined_returns(trajectory.detach())
         norm = agent.critic_step(trajectory.detach(), returns.detach(), weights, batch, next_states, 0.5)["critic_grad_norm"]
     hook.remove()
     assert float(norm) > agent.cfg.grad_clip  # the unclipped norm, as logged: clipping had work to do

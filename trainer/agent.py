@@ -96,6 +96,7 @@ class Agent(nn.Module):
             actor_groups.append({"params": [self.log_alpha], "lr": 1e-2})
         self.actor_optimizer = adam(actor_groups, cfg.actor_lr, 1e-5)
         self.critic_optimizer = adam(self.critic_params, cfg.critic_lr, 1e-5)
+        self.reinforce = cfg.actor_gradient == "reinforce"
 
     def apply_rates(self) -> None:
         """The config's learning rates and weight decay onto the optimizers: a loaded optimizer state
@@ -177,7 +178,8 @@ class Agent(nn.Module):
             if imagined is None:
                 with torch.no_grad():
                     trajectory = imagine(self.world_model, self.policy, states, self.cfg.horizon)
-                    imagined = (trajectory, *self.imagined_returns(trajectory))
+                    returns, weights, _ = self.imagined_returns(trajectory)
+                    imagined = (trajectory, returns, weights)
             for _ in range(counts.critic):
                 metrics.update(self.critic_step(*imagined, batch, next_states, critic_real_mix))
         return to_floats(metrics)
@@ -195,24 +197,37 @@ class Agent(nn.Module):
             layers=self.world_model_layers, metrics=metrics)
         return metrics
 
-    def imagined_returns(self, trajectory: Trajectory) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lambda-returns [B, H], discount weights [B, H]) of an imagined trajectory."""
+    def imagined_returns(self, trajectory: Trajectory) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lambda-returns [B, H], discount weights [B, H], bootstrap values [B, H + 1]) of an imagined trajectory."""
         values = self.critic_values(trajectory.states)
         returns = lambda_return(trajectory.rewards, trajectory.continues, values, self.cfg.gamma, self.cfg.lambda_)
-        return returns, discount_weights(trajectory.continues)
+        return returns, discount_weights(trajectory.continues), values
 
     def actor_step(self, states: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple]:
-        """Returns metrics and the detached (trajectory, returns, weights) for the critic to learn from."""
-        trajectory = imagine(self.world_model, self.policy, states, self.cfg.horizon)
-        returns, weights = self.imagined_returns(trajectory)
+        """Returns metrics and the detached (trajectory, returns, weights) for the critic to learn from.
+
+        With `reinforce` the rollout carries no gradient at all: the policy learns from the
+        likelihood of its own imagined actions, weighted by their advantage over the critic, in one
+        batched call over all H steps afterwards. Otherwise the returns are differentiated back
+        through the dynamics to the actions (the seed's diagram 2).
+        """
+        with torch.set_grad_enabled(not self.reinforce):
+            trajectory = imagine(self.world_model, self.policy, states, self.cfg.horizon)
+            returns, weights, values = self.imagined_returns(trajectory)
         if self.cfg.return_norm:
             with torch.no_grad():
                 low, high = torch.quantile(returns.detach().flatten(), returns.new_tensor([0.05, 0.95]))
                 spread = high - low
                 self.return_scale.mul_(0.99).add_(0.01 * spread)
         scale = torch.clamp(self.return_scale, min=1.0) if self.cfg.return_norm else 1.0
-        loss = actor_loss(returns, trajectory.entropies, weights, self.entropy_coef(), scale)
-        entropy = trajectory.entropies.mean()
+        if self.reinforce:
+            dist = self.policy(trajectory.states[:, :-1])
+            objective = dist.log_prob(trajectory.actions) * (returns - values[:, :-1])
+            entropies = dist.rsample()[1]
+        else:
+            objective, entropies = returns, trajectory.entropies
+        loss = actor_loss(objective, entropies, weights, self.entropy_coef(), scale)
+        entropy = entropies.mean()
         if self.cfg.adaptive_entropy:
             loss = loss + self.log_alpha * (entropy.detach() - self.target_entropy)
         norm = own_gradient_step(loss, self.actor_params, self.actor_optimizer, self.cfg.grad_clip,

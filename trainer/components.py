@@ -274,6 +274,15 @@ class ActionDistribution:
         log_prob = -0.5 * noise.pow(2) - self.std.log() - _HALF_LOG_2PI - torch.log1p(-action.pow(2) + 1e-6)
         return action, -log_prob.sum(-1)
 
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        """log pi(action) of an encoded action (one-hot, or a vector in [-1, 1]), with gradient to the parameters."""
+        if self.discrete:
+            return (self.log_probs * action).sum(-1)
+        action = action.clamp(-1 + 1e-6, 1 - 1e-6)
+        noise = (torch.atanh(action) - self.mean) / self.std
+        log_prob = -0.5 * noise.pow(2) - self.std.log() - _HALF_LOG_2PI - torch.log1p(-action.pow(2) + 1e-6)
+        return log_prob.sum(-1)
+
     def sample(self) -> torch.Tensor:
         """Env-ready agent action: class index, or a vector in [-1, 1]."""
         if self.discrete:

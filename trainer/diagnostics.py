@@ -88,7 +88,10 @@ def policy_converges_too_fast(rows: list[Row], solved_return: float | None = Non
 
 
 def _fmt(value: object) -> str:
-    return json.dumps(value) if not isinstance(value, float) else f"{value:.3g}"
+    """As `--set` reads it back: JSON, except floats in short form and strings bare (no shell quoting needed)."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _scaled(cfg: Config, key: str, factor: float) -> tuple[str, float]:
@@ -118,9 +121,10 @@ def _exploitation_remedies(cfg: Config) -> list[tuple[str, object]]:
 
 def _explosion_remedies(cfg: Config) -> list[tuple[str, object]]:
     # Seed: clipping (always on here, at grad_clip); a shorter horizon (15 -> 10 or 5); a lower actor_lr
-    # (3e-5 -> 1e-5, a third); gradient normalisation.
+    # (3e-5 -> 1e-5, a third); gradient normalisation. Ours: no gradient through the rollout at all.
     out: list[tuple[str, object]] = [("horizon", max(5, cfg.horizon - 5))] if cfg.horizon > 5 else []
-    return out + [_scaled(cfg, "actor_lr", 1 / 3), *_turn_on(cfg, "actor_grad_normalize")]
+    out += [_scaled(cfg, "actor_lr", 1 / 3), *_turn_on(cfg, "actor_grad_normalize")]
+    return out + ([("actor_gradient", "reinforce")] if cfg.actor_gradient == "dynamics" else [])
 
 
 def _divergence_remedies(cfg: Config) -> list[tuple[str, object]]:
