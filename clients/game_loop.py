@@ -23,8 +23,9 @@ from .grpc_client import GrpcClient
 from .rest import RestClient
 
 
-def play(ask: Callable, env_id: str, episodes: int, seed: int) -> dict:
-    """Play `episodes` episodes with `ask(obs) -> Action`; the summary a game team would look at."""
+def play(ask: Callable, env_id: str, episodes: int, seed: int, obs_indices: list[int] | None = None) -> dict:
+    """Play `episodes` episodes with `ask(obs) -> Action`, showing it `obs_indices` of each observation
+    (the served model's, from its manifest); the summary a game team would look at."""
     versions: list[int] = []
     latencies: list[float] = []
 
@@ -35,7 +36,7 @@ def play(ask: Callable, env_id: str, episodes: int, seed: int) -> dict:
         versions.append(step.model_version)
         return step.action if isinstance(step.action, int) else np.asarray(step.action, np.float32)
 
-    returns = evaluate_policy(act, env_id, episodes, seed)
+    returns = evaluate_policy(act, env_id, episodes, seed, obs_indices=obs_indices)
     return {
         "env_id": env_id, "episodes": episodes, "mean_return": float(np.mean(returns)), "returns": returns,
         "requests": len(versions), "model_versions": sorted(set(versions)),
@@ -64,12 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     client = RestClient(args.url, token=args.token) if args.transport == "rest" else GrpcClient(args.target, token=args.token)
     with client:
         client.wait_ready()
-        env_id = args.env or client.model()["manifest"]["env_id"]
+        manifest = client.model()["manifest"]
+        env_id, obs_indices = args.env or manifest["env_id"], manifest.get("obs_indices") or None  # gRPC has no null: []
         if args.stream:
             with client.stream(deterministic) as stream:
-                summary = play(stream.act, env_id, args.episodes, args.seed)
+                summary = play(stream.act, env_id, args.episodes, args.seed, obs_indices)
         else:
-            summary = play(lambda obs: client.act(obs, deterministic=deterministic), env_id, args.episodes, args.seed)
+            summary = play(lambda obs: client.act(obs, deterministic=deterministic), env_id, args.episodes, args.seed,
+                           obs_indices)
     summary["transport"] = "grpc-stream" if args.stream else args.transport
     if args.json:
         print(json.dumps(summary))

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-import gymnasium as gym
+from reverie import envs
 
 from .rest import RestClient
 
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.obs is not None:
             obs = [float(x) for x in args.obs.split(",")]
         else:
-            obs, _ = gym.make(client.model()["manifest"]["env_id"]).reset(seed=args.seed)
+            manifest = client.model()["manifest"]
+            obs, _ = envs.make(manifest["env_id"], manifest.get("obs_indices") or None).reset(seed=args.seed)
         actions = None
         if args.actions is not None:
             actions = json.loads(args.actions) if args.actions.lstrip().startswith("[") else [int(a) for a in args.actions.split(",")]

@@ -75,6 +75,7 @@ class Manifest(BaseModel):
     training_step: int
     phase: str
     env_id: str
+    obs_indices: list[int] | None = None  # the env's observation entries the agent sees (all when None)
     observation_space: ObservationSpace
     action_space: ActionSpace
     state_size: int

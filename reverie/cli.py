@@ -129,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         action = runtime.act(np.asarray(obs, np.float32)[None], deterministic=True, seed=None).actions[0]
         return action if runtime.discrete else np.asarray(action, np.float32)
 
-    returns = evaluate_policy(act, env_id, episodes, seed)
+    returns = evaluate_policy(act, env_id, episodes, seed, obs_indices=manifest.obs_indices)
     print(f"{env_id}: model version {runtime.version} (env step {manifest.training_step}), "
           f"{episodes} episodes, mean return {np.mean(returns):.2f} (min {np.min(returns):.1f}, max {np.max(returns):.1f})")
     return 0

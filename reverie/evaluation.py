@@ -11,6 +11,8 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
+from . import envs
+
 EVAL_SEED_BASE = 1_000_000  # eval episodes use seeds disjoint from training's
 
 
@@ -28,9 +30,11 @@ class Episode:
 
 
 def play_episodes(act: Callable[[np.ndarray], object], env_id: str, episodes: int, seed: int = 0,
-                  env: gym.Env | None = None, gamma: float = 1.0) -> list[Episode]:
-    """`episodes` full episodes, each reset with its own fixed seed; `act` maps obs -> env action."""
-    env = env or gym.make(env_id)
+                  env: gym.Env | None = None, gamma: float = 1.0, obs_indices: list[int] | None = None) -> list[Episode]:
+    """`episodes` full episodes, each reset with its own fixed seed; `act` maps obs -> env action.
+
+    Without `env`, plays `env_id` showing `act` only `obs_indices` of each observation (all when None)."""
+    env = env or envs.make(env_id, obs_indices)
     played = []
     for i in range(episodes):
         obs, _ = env.reset(seed=EVAL_SEED_BASE + 1000 * seed + i)
@@ -46,6 +50,6 @@ def play_episodes(act: Callable[[np.ndarray], object], env_id: str, episodes: in
 
 
 def evaluate_policy(act: Callable[[np.ndarray], object], env_id: str, episodes: int, seed: int = 0,
-                    env: gym.Env | None = None) -> list[float]:
+                    env: gym.Env | None = None, obs_indices: list[int] | None = None) -> list[float]:
     """Returns of `episodes` full episodes (see `play_episodes`)."""
-    return [e.total for e in play_episodes(act, env_id, episodes, seed, env)]
+    return [e.total for e in play_episodes(act, env_id, episodes, seed, env, obs_indices=obs_indices)]

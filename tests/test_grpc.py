@@ -83,6 +83,7 @@ def test_grpc_and_rest_give_the_same_answers(cartpole):
         rest_model = r.model()
         space = rest_model["manifest"]["action_space"]  # a repeated field has no null: [] where REST says null
         space.update({k: space[k] if space[k] is not None else [] for k in ("shape", "low", "high")})
+        rest_model["manifest"]["obs_indices"] = rest_model["manifest"]["obs_indices"] or []
         assert g.model() == rest_model  # GetModel is /model, typed: every key, nested ones too
 
 

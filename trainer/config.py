@@ -41,6 +41,8 @@ class Config(BaseModel):
 
     # run
     env_id: str = Field("CartPole-v1", description="gymnasium env id")
+    obs_indices: list[int] | None = Field(None, description="keep only these entries of a vector observation "
+                                          "(e.g. [0,2]: CartPole without its velocities); the bundle and the service see the kept ones")
     seed: int = Field(0, description="seeds torch, numpy, the env resets and the exploration draws")
     total_steps: int = Field(50_000, ge=1, description="env steps to train for")
     threads: int = Field(2, ge=1, description="torch intra-op threads")
@@ -138,8 +140,8 @@ class Config(BaseModel):
         return value
 
 
-# What a resumed run cannot change: the env, the networks' shapes and parameter groups, the replay's size.
-FIXED_ON_RESUME = ("env_id", "feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth",
+# What a resumed run cannot change: the env and what it shows, the networks' shapes and parameter groups, the replay's size.
+FIXED_ON_RESUME = ("env_id", "obs_indices", "feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth",
                    "dynamics_ensemble", "adaptive_entropy", "replay_capacity")
 
 

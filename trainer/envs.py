@@ -6,12 +6,14 @@ The agent always acts in a normalised space: a class index for Discrete, a vecto
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import gymnasium as gym
 import numpy as np
 
+from reverie import envs
 from reverie.actions import ActionCoding
 
 
@@ -64,12 +66,10 @@ def space_info(env: gym.Env) -> SpaceInfo:
     raise ValueError(f"action space must be Discrete or a 1-d Box, got {act_space}")
 
 
-def make_env(env_id: str, seed: int | None = None) -> gym.Env:
-    """A gymnasium env with its spaces checked; `seed` seeds its first reset and action space."""
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as err:  # unknown id, missing extra (Box2D, MuJoCo, ...): a clear message, not a traceback
-        raise ValueError(f"cannot make env {env_id!r}: {err}") from err
+def make_env(env_id: str, seed: int | None = None, obs_indices: Sequence[int] | None = None) -> gym.Env:
+    """A gymnasium env (only `obs_indices` of its observations, when given) with its spaces checked;
+    `seed` seeds its first reset and action space."""
+    env = envs.make(env_id, obs_indices)
     space_info(env)
     if seed is not None:
         env.reset(seed=seed)

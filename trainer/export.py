@@ -101,7 +101,7 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
     action_space = (ActionSpace(kind="discrete", n=space.action_dim) if space.discrete else
                     ActionSpace(kind="box", shape=[space.action_dim], low=space.action_low.tolist(), high=space.action_high.tolist()))
     manifest = Manifest(
-        model_version=0, training_step=training_step, phase=phase, env_id=cfg.env_id,
+        model_version=0, training_step=training_step, phase=phase, env_id=cfg.env_id, obs_indices=cfg.obs_indices,
         observation_space=ObservationSpace(shape=list(space.obs_shape), dtype="uint8" if space.is_image else "float32"),
         action_space=action_space, state_size=cfg.state_dim, gamma=cfg.gamma, lambda_=cfg.lambda_,
         default_horizon=cfg.horizon, max_horizon=MAX_HORIZON, last_eval_return=last_eval,
@@ -129,7 +129,7 @@ def export_run(run_dir: Path) -> Path:
     cfg = Config.model_validate_json((run_dir / "config.json").read_text())
     state = load_checkpoint(checkpoint)
     # The checkpoint names its spaces; one written before it did needs the env to learn them.
-    space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_id))
+    space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_id, obs_indices=cfg.obs_indices))
     agent = Agent(cfg, space)
     agent.load_state_dict(state["agent"])
     step = state["position"]["env_step"]

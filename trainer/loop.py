@@ -57,12 +57,12 @@ class Parts:
 
     @classmethod
     def build(cls, cfg: Config, run_dir: Path) -> "Parts":
-        env = make_env(cfg.env_id)
+        env = make_env(cfg.env_id, obs_indices=cfg.obs_indices)
         space = space_info(env)
         agent = Agent(cfg, space).to(resolve_device(cfg.device))
         obs_dtype = np.uint8 if space.is_image else np.float32
         replay = Replay(cfg.replay_capacity, space.obs_shape, () if space.discrete else (space.action_dim,), obs_dtype)
-        return cls(env, make_env(cfg.env_id), agent, replay, MetricsWriter(run_dir))
+        return cls(env, make_env(cfg.env_id, obs_indices=cfg.obs_indices), agent, replay, MetricsWriter(run_dir))
 
 
 class Trainer:
