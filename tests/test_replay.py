@@ -182,3 +182,53 @@ def test_state_dict_is_a_copy():
     fill(replay, [(False, False)] * 3, start=100)  # the ring overwrites every stored step
     assert replay.data["obs"][:, 0].tolist() == [100.0, 101.0, 102.0]
     assert state["data"]["obs"][:, 0].tolist() == [0.0, 1.0, 2.0]
+
+
+# ---------------------------------------------------------------------- sequences (diagram 4)
+
+def expected_valid(k: int, ends: set[int], newest: int, length: int) -> int:
+    """How many steps from global step k on belong to its episode and are stored: up to and including
+    the first episode end at or after k, at most to the newest step, at most `length`."""
+    n = 1
+    while n < length and k + n - 1 not in ends and k + n <= newest:
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("capacity", [500, 173])  # 173: the ring has wrapped, oldest steps overwritten
+def test_sequences_stop_at_episode_ends_and_at_the_newest_step_and_the_mask_says_so(capacity):
+    """Every masked-in step follows the step before it in the same episode; every run is as long as its
+    episode and the stored stretch allow (none cut short); the padding repeats a valid step of the run."""
+    rng = np.random.default_rng(3)
+    steps, ends, k = [], set(), 0
+    while k < 400:
+        n = int(rng.integers(1, 30))
+        terminated = rng.random() < 0.7  # else the episode is truncated
+        for i in range(n):
+            last = i == n - 1
+            steps.append((last and terminated, last and not terminated))
+            if last:
+                ends.add(k)
+            k += 1
+    replay = Replay(capacity, (4,), ())
+    fill(replay, steps)
+    newest = len(steps) - 1
+    batch = replay.sample_sequences(256, 12, np.random.default_rng(4))
+    assert batch["obs"].shape == (256, 12, 4) and batch["mask"].shape == (256, 12) and batch["mask"].dtype == torch.bool
+    step = batch["reward"].long()  # each stored step's reward is its global index
+    for row, mask in zip(step.tolist(), batch["mask"].tolist()):
+        n = sum(mask)
+        assert mask == [True] * n + [False] * (12 - n)  # a prefix
+        assert row[:n] == list(range(row[0], row[0] + n))  # consecutive stored steps
+        assert n == expected_valid(row[0], ends, newest, 12)
+        assert set(row[n:]) <= {row[n - 1]}
+    torch.testing.assert_close(batch["obs"][..., 0], batch["reward"])  # fields stay aligned, padding too
+    torch.testing.assert_close(batch["next_obs"][..., 0], batch["reward"] + 1)
+
+
+def test_sequences_of_a_short_replay_stay_within_what_was_written():
+    replay = Replay(1000, (4,), ())
+    fill(replay, [(False, False)] * 5)
+    batch = replay.sample_sequences(64, 8, np.random.default_rng(0))
+    assert int(batch["reward"].max()) == 4
+    assert (batch["mask"].sum(1) == 5 - batch["reward"][:, 0]).all()

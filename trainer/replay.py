@@ -1,7 +1,7 @@
 """Replay of whole episodes, stored step by step in one ring of arrays.
 
-Each step keeps its episode id and whether the episode ended there, so samplers can
-respect episode boundaries; for now it samples flat transitions.
+Each step keeps its episode id and whether the episode ended there, so the sequence sampler
+(diagram 4) never joins two episodes: what lies past an end is padding, and its mask says so.
 """
 
 from __future__ import annotations
@@ -95,6 +95,31 @@ class Replay:
             picked = self._terminal_array[rng.integers(0, len(self._terminal_array), size=endings)]
             batch["ending_next_obs"] = torch.as_tensor(self.data["next_obs"][picked]).to(device).float()
             batch["ending_share"] = torch.tensor(len(self._terminal_array) / self.size, device=device)
+        return batch
+
+    def sample_sequences(self, batch_size: int, length: int, rng: np.random.Generator,
+                         device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """`batch_size` runs of `length` consecutive steps: the flat batch's fields as [B, T, ...], and
+        `mask` [B, T], true where step t still belongs to the episode and stored stretch of step 0.
+
+        A run is cut at its episode's end (the end step itself is kept: its transition is real) and at
+        the ring's newest step; the cut-off positions repeat the last valid step (finite numbers,
+        never another episode's) and are false in `mask`, so every loss can ignore them.
+        """
+        start = rng.integers(0, self.size, size=batch_size)
+        offset = np.arange(length)
+        full = self.size == self.capacity
+        idx = (start[:, None] + offset) % self.capacity if full else np.minimum(start[:, None] + offset, self.size - 1)
+        # Slots written after the start, in ring order: the stretch ends at the newest step (cursor - 1).
+        newest = (self.cursor - 1 - start) % self.capacity if full else self.size - 1 - start
+        stored = offset[None, :] <= newest[:, None]
+        same_episode = self.data["episode"][idx] == self.data["episode"][start][:, None]  # ids change after each end
+        mask = stored & same_episode
+        last_valid = mask.sum(1) - 1  # the mask is a prefix: step 0 is always valid
+        idx = np.where(mask, idx, idx[np.arange(batch_size), last_valid][:, None])
+        batch = {k: torch.as_tensor(self.data[k][idx]).to(device).float()
+                 for k in ("obs", "action", "reward", "next_obs", "terminated")}
+        batch["mask"] = torch.as_tensor(mask).to(device)
         return batch
 
     def state_dict(self) -> dict:
