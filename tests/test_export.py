@@ -16,10 +16,12 @@ from trainer.envs import make_env, space_info
 from trainer.export import export_bundle, graph_specs
 
 
-@pytest.fixture(scope="module", params=["CartPole-v1", "Pendulum-v1"])
+@pytest.fixture(scope="module", params=[("CartPole-v1", "mlp"), ("Pendulum-v1", "mlp"), ("CartPole-v1", "transformer")],
+                ids=["CartPole-v1", "Pendulum-v1", "CartPole-v1-transformer"])
 def exported(request, tmp_path_factory):
-    space = space_info(make_env(request.param))
-    agent = Agent(small_config(env_id=request.param), space)
+    env_id, dynamics = request.param
+    space = space_info(make_env(env_id))
+    agent = Agent(small_config(env_id=env_id, dynamics=dynamics), space)
     # A normaliser that has seen data, so the exported encoder carries real statistics.
     agent.world_model.normalizer.update(torch.randn(64, *space.obs_shape) * 3 + 1)
     out = tmp_path_factory.mktemp("export")

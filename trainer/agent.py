@@ -168,6 +168,8 @@ class Agent(nn.Module):
             metrics.update(self.world_model_step(batch))
         if counts.actor == 0 and counts.critic == 0:
             return to_floats(metrics)
+        if "mask" in batch:  # a sequence batch: imagination starts from each of its real steps
+            batch = {k: v[batch["mask"]] for k, v in batch.items() if k != "mask"}
         with torch.no_grad():  # imagination starts from the (updated) world model's states of real data
             states, next_states = self.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
         imagined = None

@@ -18,6 +18,7 @@ from torch.distributions import Bernoulli, Normal
 
 from .config import Config
 from .envs import SpaceInfo
+from .sequence import SequenceContext
 
 # Argument validation costs more than the arithmetic in a 15-step imagination loop of small MLPs.
 torch.distributions.Distribution.set_default_validate_args(False)
@@ -162,27 +163,85 @@ class RepresentationLearner(nn.Module):
         return self.decoder(state)
 
 
-class DynamicsModel(nn.Module):
-    """(state, action) -> Normal over the next state; an ensemble votes by its mean (diagram 6, failure 2)."""
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention under a boolean mask, written out (matmul, softmax) so that it
+    exports to ONNX as plain operators and runs the same in onnxruntime."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, width], mask [B or 1, 1, T, T] (True: may attend) -> [B, T, width]."""
+        b, t, width = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(width // self.heads)
+        weights = scores.masked_fill(~mask, -math.inf).softmax(-1)
+        return self.out((weights @ v).transpose(1, 2).reshape(b, t, width))
+
+
+class TransformerMember(nn.Module):
+    """One transformer dynamics member (diagram 4's TransformerDynamics): (state, action) tokens with
+    learned positions, pre-norm attention blocks, and a residual step read from each position.
+
+    With a sequence context the tokens are the sequence's and position t sees steps <= t (and no
+    padding); without one each (state, action) is a sequence of length 1, the single-step fallback.
+    """
 
     def __init__(self, cfg: Config, action_dim: int):
         super().__init__()
+        width = cfg.hidden_dim
+        self.embed = nn.Linear(cfg.state_dim + action_dim, width)
+        self.position = nn.Parameter(torch.zeros(cfg.sequence_length, width))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict({"norm1": nn.LayerNorm(width), "attention": CausalSelfAttention(width, cfg.attention_heads),
+                           "norm2": nn.LayerNorm(width), "mlp": mlp(width, width, 2 * width, 1)})
+            for _ in range(cfg.transformer_layers))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, cfg.state_dim))
+
+    def forward(self, x: torch.Tensor, context: SequenceContext | None = None) -> torch.Tensor:
+        """x: [..., state + action] -> [..., state_dim]; with `context`, x is [B, T, state + action]."""
+        if context is None:
+            tokens, mask = x.reshape(-1, 1, x.shape[-1]), torch.ones(1, 1, 1, 1, dtype=torch.bool, device=x.device)
+        else:
+            tokens, mask = x, context.attention_mask()
+        h = self.embed(tokens) + self.position[: tokens.shape[1]]
+        for block in self.blocks:
+            h = h + block["attention"](block["norm1"](h), mask)
+            h = h + block["mlp"](block["norm2"](h))
+        return self.head(h).reshape(*x.shape[:-1], -1)
+
+
+class DynamicsModel(nn.Module):
+    """(state, action) -> Normal over the next state; an ensemble votes by its mean (diagram 6, failure 2).
+
+    Members are MLPs, or transformers that attend over the sequence context (`cfg.dynamics`).
+    """
+
+    def __init__(self, cfg: Config, action_dim: int):
+        super().__init__()
+        self.attends = cfg.dynamics == "transformer"
         self.members = nn.ModuleList(
-            mlp(cfg.state_dim + action_dim, cfg.state_dim, cfg.hidden_dim, cfg.hidden_layers)
+            TransformerMember(cfg, action_dim) if self.attends
+            else mlp(cfg.state_dim + action_dim, cfg.state_dim, cfg.hidden_dim, cfg.hidden_layers)
             for _ in range(cfg.dynamics_ensemble)
         )
         self.std = cfg.dynamics_std
 
-    def member_means(self, state: torch.Tensor, action: torch.Tensor, context: dict | None = None) -> torch.Tensor:
-        """[K, B, state_dim]: each member predicts a residual step, normalised like encoded states.
+    def member_means(self, state: torch.Tensor, action: torch.Tensor,
+                     context: SequenceContext | None = None) -> torch.Tensor:
+        """[K, *state.shape]: each member predicts a residual step, normalised like encoded states.
 
         The normalisation keeps imagined states on the encoder's manifold, so a long rollout
         cannot drift into regions where reward and value heads extrapolate wildly.
         """
         x = torch.cat([state, action], -1)
-        return torch.stack([torch.nn.functional.layer_norm(state + m(x), state.shape[-1:]) for m in self.members])
+        steps = [m(x, context) for m in self.members] if self.attends else [m(x) for m in self.members]
+        return torch.stack([torch.nn.functional.layer_norm(state + step, state.shape[-1:]) for step in steps])
 
-    def forward(self, state: torch.Tensor, action: torch.Tensor, context: dict | None = None) -> Normal:
+    def forward(self, state: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None) -> Normal:
         return Normal(self.member_means(state, action, context).mean(0), self.std)
 
 
@@ -197,10 +256,10 @@ class RewardPredictor(nn.Module):
         self.net = mlp(cfg.state_dim + action_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
         self.symlog = cfg.symlog
 
-    def forward(self, state: torch.Tensor, action: torch.Tensor, context: dict | None = None) -> Normal:
+    def forward(self, state: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None) -> Normal:
         return Normal(self.net(torch.cat([state, action], -1)).squeeze(-1), 1.0)
 
-    def mean(self, state: torch.Tensor, action: torch.Tensor, context: dict | None = None) -> torch.Tensor:
+    def mean(self, state: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None) -> torch.Tensor:
         """The predicted reward in env units."""
         mu = self(state, action, context).mean
         return symexp(mu) if self.symlog else mu
@@ -213,7 +272,7 @@ class ContinuePredictor(nn.Module):
         super().__init__()
         self.net = mlp(cfg.state_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
 
-    def forward(self, state: torch.Tensor, context: dict | None = None) -> Bernoulli:
+    def forward(self, state: torch.Tensor, context: SequenceContext | None = None) -> Bernoulli:
         return Bernoulli(logits=self.net(state).squeeze(-1))
 
 
@@ -227,7 +286,7 @@ class PolicyHead(nn.Module):
         out = space.action_dim if space.discrete else 2 * space.action_dim
         self.net = mlp(cfg.state_dim, out, cfg.hidden_dim, cfg.hidden_layers)
 
-    def params(self, state: torch.Tensor, context: dict | None = None) -> tuple[torch.Tensor, ...]:
+    def params(self, state: torch.Tensor, context: SequenceContext | None = None) -> tuple[torch.Tensor, ...]:
         """The raw outputs that are exported: (logits,) or (mean, std)."""
         out = self.net(state)
         if self.discrete:
@@ -235,7 +294,7 @@ class PolicyHead(nn.Module):
         mean, raw_std = out.chunk(2, -1)
         return mean, 0.05 + torch.nn.functional.softplus(raw_std + 0.5)
 
-    def forward(self, state: torch.Tensor, context: dict | None = None) -> "ActionDistribution":
+    def forward(self, state: torch.Tensor, context: SequenceContext | None = None) -> "ActionDistribution":
         return ActionDistribution(self.discrete, self.params(state, context))
 
 
@@ -313,9 +372,9 @@ class ValueFunction(nn.Module):
         self.symlog = cfg.symlog
         self.register_buffer("bounds", torch.tensor([-math.inf, math.inf]))
 
-    def raw(self, state: torch.Tensor, context: dict | None = None) -> torch.Tensor:
+    def raw(self, state: torch.Tensor, context: SequenceContext | None = None) -> torch.Tensor:
         return self.net(state).squeeze(-1)
 
-    def forward(self, state: torch.Tensor, context: dict | None = None) -> torch.Tensor:
+    def forward(self, state: torch.Tensor, context: SequenceContext | None = None) -> torch.Tensor:
         out = self.raw(state, context)
         return (symexp(out) if self.symlog else out).clamp(self.bounds[0], self.bounds[1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class UpdateCounts(BaseModel):
@@ -55,6 +55,15 @@ class Config(BaseModel):
     hidden_dim: int = Field(128, ge=1, description="width of every hidden layer")
     hidden_layers: int = Field(2, ge=1, description="hidden layers per MLP")
     cnn_depth: int = Field(32, ge=1, description="channels of the first CNN layer (image observations)")
+    dynamics: Literal["mlp", "transformer"] = Field("mlp", description="the dynamics members: an MLP of (state, action), "
+                                                     "or a transformer attending causally over the sequence context (single-step without one)")
+    transformer_layers: int = Field(1, ge=1, description="attention blocks of each transformer dynamics member")
+    attention_heads: int = Field(4, ge=1, description="heads of each attention block (hidden_dim must divide by it)")
+
+    # sequences (diagram 4)
+    sequence_mode: bool = Field(False, description="train on sequences of sequence_length steps "
+                                "(batch_size // sequence_length of them per batch) with their sequence context, not flat transitions")
+    sequence_length: int = Field(16, ge=1, description="steps per sampled sequence; also the longest context a transformer attends over")
 
     # world model (diagram 2)
     dynamics_weight: float = Field(1.0, ge=0, description="weight of the dynamics MSE in the world-model loss")
@@ -130,6 +139,12 @@ class Config(BaseModel):
     export_keep: int = Field(5, ge=1, description="bundle versions kept (plus the best)")
     diagnostics_window: int = Field(8, ge=3, description="metric rows the failure-mode detectors look at")
 
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "Config":
+        if self.dynamics == "transformer" and self.hidden_dim % self.attention_heads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by attention_heads {self.attention_heads}")
+        return self
+
     @field_validator("update_schedule")
     @classmethod
     def _sorted_from_zero(cls, value: list[UpdateCounts]) -> list[UpdateCounts]:
@@ -142,7 +157,8 @@ class Config(BaseModel):
 
 # What a resumed run cannot change: the env and what it shows, the networks' shapes and parameter groups, the replay's size.
 FIXED_ON_RESUME = ("env_id", "obs_indices", "feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth",
-                   "dynamics_ensemble", "adaptive_entropy", "replay_capacity")
+                   "dynamics", "transformer_layers", "attention_heads", "sequence_length", "dynamics_ensemble",
+                   "adaptive_entropy", "replay_capacity")
 
 
 def seed_deviations() -> dict[str, tuple[Any, Any, str]]:

@@ -217,8 +217,12 @@ class Trainer:
         mix = self.schedule.critic_real_mix(self.env_step)
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
-            endings = self.replay.extra_endings(self.cfg.batch_size, self.cfg.continue_endings)
-            batch = self.replay.sample(self.cfg.batch_size, self.rng, self.device, endings)
+            if self.cfg.sequence_mode:
+                batch = self.replay.sample_sequences(max(1, self.cfg.batch_size // self.cfg.sequence_length),
+                                                     self.cfg.sequence_length, self.rng, self.device)
+            else:
+                endings = self.replay.extra_endings(self.cfg.batch_size, self.cfg.continue_endings)
+                batch = self.replay.sample(self.cfg.batch_size, self.rng, self.device, endings)
             self.averager.add(self.agent.update(batch, counts, mix))
             self.updates += 1
 

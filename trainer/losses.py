@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .components import symexp, symlog
+from .sequence import context_of, masked_mean
 from .world_model import WorldModel
 
 
@@ -49,23 +50,29 @@ class WorldModelLosses:
 
 
 def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: dict[str, float], symlog_rewards: bool) -> WorldModelLosses:
-    """dynamics (MSE to the stop-gradient encoded next state) + reward (NLL) + continue (BCE) + decoder (MSE)."""
-    obs, next_obs = batch["obs"], batch["next_obs"]
+    """dynamics (MSE to the stop-gradient encoded next state) + reward (NLL) + continue (BCE) + decoder (MSE).
+
+    A flat batch holds [B, ...] transitions; a sequence batch (`Replay.sample_sequences`) [B, T, ...]
+    ones and a `mask`: its steps pass the sequence context to the components, and every loss
+    counts real steps only. A sequence batch of length 1 gives the flat batch's losses.
+    """
+    obs, next_obs, mask = batch["obs"], batch["next_obs"], batch.get("mask")
     n = obs.shape[0]
     states_all = wm.encode(torch.cat([obs, next_obs]))
     states, next_states = states_all[:n], states_all[n:]
     action = wm.encode_action(batch["action"])
+    context = None if mask is None else context_of(batch, states, action)
 
     # Stop-gradient on the target: the encoder cannot make dynamics easy by moving the target.
-    member_means = wm.dynamics.member_means(states, action)
-    dynamics = (member_means - next_states.detach()).pow(2).mean()
+    member_means = wm.dynamics.member_means(states, action, context)
+    dynamics = masked_mean((member_means - next_states.detach()).pow(2).mean(0), mask)
 
-    reward_pred = wm.reward(states, action).mean
+    reward_pred = wm.reward(states, action, context).mean
     reward_target = symlog(batch["reward"]) if symlog_rewards else batch["reward"]
-    reward = 0.5 * (reward_pred - reward_target).pow(2).mean()  # Gaussian NLL, unit std, up to a constant
+    reward = 0.5 * masked_mean((reward_pred - reward_target).pow(2), mask)  # Gaussian NLL, unit std, up to a constant
 
     continue_target = 1.0 - batch["terminated"]
-    continue_logits = wm.continue_(next_states).logits
+    continue_logits = wm.continue_(next_states, context).logits
     if "ending_next_obs" in batch:  # extra endings for the continue head alone (Replay.sample's `endings`)
         ending_logits = wm.continue_(wm.encode(batch["ending_next_obs"])).logits
         p, k = batch["ending_share"], len(ending_logits)
@@ -73,9 +80,10 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
                              torch.cat([batch["terminated"], torch.ones_like(ending_logits)]),
                              (k + n * p) / (k + n), p)
     else:
-        cont = continue_loss(continue_logits, batch["terminated"])
+        cont = continue_loss(continue_logits, batch["terminated"], mask=mask)
 
-    decoder = (wm.repr_learner.decode(states_all) - wm.prepare_obs(torch.cat([obs, next_obs]))).pow(2).mean()
+    both = None if mask is None else torch.cat([mask, mask])
+    decoder = masked_mean((wm.repr_learner.decode(states_all) - wm.prepare_obs(torch.cat([obs, next_obs]))).pow(2), both)
 
     total = (
         weights["dynamics"] * dynamics + weights["reward"] * reward
@@ -89,15 +97,17 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
             "reward_loss": reward.detach(),
             "continue_loss": cont.detach(),
             "decoder_loss": decoder.detach(),
-            "reward_mae": (reward_env - batch["reward"]).abs().mean(),
-            "continue_acc": ((continue_logits > 0).float() == continue_target).float().mean(),
-            "state_std": states.std(0).mean(),
+            "reward_mae": masked_mean((reward_env - batch["reward"]).abs(), mask),
+            "continue_acc": masked_mean(((continue_logits > 0).float() == continue_target).float(), mask),
+            "state_std": (states if mask is None else states[mask]).std(0).mean(),
+            # The ensemble's disagreement on real steps (0 for one member): its uncertainty where the data is.
+            "dynamics_disagreement": masked_mean(member_means.std(0, unbiased=False).mean(-1), mask),
         }
     return WorldModelLosses(total, metrics, states, next_states)
 
 
 def continue_loss(logits: torch.Tensor, terminated: torch.Tensor, batch_share: torch.Tensor | float | None = None,
-                  replay_share: torch.Tensor | float | None = None) -> torch.Tensor:
+                  replay_share: torch.Tensor | float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """BCE of continue logits against 1 - terminated.
 
     Where the batch holds endings at `batch_share` (in expectation) and the replay at `replay_share`,
@@ -106,6 +116,8 @@ def continue_loss(logits: torch.Tensor, terminated: torch.Tensor, batch_share: t
     class prior). Without shares (every update's usual case) it is plain BCE, with no extra operations.
     """
     if batch_share is None:
+        if mask is not None:  # the real steps of a sequence batch
+            return masked_mean(F.binary_cross_entropy_with_logits(logits, 1.0 - terminated, reduction="none"), mask)
         return F.binary_cross_entropy_with_logits(logits, 1.0 - terminated)
     q = torch.as_tensor(batch_share, dtype=logits.dtype, device=logits.device).clamp(1e-6, 1 - 1e-6)
     p = torch.as_tensor(replay_share, dtype=logits.dtype, device=logits.device).clamp(1e-6, 1 - 1e-6)

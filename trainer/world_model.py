@@ -42,9 +42,14 @@ class WorldModel(nn.Module):
             return obs.float() / 255.0 - 0.5
         return self.normalizer(obs.float())
 
-    def encode(self, obs: torch.Tensor, context: dict | None = None) -> torch.Tensor:
-        """Raw observation [B, *obs_shape] -> state [B, state_dim]."""
-        return self.repr_learner.encode(self.encoder(self.prepare_obs(obs)))
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Raw observations [..., *obs_shape] -> states [..., state_dim].
+
+        Sequences [B, T, ...] go through the encoder flattened to [B * T, ...] (one batch, as the
+        seed's diagram 4 draws it) and come back as [B, T, state_dim]."""
+        lead = obs.shape[: obs.dim() - len(self.space.obs_shape)]
+        flat = obs.reshape(-1, *self.space.obs_shape)
+        return self.repr_learner.encode(self.encoder(self.prepare_obs(flat))).reshape(*lead, -1)
 
     def decode(self, state: torch.Tensor) -> torch.Tensor:
         """State -> reconstructed observation in env units (images in [0, 255])."""

@@ -1,0 +1,146 @@
+"""Diagram 4: sequence batches, their context and masks, and the transformer dynamics that uses them.
+
+Real CartPole episodes in a real Replay, the real world model and agent; every comparison that
+says "bit-identical" uses torch.equal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import collect_replay, small_config
+from test_isolation import changed_groups, snapshot
+from trainer.agent import Agent
+from trainer.config import UpdateCounts
+from trainer.losses import world_model_loss
+from trainer.sequence import causal_mask, context_of
+from trainer.world_model import WorldModel
+
+WEIGHTS = {"dynamics": 1.0, "reward": 1.0, "continue": 1.0, "decoder": 1.0}
+VARIANTS = [{"dynamics": "mlp"}, {"dynamics": "transformer"}, {"dynamics": "transformer", "dynamics_ensemble": 3}]
+IDS = ["mlp", "transformer", "transformer-ensemble"]
+
+
+@pytest.fixture(scope="module")
+def replay():
+    """Random CartPole play: episodes of ~20 steps, so sequences of 12 often reach an end."""
+    return collect_replay("CartPole-v1", 400, seed=1)
+
+
+def world_model(replay_space, **fields) -> WorldModel:
+    torch.manual_seed(0)
+    wm = WorldModel(small_config(sequence_length=12, **fields), replay_space)
+    with torch.no_grad():  # positions that differ, so that a wrong position would show
+        for member in wm.dynamics.members:
+            if hasattr(member, "position"):
+                member.position.normal_(0.0, 0.5)
+    return wm
+
+
+def sequences(replay, batch_size: int = 8, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
+    return replay[0].sample_sequences(batch_size, length, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("fields", VARIANTS, ids=IDS)
+def test_a_later_step_cannot_change_an_earlier_prediction(replay, fields):
+    """The causal mask: position t sees steps <= t only, so changing step 7 onward leaves the predictions
+    of steps 0-6 bit-identical (and does change step 7's, so the test can see a leak)."""
+    wm = world_model(replay[1], **fields)
+    batch = sequences(replay)
+    batch["mask"][:] = True  # all real here: only the causal mask may separate the steps
+    with torch.no_grad():
+        states, actions = wm.encode(batch["obs"]), wm.encode_action(batch["action"])
+        before = wm.dynamics.member_means(states, actions, context_of(batch, states, actions))
+        states2 = states.clone()
+        states2[:, 7:] = torch.nn.functional.layer_norm(torch.randn_like(states2[:, 7:]), states2.shape[-1:])
+        after = wm.dynamics.member_means(states2, actions, context_of(batch, states2, actions))
+    assert torch.equal(before[:, :, :7], after[:, :, :7])
+    assert not torch.equal(before[:, :, 7], after[:, :, 7])
+
+
+@pytest.mark.parametrize("fields", VARIANTS, ids=IDS)
+def test_length_one_sequences_give_the_flat_losses(replay, fields):
+    """A sequence batch of T = 1 is a flat batch with a context: the same losses, to float precision."""
+    wm = world_model(replay[1], **fields)
+    batch = sequences(replay, batch_size=32, length=1)
+    flat = {k: v[:, 0] for k, v in batch.items() if k != "mask"}
+    seq, plain = world_model_loss(wm, batch, WEIGHTS, True).metrics, world_model_loss(wm, flat, WEIGHTS, True).metrics
+    for key in ("dynamics_loss", "reward_loss", "continue_loss", "decoder_loss", "world_model_loss"):
+        torch.testing.assert_close(seq[key], plain[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("fields", VARIANTS, ids=IDS)
+def test_padded_steps_count_for_nothing(replay, fields):
+    """What lies past an episode's end may hold anything: the losses do not move."""
+    wm = world_model(replay[1], **fields)
+    batch = sequences(replay, batch_size=16)
+    padded = ~batch["mask"]
+    assert padded.any() and batch["mask"].any()
+    noisy = {k: v.clone() for k, v in batch.items()}
+    for key in ("obs", "next_obs"):
+        noisy[key][padded] = torch.randn_like(noisy[key][padded]) * 5
+    noisy["reward"][padded] = 100.0
+    noisy["terminated"][padded] = 1.0 - noisy["terminated"][padded]
+    a, b = world_model_loss(wm, batch, WEIGHTS, True).metrics, world_model_loss(wm, noisy, WEIGHTS, True).metrics
+    for key in ("dynamics_loss", "reward_loss", "continue_loss", "decoder_loss"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_the_transformer_without_context_is_its_length_one_sequence(replay):
+    """The single-step fallback (imagination, the exported graph) is the transformer on a sequence of one step."""
+    wm = world_model(replay[1], dynamics="transformer")
+    batch = sequences(replay, batch_size=16, length=1)
+    with torch.no_grad():
+        states, actions = wm.encode(batch["obs"]), wm.encode_action(batch["action"])
+        in_context = wm.dynamics.member_means(states, actions, context_of(batch, states, actions))[:, :, 0]
+        alone = wm.dynamics.member_means(states[:, 0], actions[:, 0])
+    torch.testing.assert_close(in_context, alone)
+
+
+def test_the_causal_mask_is_lower_triangular():
+    mask = causal_mask(4)[0]
+    assert mask.tolist() == [[True, False, False, False], [True, True, False, False],
+                             [True, True, True, False], [True, True, True, True]]
+
+
+@pytest.mark.parametrize("fields", VARIANTS, ids=IDS)
+def test_each_step_of_a_sequence_update_moves_its_own_group_only(replay, fields):
+    """The isolation proof in sequence mode, for each dynamics: the world-model step moves the world
+    model alone, and the actor and critic steps of a full update leave it where that step put it."""
+    agent = Agent(small_config(sequence_mode=True, sequence_length=12, **fields), replay[1])
+    batch = sequences(replay)
+    agent.world_model.normalizer.update(batch["obs"][batch["mask"]])
+    parameters = lambda changed, group: [n for n in changed[group] if not n.endswith("bounds")]  # noqa: E731 (the return bounds follow the rewards seen)
+    before = snapshot(agent)
+    agent.update(batch, UpdateCounts(world_model=1, actor=0, critic=0), critic_real_mix=0.0)
+    changed = changed_groups(agent, before)
+    assert changed["world_model"] and not parameters(changed, "policy") and not parameters(changed, "value")
+    after_world_model = snapshot(agent)
+    agent.update(batch, UpdateCounts(world_model=0, actor=1, critic=1), critic_real_mix=0.5)
+    changed = changed_groups(agent, after_world_model)
+    assert not changed["world_model"] and parameters(changed, "policy") and parameters(changed, "value")
+
+
+def test_the_ensembles_disagreement_is_higher_off_the_data(replay):
+    """After training on random CartPole play, five dynamics members agree on held-out states like the
+    training ones and disagree more where the pole and cart are far beyond anything seen."""
+    torch.manual_seed(0)
+    wm = WorldModel(small_config(dynamics_ensemble=5), replay[1])
+    rng = np.random.default_rng(0)
+    wm.normalizer.update(torch.as_tensor(replay[0].data["obs"][: len(replay[0])]))
+    optimizer = torch.optim.Adam(wm.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = world_model_loss(wm, replay[0].sample(64, rng), WEIGHTS, True).total
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    held_out = collect_replay("CartPole-v1", 200, seed=7)[0].sample(128, rng)
+    far = held_out["obs"] * torch.tensor([1.0, 4.0, 6.0, 4.0])  # 6x the angles, 4x the velocities
+
+    def disagreement(batch):
+        return world_model_loss(wm, batch, WEIGHTS, True).metrics["dynamics_disagreement"].item()
+
+    near_value, far_value = disagreement(held_out), disagreement({**held_out, "obs": far})
+    assert far_value > 1.5 * near_value > 0, (near_value, far_value)
