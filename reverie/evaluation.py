@@ -30,13 +30,17 @@ class Episode:
 
 
 def play_episodes(act: Callable[[np.ndarray], object], env_id: str, episodes: int, seed: int = 0,
-                  env: gym.Env | None = None, gamma: float = 1.0, obs_indices: list[int] | None = None) -> list[Episode]:
+                  env: gym.Env | None = None, gamma: float = 1.0, obs_indices: list[int] | None = None,
+                  start: Callable[[], object] | None = None) -> list[Episode]:
     """`episodes` full episodes, each reset with its own fixed seed; `act` maps obs -> env action.
 
-    Without `env`, plays `env_id` showing `act` only `obs_indices` of each observation (all when None)."""
+    Without `env`, plays `env_id` showing `act` only `obs_indices` of each observation (all when None).
+    `start`, when given, is called before each episode (a player with memory forgets the last one)."""
     env = env or envs.make(env_id, obs_indices)
     played = []
     for i in range(episodes):
+        if start is not None:
+            start()
         obs, _ = env.reset(seed=EVAL_SEED_BASE + 1000 * seed + i)
         first, total, discounted, discount, done = obs, 0.0, 0.0, 1.0, False
         while not done:

@@ -49,9 +49,10 @@ def random_action(space: SpaceInfo, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(-1.0, 1.0, space.action_dim).astype(np.float32)
 
 
-def collect_replay(env_id: str, steps: int, seed: int = 0) -> tuple[Replay, SpaceInfo]:
-    """`steps` real env transitions under random actions, stored the way the trainer stores them."""
-    env = make_env(env_id)
+def collect_replay(env_id: str, steps: int, seed: int = 0, obs_indices: list[int] | None = None) -> tuple[Replay, SpaceInfo]:
+    """`steps` real env transitions under random actions (observing `obs_indices` only, when given),
+    stored the way the trainer stores them."""
+    env = make_env(env_id, obs_indices=obs_indices)
     space = space_info(env)
     rng = np.random.default_rng(seed)
     replay = Replay(steps, space.obs_shape, () if space.discrete else (space.action_dim,))

@@ -16,12 +16,13 @@ from trainer.envs import make_env, space_info
 from trainer.export import export_bundle, graph_specs
 
 
-@pytest.fixture(scope="module", params=[("CartPole-v1", "mlp"), ("Pendulum-v1", "mlp"), ("CartPole-v1", "transformer")],
-                ids=["CartPole-v1", "Pendulum-v1", "CartPole-v1-transformer"])
+@pytest.fixture(scope="module", params=[("CartPole-v1", {}), ("Pendulum-v1", {}),
+                                        ("CartPole-v1", {"dynamics": "transformer", "sequence_mode": True})],
+                ids=["CartPole-v1", "Pendulum-v1", "CartPole-v1-transformer-memory"])
 def exported(request, tmp_path_factory):
-    env_id, dynamics = request.param
+    env_id, fields = request.param
     space = space_info(make_env(env_id))
-    agent = Agent(small_config(env_id=env_id, dynamics=dynamics), space)
+    agent = Agent(small_config(env_id=env_id, **fields), space)
     # A normaliser that has seen data, so the exported encoder carries real statistics.
     agent.world_model.normalizer.update(torch.randn(64, *space.obs_shape) * 3 + 1)
     out = tmp_path_factory.mktemp("export")
@@ -37,8 +38,10 @@ def test_every_graph_matches_torch_on_1000_random_inputs(exported):
         session = ort.InferenceSession(str(bundle / spec.file))
         for batch in (1, 7, 992):  # 1,000 inputs in all
             feeds = {n: rng.normal(0, 2, (batch, *e.shape[1:])).astype(np.float32) for n, e in zip(spec.inputs, examples)}
-            if "state" in feeds:  # states as the encoder makes them: layer-normalised
-                feeds["state"] = torch.nn.functional.layer_norm(torch.from_numpy(feeds["state"]), (feeds["state"].shape[-1],)).numpy()
+            if "state" in feeds:  # beliefs as the model makes them: a layer-normalised state, a GRU's memory in (-1, 1)
+                belief, size = torch.from_numpy(feeds["state"]), agent.cfg.state_dim
+                feeds["state"] = torch.cat([torch.nn.functional.layer_norm(belief[:, :size], (size,)),
+                                            torch.tanh(belief[:, size:])], 1).numpy()
             if "action" in feeds:  # agent actions: class indices, or vectors in [-1, 1]
                 example = examples[spec.inputs.index("action")]
                 feeds["action"] = (rng.integers(0, agent.space.action_dim, batch) if example.dtype == torch.int64
@@ -56,7 +59,7 @@ def test_manifest_describes_and_verifies_the_bundle(exported):
     agent, bundle = exported
     manifest = load_manifest(bundle)
     assert manifest.training_step == 123 and manifest.last_eval_return == 42.0
-    assert manifest.env_id == agent.cfg.env_id and manifest.state_size == agent.cfg.state_dim
+    assert manifest.env_id == agent.cfg.env_id and manifest.state_size == agent.cfg.belief_dim
     assert set(manifest.graphs) == {"encoder", "policy", "value", "world_model", "decoder", "act"}
     assert set(manifest.sha256) == {g.file for g in manifest.graphs.values()}
     assert manifest.action_space.kind == ("discrete" if agent.space.discrete else "box")

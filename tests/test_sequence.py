@@ -19,8 +19,9 @@ from trainer.sequence import causal_mask, context_of
 from trainer.world_model import WorldModel
 
 WEIGHTS = {"dynamics": 1.0, "reward": 1.0, "continue": 1.0, "decoder": 1.0}
-VARIANTS = [{"dynamics": "mlp"}, {"dynamics": "transformer"}, {"dynamics": "transformer", "dynamics_ensemble": 3}]
-IDS = ["mlp", "transformer", "transformer-ensemble"]
+VARIANTS = [{"dynamics": "mlp"}, {"dynamics": "transformer"}, {"dynamics": "transformer", "dynamics_ensemble": 3},
+            {"sequence_mode": True}, {"sequence_mode": True, "dynamics": "transformer"}]
+IDS = ["mlp", "transformer", "transformer-ensemble", "memory-mlp", "memory-transformer"]
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +46,22 @@ def sequences(replay, batch_size: int = 8, length: int = 12, seed: int = 0) -> d
 
 @pytest.mark.parametrize("fields", VARIANTS, ids=IDS)
 def test_a_later_step_cannot_change_an_earlier_prediction(replay, fields):
-    """The causal mask: position t sees steps <= t only, so changing step 7 onward leaves the predictions
-    of steps 0-6 bit-identical (and does change step 7's, so the test can see a leak)."""
+    """The causal mask (and the memory): position t sees steps <= t only, so changing the observations
+    from step 7 on leaves the predictions of steps 0-6 bit-identical (and does change step 7's, so the
+    test can see a leak)."""
     wm = world_model(replay[1], **fields)
     batch = sequences(replay)
     batch["mask"][:] = True  # all real here: only the causal mask may separate the steps
+    changed = {**batch, "obs": batch["obs"].clone()}
+    changed["obs"][:, 7:] = torch.randn_like(changed["obs"][:, 7:]) * 3
+
+    def predictions(b):
+        _, _, beliefs, _ = wm.observe(b)
+        actions = wm.encode_action(b["action"])
+        return wm.dynamics.member_means(beliefs, actions, context_of(b, beliefs, actions))
+
     with torch.no_grad():
-        states, actions = wm.encode(batch["obs"]), wm.encode_action(batch["action"])
-        before = wm.dynamics.member_means(states, actions, context_of(batch, states, actions))
-        states2 = states.clone()
-        states2[:, 7:] = torch.nn.functional.layer_norm(torch.randn_like(states2[:, 7:]), states2.shape[-1:])
-        after = wm.dynamics.member_means(states2, actions, context_of(batch, states2, actions))
+        before, after = predictions(batch), predictions(changed)
     assert torch.equal(before[:, :, :7], after[:, :, :7])
     assert not torch.equal(before[:, :, 7], after[:, :, 7])
 
@@ -90,12 +96,13 @@ def test_padded_steps_count_for_nothing(replay, fields):
 
 def test_the_transformer_without_context_is_its_length_one_sequence(replay):
     """The single-step fallback (imagination, the exported graph) is the transformer on a sequence of one step."""
-    wm = world_model(replay[1], dynamics="transformer")
+    wm = world_model(replay[1], dynamics="transformer", sequence_mode=True)
     batch = sequences(replay, batch_size=16, length=1)
     with torch.no_grad():
-        states, actions = wm.encode(batch["obs"]), wm.encode_action(batch["action"])
-        in_context = wm.dynamics.member_means(states, actions, context_of(batch, states, actions))[:, :, 0]
-        alone = wm.dynamics.member_means(states[:, 0], actions[:, 0])
+        _, _, beliefs, _ = wm.observe(batch)
+        actions = wm.encode_action(batch["action"])
+        in_context = wm.dynamics.member_means(beliefs, actions, context_of(batch, beliefs, actions))[:, :, 0]
+        alone = wm.dynamics.member_means(beliefs[:, 0], actions[:, 0])
     torch.testing.assert_close(in_context, alone)
 
 
@@ -109,7 +116,7 @@ def test_the_causal_mask_is_lower_triangular():
 def test_each_step_of_a_sequence_update_moves_its_own_group_only(replay, fields):
     """The isolation proof in sequence mode, for each dynamics: the world-model step moves the world
     model alone, and the actor and critic steps of a full update leave it where that step put it."""
-    agent = Agent(small_config(sequence_mode=True, sequence_length=12, **fields), replay[1])
+    agent = Agent(small_config(**{"sequence_mode": True, "sequence_length": 12, **fields}), replay[1])
     batch = sequences(replay)
     agent.world_model.normalizer.update(batch["obs"][batch["mask"]])
     parameters = lambda changed, group: [n for n in changed[group] if not n.endswith("bounds")]  # noqa: E731 (the return bounds follow the rewards seen)
@@ -144,3 +151,50 @@ def test_the_ensembles_disagreement_is_higher_off_the_data(replay):
 
     near_value, far_value = disagreement(held_out), disagreement({**held_out, "obs": far})
     assert far_value > 1.5 * near_value > 0, (near_value, far_value)
+
+
+def test_the_memory_predicts_what_one_observation_cannot(replay):
+    """CartPole without velocities: where the cart and pole go next depends on how they were moving,
+    which only the steps before say. Trained alike on the same sequences, the world model with a
+    memory predicts the next observation (decoded, env units) far better than the one without."""
+    space = collect_replay("CartPole-v1", 10, obs_indices=[0, 2])[1]
+    train = collect_replay("CartPole-v1", 2000, seed=2, obs_indices=[0, 2])[0]
+    held_out = collect_replay("CartPole-v1", 600, seed=9, obs_indices=[0, 2])[0]
+    errors = {}
+    for memory in (False, True):
+        torch.manual_seed(0)
+        wm = WorldModel(small_config(sequence_mode=memory, sequence_length=8), space)
+        wm.normalizer.update(torch.as_tensor(train.data["obs"][: len(train)]))
+        optimizer = torch.optim.Adam(wm.parameters(), lr=3e-3)
+        rng = np.random.default_rng(0)
+        for _ in range(400):
+            loss = world_model_loss(wm, train.sample_sequences(16, 8, rng), WEIGHTS, True).total
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        batch = held_out.sample_sequences(256, 8, np.random.default_rng(1))
+        with torch.no_grad():
+            _, _, beliefs, _ = wm.observe(batch)
+            predicted = wm.decode(wm.dynamics.member_means(beliefs, wm.encode_action(batch["action"])).mean(0))
+        later = batch["mask"].clone()
+        later[:, :3] = False  # steps with at least three before them
+        errors[memory] = (predicted - batch["next_obs"])[later].abs().mean().item()
+    assert errors[True] < 0.6 * errors[False], errors
+
+
+def test_a_sequence_run_with_memory_trains_and_exports_beliefs(tmp_path):
+    """`reverie train` in sequence mode on CartPole without velocities: sequence batches, the memory
+    beside the state in every exported graph (state_size = state + memory), the ensemble's disagreement
+    and the world-model losses logged."""
+    from reverie.bundle import latest_bundle, load_manifest
+    from reverie.cli import main
+    from trainer.metrics import read_metrics
+
+    assert main(["train", "--preset", "smoke", "--steps", "150", "--run-dir", str(tmp_path),
+                 "--set", "sequence_mode=true", "--set", "sequence_length=4", "--set", "dynamics_ensemble=2",
+                 "--set", "obs_indices=[0,2]", "--set", "threads=1"]) == 0
+    manifest = load_manifest(latest_bundle(tmp_path / "export"))
+    cfg = small_config(sequence_mode=True)
+    assert manifest.state_size == cfg.state_dim + cfg.memory_dim and manifest.observation_space.shape == [2]
+    rows = [r for r in read_metrics(tmp_path) if "dynamics_loss" in r]
+    assert rows and all(r["dynamics_disagreement"] > 0 and np.isfinite(r["world_model_loss"]) for r in rows)

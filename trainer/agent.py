@@ -120,11 +120,21 @@ class Agent(nn.Module):
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        """One observation -> one agent action (index, or vector in [-1, 1])."""
+    def act(self, obs: np.ndarray, deterministic: bool, memory: torch.Tensor | None = None) -> np.ndarray:
+        """One observation (and the memory of its episode so far, in sequence mode) -> one agent
+        action (index, or vector in [-1, 1])."""
         state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0))
-        dist = self.policy(state)
+        dist = self.policy(self.world_model.belief(state, memory))
         return (dist.mode() if deterministic else dist.sample())[0].cpu().numpy()
+
+    @torch.no_grad()
+    def remember(self, memory: torch.Tensor | None, obs: np.ndarray, action: np.ndarray) -> torch.Tensor | None:
+        """The episode's memory after `action` was taken at `obs` (None in flat mode, at no cost)."""
+        if self.world_model.memory is None:
+            return None
+        state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0))
+        action_t = self.world_model.encode_action(torch.as_tensor(action, device=self.device).unsqueeze(0))
+        return self.world_model.remember(memory, state, action_t)
 
     def entropy_coef(self) -> torch.Tensor | float:
         return self.log_alpha.exp().detach() if self.cfg.adaptive_entropy else self.cfg.entropy_coef
@@ -168,10 +178,12 @@ class Agent(nn.Module):
             metrics.update(self.world_model_step(batch))
         if counts.actor == 0 and counts.critic == 0:
             return to_floats(metrics)
+        with torch.no_grad():  # imagination starts from the (updated) world model's beliefs of real data
+            _, _, states, next_states = self.world_model.observe(batch)
         if "mask" in batch:  # a sequence batch: imagination starts from each of its real steps
-            batch = {k: v[batch["mask"]] for k, v in batch.items() if k != "mask"}
-        with torch.no_grad():  # imagination starts from the (updated) world model's states of real data
-            states, next_states = self.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
+            mask = batch["mask"]
+            states, next_states = states[mask], next_states[mask]
+            batch = {k: v[mask] for k, v in batch.items() if k != "mask"}
         imagined = None
         for _ in range(counts.actor):
             step_metrics, imagined = self.actor_step(states)
@@ -267,3 +279,20 @@ class Agent(nn.Module):
             "critic_td_error": (values - returns).abs().mean(),
             "critic_real_mix": torch.tensor(real_mix, device=self.device),
         }
+
+
+class EpisodePlayer:
+    """`act(obs) -> env action` over whole episodes, for `play_episodes`: carries the agent's memory
+    from step to step (sequence mode) and forgets it when `reset` starts an episode."""
+
+    def __init__(self, agent: Agent, deterministic: bool):
+        self.agent, self.deterministic = agent, deterministic
+        self.memory: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.memory = None
+
+    def __call__(self, obs: np.ndarray):
+        action = self.agent.act(obs, self.deterministic, self.memory)
+        self.memory = self.agent.remember(self.memory, obs, action)
+        return self.agent.space.to_env_action(action)

@@ -193,7 +193,7 @@ class TransformerMember(nn.Module):
     def __init__(self, cfg: Config, action_dim: int):
         super().__init__()
         width = cfg.hidden_dim
-        self.embed = nn.Linear(cfg.state_dim + action_dim, width)
+        self.embed = nn.Linear(cfg.belief_dim + action_dim, width)
         self.position = nn.Parameter(torch.zeros(cfg.sequence_length, width))
         self.blocks = nn.ModuleList(
             nn.ModuleDict({"norm1": nn.LayerNorm(width), "attention": CausalSelfAttention(width, cfg.attention_heads),
@@ -215,9 +215,10 @@ class TransformerMember(nn.Module):
 
 
 class DynamicsModel(nn.Module):
-    """(state, action) -> Normal over the next state; an ensemble votes by its mean (diagram 6, failure 2).
+    """(belief, action) -> Normal over the next state; an ensemble votes by its mean (diagram 6, failure 2).
 
-    Members are MLPs, or transformers that attend over the sequence context (`cfg.dynamics`).
+    Members are MLPs, or transformers that attend over the sequence context (`cfg.dynamics`). The
+    belief is the state, and in sequence mode the memory beside it (`WorldModel.belief`).
     """
 
     def __init__(self, cfg: Config, action_dim: int):
@@ -225,24 +226,26 @@ class DynamicsModel(nn.Module):
         self.attends = cfg.dynamics == "transformer"
         self.members = nn.ModuleList(
             TransformerMember(cfg, action_dim) if self.attends
-            else mlp(cfg.state_dim + action_dim, cfg.state_dim, cfg.hidden_dim, cfg.hidden_layers)
+            else mlp(cfg.belief_dim + action_dim, cfg.state_dim, cfg.hidden_dim, cfg.hidden_layers)
             for _ in range(cfg.dynamics_ensemble)
         )
         self.std = cfg.dynamics_std
+        self.state_dim = cfg.state_dim
 
-    def member_means(self, state: torch.Tensor, action: torch.Tensor,
+    def member_means(self, belief: torch.Tensor, action: torch.Tensor,
                      context: SequenceContext | None = None) -> torch.Tensor:
-        """[K, *state.shape]: each member predicts a residual step, normalised like encoded states.
+        """[K, ..., state_dim]: each member predicts a residual step from the state, normalised like encoded states.
 
         The normalisation keeps imagined states on the encoder's manifold, so a long rollout
         cannot drift into regions where reward and value heads extrapolate wildly.
         """
-        x = torch.cat([state, action], -1)
+        x = torch.cat([belief, action], -1)
+        state = belief[..., : self.state_dim]
         steps = [m(x, context) for m in self.members] if self.attends else [m(x) for m in self.members]
         return torch.stack([torch.nn.functional.layer_norm(state + step, state.shape[-1:]) for step in steps])
 
-    def forward(self, state: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None) -> Normal:
-        return Normal(self.member_means(state, action, context).mean(0), self.std)
+    def forward(self, belief: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None) -> Normal:
+        return Normal(self.member_means(belief, action, context).mean(0), self.std)
 
 
 class RewardPredictor(nn.Module):
@@ -253,7 +256,7 @@ class RewardPredictor(nn.Module):
 
     def __init__(self, cfg: Config, action_dim: int):
         super().__init__()
-        self.net = mlp(cfg.state_dim + action_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
+        self.net = mlp(cfg.belief_dim + action_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
         self.symlog = cfg.symlog
 
     def forward(self, state: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None) -> Normal:
@@ -270,7 +273,7 @@ class ContinuePredictor(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
-        self.net = mlp(cfg.state_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
+        self.net = mlp(cfg.belief_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
 
     def forward(self, state: torch.Tensor, context: SequenceContext | None = None) -> Bernoulli:
         return Bernoulli(logits=self.net(state).squeeze(-1))
@@ -284,7 +287,7 @@ class PolicyHead(nn.Module):
         self.discrete = space.discrete
         self.action_dim = space.action_dim
         out = space.action_dim if space.discrete else 2 * space.action_dim
-        self.net = mlp(cfg.state_dim, out, cfg.hidden_dim, cfg.hidden_layers)
+        self.net = mlp(cfg.belief_dim, out, cfg.hidden_dim, cfg.hidden_layers)
 
     def params(self, state: torch.Tensor, context: SequenceContext | None = None) -> tuple[torch.Tensor, ...]:
         """The raw outputs that are exported: (logits,) or (mean, std)."""
@@ -368,7 +371,7 @@ class ValueFunction(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
-        self.net = mlp(cfg.state_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
+        self.net = mlp(cfg.belief_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
         self.symlog = cfg.symlog
         self.register_buffer("bounds", torch.tensor([-math.inf, math.inf]))
 

@@ -64,6 +64,8 @@ class Config(BaseModel):
     sequence_mode: bool = Field(False, description="train on sequences of sequence_length steps "
                                 "(batch_size // sequence_length of them per batch) with their sequence context, not flat transitions")
     sequence_length: int = Field(16, ge=1, description="steps per sampled sequence; also the longest context a transformer attends over")
+    memory_dim: int = Field(64, ge=1, description="size of the recurrent memory of past states and actions that, in "
+                            "sequence mode, joins each state (the agent's belief: what it sees, and what it remembers)")
 
     # world model (diagram 2)
     dynamics_weight: float = Field(1.0, ge=0, description="weight of the dynamics MSE in the world-model loss")
@@ -139,6 +141,11 @@ class Config(BaseModel):
     export_keep: int = Field(5, ge=1, description="bundle versions kept (plus the best)")
     diagnostics_window: int = Field(8, ge=3, description="metric rows the failure-mode detectors look at")
 
+    @property
+    def belief_dim(self) -> int:
+        """What the heads read: the state, and in sequence mode the memory beside it."""
+        return self.state_dim + (self.memory_dim if self.sequence_mode else 0)
+
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "Config":
         if self.dynamics == "transformer" and self.hidden_dim % self.attention_heads:
@@ -157,7 +164,8 @@ class Config(BaseModel):
 
 # What a resumed run cannot change: the env and what it shows, the networks' shapes and parameter groups, the replay's size.
 FIXED_ON_RESUME = ("env_id", "obs_indices", "feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth",
-                   "dynamics", "transformer_layers", "attention_heads", "sequence_length", "dynamics_ensemble",
+                   "dynamics", "transformer_layers", "attention_heads", "sequence_length", "sequence_mode", "memory_dim",
+                   "dynamics_ensemble",
                    "adaptive_entropy", "replay_capacity")
 
 

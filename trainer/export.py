@@ -55,18 +55,23 @@ class _Act(nn.Module):
         self.agent = agent
 
     def forward(self, obs):
-        state = self.agent.world_model.encode(obs)
-        return (*self.agent.policy.params(state), self.agent.value(state))
+        wm = self.agent.world_model
+        belief = wm.first_belief(obs)
+        return (*self.agent.policy.params(belief), self.agent.value(belief))
 
 
 def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], GraphSpec]]:
-    """name -> (module, example inputs, spec): the five graphs of the bundle."""
-    space, cfg = agent.space, agent.cfg
-    obs, state = torch.zeros(2, *space.obs_shape), torch.zeros(2, cfg.state_dim)
+    """name -> (module, example inputs, spec): the graphs of the bundle.
+
+    Their "state" is the agent's belief (`WorldModel.belief`); in sequence mode the encoder and act
+    graphs give it with an empty memory (an observation with no history before it).
+    """
+    space, cfg, wm = agent.space, agent.cfg, agent.world_model
+    obs, state = torch.zeros(2, *space.obs_shape), torch.zeros(2, cfg.belief_dim)
     action = torch.zeros(2, dtype=torch.int64) if space.discrete else torch.zeros(2, space.action_dim)  # agent form
     contract = graph_contract("discrete" if space.discrete else "box")
     modules = {
-        "encoder": (_OneInput(agent, agent.world_model.encode), (obs,)),
+        "encoder": (_OneInput(agent, wm.first_belief), (obs,)),
         "policy": (_OneInput(agent, agent.policy.params), (state,)),
         "value": (agent.value, (state,)),
         "world_model": (_WorldModelStep(agent), (state, action)),
@@ -103,7 +108,7 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
     manifest = Manifest(
         model_version=0, training_step=training_step, phase=phase, env_id=cfg.env_id, obs_indices=cfg.obs_indices,
         observation_space=ObservationSpace(shape=list(space.obs_shape), dtype="uint8" if space.is_image else "float32"),
-        action_space=action_space, state_size=cfg.state_dim, gamma=cfg.gamma, lambda_=cfg.lambda_,
+        action_space=action_space, state_size=cfg.belief_dim, gamma=cfg.gamma, lambda_=cfg.lambda_,
         default_horizon=cfg.horizon, max_horizon=MAX_HORIZON, last_eval_return=last_eval,
         seed=cfg.seed, eval_episodes=cfg.eval_episodes,
         graphs={name: spec for name, (_, _, spec) in specs.items()},

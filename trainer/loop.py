@@ -23,7 +23,7 @@ from reverie.bundle import versions
 from reverie.evaluation import play_episodes
 from reverie.runs import latest_checkpoint, publish_status
 
-from .agent import Agent
+from .agent import Agent, EpisodePlayer
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FIXED_ON_RESUME, Config
 from .diagnostics import diagnose, evidence, solved_return
@@ -182,6 +182,8 @@ class Trainer:
             self.publish_bundle()  # the final weights, with the eval that scored them
 
     def _reset_env(self) -> tuple[np.ndarray, float]:
+        """A new episode: its first observation and return 0; the agent's memory starts empty."""
+        self.memory = None
         obs, _ = self.env.reset(seed=self.cfg.seed * 100_003 + self.episodes)
         self.env.action_space.seed(self.cfg.seed * 100_003 + self.episodes)
         return obs, 0.0
@@ -190,7 +192,8 @@ class Trainer:
         if self.schedule.explores_randomly(self.env_step) or self.rng.random() < self.cfg.epsilon:
             action = self._random_action()
         else:
-            action = self.agent.act(self.obs, deterministic=False)
+            action = self.agent.act(self.obs, deterministic=False, memory=self.memory)
+        self.memory = self.agent.remember(self.memory, self.obs, action)
         next_obs, reward, terminated, truncated, _ = self.env.step(self.space.to_env_action(action))
         self.replay.add(self.obs, action, reward, next_obs, terminated, truncated)
         if not self.space.is_image:
@@ -229,13 +232,13 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         """Eval return, plus the critic's value at each episode's first observation beside the
         discounted return that followed: what the critic should have said, and what it said."""
-        act = lambda obs: self.space.to_env_action(self.agent.act(obs, deterministic=True))  # noqa: E731
-        episodes = play_episodes(act, self.cfg.env_id, self.cfg.eval_episodes, self.cfg.seed, self.eval_env,
-                                 self.cfg.gamma)
+        player = EpisodePlayer(self.agent, deterministic=True)
+        episodes = play_episodes(player, self.cfg.env_id, self.cfg.eval_episodes, self.cfg.seed, self.eval_env,
+                                 self.cfg.gamma, start=player.reset)
         self.last_eval = float(np.mean([e.total for e in episodes]))
         with torch.no_grad():
             first = torch.as_tensor(np.stack([e.first_obs for e in episodes]), dtype=torch.float32, device=self.device)
-            values = self.agent.value(self.agent.world_model.encode(first))
+            values = self.agent.value(self.agent.world_model.first_belief(first))
         return {"eval_value": float(values.mean()),
                 "eval_discounted_return": float(np.mean([e.discounted for e in episodes]))}
 

@@ -57,25 +57,23 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
     counts real steps only. A sequence batch of length 1 gives the flat batch's losses.
     """
     obs, next_obs, mask = batch["obs"], batch["next_obs"], batch.get("mask")
-    n = obs.shape[0]
-    states_all = wm.encode(torch.cat([obs, next_obs]))
-    states, next_states = states_all[:n], states_all[n:]
+    states, next_states, beliefs, next_beliefs = wm.observe(batch)
     action = wm.encode_action(batch["action"])
-    context = None if mask is None else context_of(batch, states, action)
+    context = None if mask is None else context_of(batch, beliefs, action)
 
     # Stop-gradient on the target: the encoder cannot make dynamics easy by moving the target.
-    member_means = wm.dynamics.member_means(states, action, context)
+    member_means = wm.dynamics.member_means(beliefs, action, context)
     dynamics = masked_mean((member_means - next_states.detach()).pow(2).mean(0), mask)
 
-    reward_pred = wm.reward(states, action, context).mean
+    reward_pred = wm.reward(beliefs, action, context).mean
     reward_target = symlog(batch["reward"]) if symlog_rewards else batch["reward"]
     reward = 0.5 * masked_mean((reward_pred - reward_target).pow(2), mask)  # Gaussian NLL, unit std, up to a constant
 
     continue_target = 1.0 - batch["terminated"]
-    continue_logits = wm.continue_(next_states, context).logits
+    continue_logits = wm.continue_(next_beliefs, context).logits
     if "ending_next_obs" in batch:  # extra endings for the continue head alone (Replay.sample's `endings`)
-        ending_logits = wm.continue_(wm.encode(batch["ending_next_obs"])).logits
-        p, k = batch["ending_share"], len(ending_logits)
+        ending_logits = wm.continue_(wm.first_belief(batch["ending_next_obs"])).logits
+        p, k, n = batch["ending_share"], len(ending_logits), len(continue_logits)
         cont = continue_loss(torch.cat([continue_logits, ending_logits]),
                              torch.cat([batch["terminated"], torch.ones_like(ending_logits)]),
                              (k + n * p) / (k + n), p)
@@ -83,7 +81,8 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
         cont = continue_loss(continue_logits, batch["terminated"], mask=mask)
 
     both = None if mask is None else torch.cat([mask, mask])
-    decoder = masked_mean((wm.repr_learner.decode(states_all) - wm.prepare_obs(torch.cat([obs, next_obs]))).pow(2), both)
+    decoder = masked_mean((wm.repr_learner.decode(torch.cat([states, next_states]))
+                           - wm.prepare_obs(torch.cat([obs, next_obs]))).pow(2), both)
 
     total = (
         weights["dynamics"] * dynamics + weights["reward"] * reward

@@ -1,7 +1,14 @@
 """The world model: everything that learns to predict the environment (diagram 2, phase 1).
 
 Owns the observation normaliser, encoder, representation learner (and its decoder), dynamics,
-reward and continue predictors. Its parameters are exactly the world-model optimizer's.
+reward and continue predictors, and in sequence mode the recurrent memory. Its parameters are
+exactly the world-model optimizer's.
+
+Beliefs: every head reads a *belief*, the encoded state of what is seen now and, in sequence
+mode, beside it a memory of the steps before (a GRU over past states and actions, zero at an
+episode's or a sequence's start). In flat mode the belief is the state. A partially observed env
+(CartPole without velocities) is learnable only through the memory: one observation does not
+say where the pole is going.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ class WorldModel(nn.Module):
         self.dynamics = DynamicsModel(cfg, space.action_dim)
         self.reward = RewardPredictor(cfg, space.action_dim)
         self.continue_ = ContinuePredictor(cfg)
+        self.memory = nn.GRUCell(cfg.state_dim + space.action_dim, cfg.memory_dim) if cfg.sequence_mode else None
+        self.state_dim, self.memory_dim = cfg.state_dim, cfg.memory_dim
         if cfg.orthogonal_init:
             orthogonal_init(self)
 
@@ -51,9 +60,45 @@ class WorldModel(nn.Module):
         flat = obs.reshape(-1, *self.space.obs_shape)
         return self.repr_learner.encode(self.encoder(self.prepare_obs(flat))).reshape(*lead, -1)
 
-    def decode(self, state: torch.Tensor) -> torch.Tensor:
-        """State -> reconstructed observation in env units (images in [0, 255])."""
-        out = self.repr_learner.decode(state)
+    def belief(self, state: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """State [N, state_dim] (and memory [N, memory_dim], zero when None) -> belief; the state alone in flat mode."""
+        if self.memory is None:
+            return state
+        return torch.cat([state, memory if memory is not None else state.new_zeros(*state.shape[:-1], self.memory_dim)], -1)
+
+    def first_belief(self, obs: torch.Tensor) -> torch.Tensor:
+        """The belief at observations with nothing remembered: an episode's start, an exported graph's input."""
+        return self.belief(self.encode(obs))
+
+    def remember(self, memory: torch.Tensor | None, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor | None:
+        """The memory after a step from `state` with `action` (encoded); None in flat mode."""
+        if self.memory is None:
+            return None
+        memory = memory if memory is not None else state.new_zeros(state.shape[0], self.memory_dim)
+        return self.memory(torch.cat([state, action], -1), memory)
+
+    def observe(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(states, next_states, beliefs, next_beliefs) of a batch's observations.
+
+        Without a memory the beliefs are the states. Sequence batches [B, T]: the memory runs over
+        the sequence from zero, so step t's belief remembers steps 0..t-1 of it; a flat batch is a
+        batch of sequences of one step."""
+        obs, next_obs = batch["obs"], batch["next_obs"]
+        states, next_states = self.encode(torch.cat([obs, next_obs])).chunk(2)
+        if self.memory is None:
+            return states, next_states, states, next_states
+        action = self.encode_action(batch["action"])
+        if "mask" not in batch:
+            return states, next_states, self.belief(states), self.belief(next_states, self.remember(None, states, action))
+        memories = [states.new_zeros(states.shape[0], self.memory_dim)]
+        for t in range(states.shape[1]):
+            memories.append(self.remember(memories[-1], states[:, t], action[:, t]))
+        memory = torch.stack(memories, 1)
+        return states, next_states, self.belief(states, memory[:, :-1]), self.belief(next_states, memory[:, 1:])
+
+    def decode(self, belief: torch.Tensor) -> torch.Tensor:
+        """Belief (its state part) -> reconstructed observation in env units (images in [0, 255])."""
+        out = self.repr_learner.decode(belief[..., : self.state_dim])
         if self.space.is_image:
             return ((out + 0.5) * 255.0).clamp(0.0, 255.0)
         return self.normalizer.denormalize(out)
@@ -64,19 +109,24 @@ class WorldModel(nn.Module):
             return torch.nn.functional.one_hot(action.long(), self.space.action_dim).float()
         return action.float()
 
-    def transition(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """The recurrent half of an imagined step: the predicted next state (the ensemble's vote)."""
-        return self.dynamics.member_means(state, action).mean(0)
+    def transition(self, belief: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The recurrent half of an imagined step: the next belief (the ensemble's vote for the next
+        state, and the memory that has seen this step)."""
+        next_state = self.dynamics.member_means(belief, action).mean(0)
+        if self.memory is None:
+            return next_state
+        memory = self.remember(belief[..., self.state_dim:], belief[..., : self.state_dim], action)
+        return self.belief(next_state, memory)
 
-    def outcome(self, state: torch.Tensor, action: torch.Tensor, next_state: torch.Tensor):
-        """The rest of an imagined step: (reward in env units, continue probability of `next_state`).
+    def outcome(self, belief: torch.Tensor, action: torch.Tensor, next_belief: torch.Tensor):
+        """The rest of an imagined step: (reward in env units, continue probability of `next_belief`).
 
         Nothing here feeds the next step, so imagination runs it once over all H steps at the end.
         """
-        return self.reward.mean(state, action), torch.sigmoid(self.continue_.net(next_state).squeeze(-1))
+        return self.reward.mean(belief, action), torch.sigmoid(self.continue_.net(next_belief).squeeze(-1))
 
     @torch.no_grad()
-    def step(self, state: torch.Tensor, action: torch.Tensor):
-        """One imagined transition, as exported: (next state, reward, continue probability)."""
-        next_state = self.transition(state, action)
-        return (next_state, *self.outcome(state, action, next_state))
+    def step(self, belief: torch.Tensor, action: torch.Tensor):
+        """One imagined transition, as exported: (next belief, reward, continue probability)."""
+        next_belief = self.transition(belief, action)
+        return (next_belief, *self.outcome(belief, action, next_belief))
