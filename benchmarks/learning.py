@@ -37,19 +37,22 @@ THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -2
 
 def time_update(trainer: Trainer) -> dict[str, float]:
     """Milliseconds of each part of one full update, on the trained agent and its replay."""
-    return time_parts(trainer.agent, lambda: trainer.replay.sample(trainer.cfg.batch_size, trainer.rng, trainer.device), 20)
+    return time_parts(trainer.agent, trainer.sample_batch, 20)
 
 
 def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, threads: int | None = None,
-                eval_every: int | None = None) -> dict:
+                eval_every: int | None = None, common: tuple[str, ...] = (), threshold: float | None = None) -> dict:
     """One training run. `preset`: "env" (the env's own preset), "none" (the defaults), a preset name,
-    or `key=value` (the defaults with that one key changed: the measured effect of one setting)."""
-    env_id, threshold = THRESHOLDS[env]
+    or `key=value` (the defaults with that one key changed: the measured effect of one setting).
+    `common`: key=value overrides of every run (`--set`), e.g. a partially observed env; `threshold`:
+    the eval return that counts as reached, when not the env's."""
+    env_id, env_threshold = THRESHOLDS[env]
+    threshold = env_threshold if threshold is None else threshold
     override = "=" in preset
     name = None if override or preset == "none" else env if preset == "env" else preset
-    cfg = build_config(name, [preset] if override else None, env_id=env_id, seed=seed, total_steps=steps,
+    cfg = build_config(name, [*common, *([preset] if override else [])], env_id=env_id, seed=seed, total_steps=steps,
                        threads=threads, eval_every=eval_every)
-    run_dir = out / f"{env}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', preset)}_seed{seed}"
+    run_dir = out / re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join([env, *common, preset, f"seed{seed}"]))
     trainer = Trainer(cfg, run_dir)
     start = time.perf_counter()
     trainer.run()
@@ -58,7 +61,7 @@ def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, 
              for r in read_metrics(run_dir) if "eval_return" in r]
     reached = next((s for s, v, *_ in evals if v >= threshold), None)
     parts = time_update(trainer)
-    return {"agent": f"reverie ({preset})", "env": env_id, "seed": seed, "steps_to_threshold": reached,
+    return {"agent": f"reverie ({' '.join([*common, preset])})", "env": env_id, "seed": seed, "steps_to_threshold": reached,
             "final_eval": evals[-1][1] if evals else None, "wall_s": wall,
             "updates_per_s": trainer.updates / wall, "update_ms": parts, "evals": evals,
             "threshold": threshold, "wall_to_threshold": _wall_at(run_dir, reached)}
@@ -157,6 +160,10 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["none"],
                         help="'none' (the defaults), 'env' (the env's own preset), preset names, or key=value "
                              "(the defaults with one key changed); one row each")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of every run, e.g. --set 'obs_indices=[0,2]' (CartPole without velocities)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="eval return that counts as reached (default: the env's, CartPole 475, Pendulum -200)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="env steps per run (default: the config's)")
     parser.add_argument("--eval-every", type=int, default=None)
@@ -169,7 +176,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     threads = args.threads or (1 if args.jobs > 1 else None)
-    runs = [(env, preset, seed, args.steps, out, threads, args.eval_every)
+    runs = [(env, preset, seed, args.steps, out, threads, args.eval_every, tuple(args.set), args.threshold)
             for env in args.envs for preset in args.presets for seed in args.seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

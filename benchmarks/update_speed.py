@@ -73,8 +73,11 @@ def time_parts(agent, sample_batch, repeats: int = 10) -> dict[str, float]:
         batch = sample_batch()
         t0 = time.perf_counter()
         agent.world_model_step(batch)
-        with torch.no_grad():
-            states, next_states = agent.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
+        if hasattr(agent, "imagination_starts"):
+            batch, states, next_states = agent.imagination_starts(batch)
+        else:  # a revision from before sequence batches
+            with torch.no_grad():
+                states, next_states = agent.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
         t1 = time.perf_counter()
         with torch.set_grad_enabled(not getattr(agent, "reinforce", False)):  # as the actor step imagines
             imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)

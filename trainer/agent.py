@@ -178,12 +178,7 @@ class Agent(nn.Module):
             metrics.update(self.world_model_step(batch))
         if counts.actor == 0 and counts.critic == 0:
             return to_floats(metrics)
-        with torch.no_grad():  # imagination starts from the (updated) world model's beliefs of real data
-            _, _, states, next_states = self.world_model.observe(batch)
-        if "mask" in batch:  # a sequence batch: imagination starts from each of its real steps
-            mask = batch["mask"]
-            states, next_states = states[mask], next_states[mask]
-            batch = {k: v[mask] for k, v in batch.items() if k != "mask"}
+        batch, states, next_states = self.imagination_starts(batch)
         imagined = None
         for _ in range(counts.actor):
             step_metrics, imagined = self.actor_step(states)
@@ -197,6 +192,16 @@ class Agent(nn.Module):
             for _ in range(counts.critic):
                 metrics.update(self.critic_step(*imagined, batch, next_states, critic_real_mix))
         return to_floats(metrics)
+
+    @torch.no_grad()
+    def imagination_starts(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(flat batch, beliefs, next beliefs) of the batch's real steps, by the (updated) world model:
+        where the actor and critic start. A sequence batch gives each of its real steps, flattened."""
+        _, _, states, next_states = self.world_model.observe(batch)
+        if "mask" not in batch:
+            return batch, states, next_states
+        mask = batch["mask"]
+        return {k: v[mask] for k, v in batch.items() if k != "mask"}, states[mask], next_states[mask]
 
     def world_model_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         losses = world_model_loss(

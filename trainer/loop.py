@@ -220,14 +220,18 @@ class Trainer:
         mix = self.schedule.critic_real_mix(self.env_step)
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
-            if self.cfg.sequence_mode:
-                batch = self.replay.sample_sequences(max(1, self.cfg.batch_size // self.cfg.sequence_length),
-                                                     self.cfg.sequence_length, self.rng, self.device)
-            else:
-                endings = self.replay.extra_endings(self.cfg.batch_size, self.cfg.continue_endings)
-                batch = self.replay.sample(self.cfg.batch_size, self.rng, self.device, endings)
-            self.averager.add(self.agent.update(batch, counts, mix))
+            self.averager.add(self.agent.update(self.sample_batch(), counts, mix))
             self.updates += 1
+
+    def sample_batch(self) -> dict[str, torch.Tensor]:
+        """One update's batch: batch_size // sequence_length sequences in sequence mode, else batch_size
+        transitions (with extra endings for the continue head when `continue_endings` asks)."""
+        cfg = self.cfg
+        if cfg.sequence_mode:
+            return self.replay.sample_sequences(max(1, cfg.batch_size // cfg.sequence_length), cfg.sequence_length,
+                                                self.rng, self.device)
+        endings = self.replay.extra_endings(cfg.batch_size, cfg.continue_endings)
+        return self.replay.sample(cfg.batch_size, self.rng, self.device, endings)
 
     def _evaluate(self) -> dict[str, float]:
         """Eval return, plus the critic's value at each episode's first observation beside the
