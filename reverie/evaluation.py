@@ -18,15 +18,20 @@ EVAL_SEED_BASE = 1_000_000  # eval episodes use seeds disjoint from training's
 
 @dataclass(frozen=True)
 class Episode:
-    """One played episode: its return, its gamma-discounted return, and where it started.
+    """One played episode: its return, its gamma-discounted return, where it started, and every step.
 
     The discounted return from the first observation is what a true critic would have
     predicted there: the trainer logs both side by side to show whether its values are honest.
+    The steps are real sequences no model trained on: the trainer measures its imagination on them.
     """
 
     total: float
     discounted: float
     first_obs: np.ndarray
+    observations: np.ndarray  # [n + 1, *obs]: every observation, the last one after the last action
+    actions: np.ndarray  # [n, ...]: env actions
+    rewards: np.ndarray  # [n]
+    terminated: bool  # the episode ended in a terminal state (not cut by a time limit)
 
 
 def play_episodes(act: Callable[[np.ndarray], object], env_id: str, episodes: int, seed: int = 0,
@@ -42,14 +47,19 @@ def play_episodes(act: Callable[[np.ndarray], object], env_id: str, episodes: in
         if start is not None:
             start()
         obs, _ = env.reset(seed=EVAL_SEED_BASE + 1000 * seed + i)
-        first, total, discounted, discount, done = obs, 0.0, 0.0, 1.0, False
+        observations, actions, rewards = [obs], [], []
+        discounted, discount, done = 0.0, 1.0, False
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
-            total += float(reward)
+            action = act(obs)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(float(reward))
             discounted += discount * float(reward)
             discount *= gamma
             done = terminated or truncated
-        played.append(Episode(total, discounted, np.asarray(first)))
+        played.append(Episode(float(sum(rewards)), discounted, np.asarray(observations[0]), np.asarray(observations),
+                              np.asarray(actions), np.asarray(rewards, np.float32), bool(terminated)))
     return played
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 CHECKPOINT = re.compile(r"step_(\d+)\.pt$")
 STATUS_FILE = "status.json"
-STATUS_KEYS = ("env_step", "phase", "updates", "episodes", "wall_s", "eval_return", "eval_env_step", "failure_modes")
+STATUS_KEYS = ("env_step", "phase", "updates", "episodes", "wall_s", "eval_return", "eval_env_step", "failure_modes",
+               "imagination_fidelity")
 
 
 def checkpoint_path(run_dir: Path, env_step: int) -> Path:
@@ -48,14 +49,17 @@ def read_status(run_dir: Path | None) -> dict | None:
         return None
 
 
-def publish_status(run_dir: Path, row: dict) -> None:
-    """Publish a metric row's progress; an evaluation is carried forward until the next one."""
+def publish_status(run_dir: Path, row: dict, fidelity: dict | None = None) -> None:
+    """Publish a metric row's progress; an evaluation, and the imagination fidelity measured with it
+    (env_step and, per imagined step, state_error, obs_error, reward_error, continue_accuracy), are
+    carried forward until the next one."""
     previous = read_status(run_dir) or {}
     status = {key: row.get(key) for key in STATUS_KEYS[:5]}
     evaluated = row.get("eval_return") is not None
     status["eval_return"] = row["eval_return"] if evaluated else previous.get("eval_return")
     status["eval_env_step"] = row["env_step"] if evaluated else previous.get("eval_env_step")
     status["failure_modes"] = list(row.get("failure_modes", []))
+    status["imagination_fidelity"] = fidelity if fidelity is not None else previous.get("imagination_fidelity")
     path = Path(run_dir) / STATUS_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(status))

@@ -10,14 +10,16 @@ from trainer.metrics import read_metrics
 
 def test_status_carries_the_last_evaluation_forward(tmp_path):
     assert read_status(tmp_path) is None and read_status(None) is None
+    fidelity = {"env_step": 500, "state_error": [0.1, 0.2], "obs_error": [0.01, 0.03], "reward_error": [0.0, 0.1],
+                "continue_accuracy": [1.0, 0.9]}
     publish_status(tmp_path, {"env_step": 500, "phase": "full", "updates": 9, "episodes": 3, "wall_s": 1.0,
-                              "eval_return": 42.0, "failure_modes": ["critic_divergence"], "dynamics_loss": 0.1})
+                              "eval_return": 42.0, "failure_modes": ["critic_divergence"], "dynamics_loss": 0.1}, fidelity)
     publish_status(tmp_path, {"env_step": 750, "phase": "full", "updates": 12, "episodes": 4, "wall_s": 2.0,
                               "failure_modes": []})
     status = read_status(tmp_path)
     assert tuple(status) == STATUS_KEYS  # progress only: the loss columns stay in the trainer's log
     assert status["env_step"] == 750 and status["eval_return"] == 42.0 and status["eval_env_step"] == 500
-    assert status["failure_modes"] == []
+    assert status["failure_modes"] == [] and status["imagination_fidelity"] == fidelity
     (tmp_path / "status.json").write_text("{half a file")
     assert read_status(tmp_path) is None  # never raises into a request
 

@@ -198,3 +198,11 @@ def test_a_sequence_run_with_memory_trains_and_exports_beliefs(tmp_path):
     assert manifest.state_size == cfg.state_dim + cfg.memory_dim and manifest.observation_space.shape == [2]
     rows = [r for r in read_metrics(tmp_path) if "dynamics_loss" in r]
     assert rows and all(r["dynamics_disagreement"] > 0 and np.isfinite(r["world_model_loss"]) for r in rows)
+    # The imagination, measured on the last evaluation's episodes, reaches GET /model through status.json.
+    from reverie.runs import read_status
+
+    fidelity = read_status(tmp_path)["imagination_fidelity"]
+    evaluated = [r for r in read_metrics(tmp_path) if "eval_return" in r]
+    assert fidelity["env_step"] == evaluated[-1]["env_step"] > 0
+    assert 0 < len(fidelity["obs_error"]) <= cfg.horizon and all(0 <= a <= 1 for a in fidelity["continue_accuracy"])
+    assert evaluated[-1]["imagination_obs_error"] == pytest.approx(np.mean(fidelity["obs_error"]))

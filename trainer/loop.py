@@ -25,6 +25,7 @@ from reverie.runs import latest_checkpoint, publish_status
 
 from .agent import Agent, EpisodePlayer
 from .checkpoint import load_checkpoint, save_checkpoint
+from .fidelity import imagination_fidelity
 from .config import FIXED_ON_RESUME, Config
 from .diagnostics import diagnose, evidence, solved_return
 from .envs import make_env, space_info
@@ -122,6 +123,7 @@ class Trainer:
         self.update_credit = 0.0
         self.episodes = 0
         self.last_eval: float | None = None
+        self.fidelity: dict | None = None  # the last evaluation's imagination fidelity, per imagined step
         self.wall_offset = 0.0
         if checkpoint is not None:
             self._restore(load_checkpoint(checkpoint))
@@ -243,8 +245,14 @@ class Trainer:
         with torch.no_grad():
             first = torch.as_tensor(np.stack([e.first_obs for e in episodes]), dtype=torch.float32, device=self.device)
             values = self.agent.value(self.agent.world_model.first_belief(first))
+        # Its own generator: measuring the imagination must not move the training's random stream.
+        fidelity = imagination_fidelity(self.agent.world_model, self.space, episodes, self.cfg.horizon,
+                                        np.random.default_rng(self.env_step), self.device)
+        if fidelity is not None:
+            self.fidelity = {"env_step": self.env_step, **fidelity}
+        means = {f"imagination_{key}": float(np.mean(steps)) for key, steps in (fidelity or {}).items()}
         return {"eval_value": float(values.mean()),
-                "eval_discounted_return": float(np.mean([e.discounted for e in episodes]))}
+                "eval_discounted_return": float(np.mean([e.discounted for e in episodes])), **means}
 
     def _log(self, evaluation: dict[str, float] | None) -> None:
         evaluated = evaluation is not None
@@ -263,13 +271,13 @@ class Trainer:
                         ", ".join(f"{k} {v}" for k, v in evidence(f, [*self.recent_rows, row]).items()),
                         " ".join(f.set_lines(self.cfg)) or "nothing left to turn on")
         self.writer.write(row)
-        publish_status(self.run_dir, row)
+        publish_status(self.run_dir, row, self.fidelity if evaluated else None)
         self.recent_rows.append(row)
         if evaluated:
             plot_training_curves(
                 read_metrics(self.run_dir), self.run_dir / "training_curves.png",
                 {"transition": self.schedule.warmup_end, "full": self.schedule.transition_end},
-                f"{self.cfg.env_id} seed {self.cfg.seed}",
+                f"{self.cfg.env_id} seed {self.cfg.seed}", self.fidelity,
             )
 
     def publish_bundle(self) -> Path:

@@ -85,10 +85,13 @@ CURVES = (
 )
 
 
-def plot_training_curves(rows: list[dict], path: Path, phase_boundaries: dict[str, int], title: str) -> None:
-    """Six panels of the seed's headline metrics with the phase boundaries marked; written atomically."""
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), constrained_layout=True)
-    for ax, (key, label) in zip(axes.flat, CURVES):
+def plot_training_curves(rows: list[dict], path: Path, phase_boundaries: dict[str, int], title: str,
+                         fidelity: dict | None = None) -> None:
+    """Six panels of the seed's headline metrics with the phase boundaries marked, and beside them
+    the imagination's error per imagined step at the last evaluation (`fidelity`); written atomically."""
+    fig, axes = plt.subplots(2, 4, figsize=(17, 6.5), constrained_layout=True)
+    _plot_fidelity(axes[0, 3], axes[1, 3], fidelity)
+    for ax, (key, label) in zip(axes[:, :3].flat, CURVES):
         points = [(r["env_step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
         if points:
             xs, ys = zip(*points)
@@ -104,3 +107,16 @@ def plot_training_curves(rows: list[dict], path: Path, phase_boundaries: dict[st
     fig.savefig(tmp, dpi=80)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _plot_fidelity(error_ax, continue_ax, fidelity: dict | None) -> None:
+    """Open-loop error of the decoded observation and continue accuracy against the imagined step."""
+    for ax, (key, label) in ((error_ax, ("obs_error", "imagined obs error (env units)")),
+                             (continue_ax, ("continue_accuracy", "imagined continue accuracy"))):
+        at = f" at env step {fidelity['env_step']:,}" if fidelity else ""
+        if fidelity:
+            steps = range(1, len(fidelity[key]) + 1)
+            ax.plot(steps, fidelity[key], marker="o", markersize=3)
+        ax.set_title(f"{label}{at}", fontsize=10)
+        ax.set_xlabel("imagined step (held-out eval episodes)", fontsize=8)
+        ax.grid(alpha=0.3)
