@@ -2,6 +2,10 @@
 
     python benchmarks/update_speed.py --against e12e6f3          # today's tree vs the revision named
     python benchmarks/update_speed.py --threads 1 --rounds 5
+    python benchmarks/update_speed.py --also "sequence_mode=true" --also "sequence_mode=true dynamics=transformer"
+
+`--also` adds rows of this tree with those config overrides (sequence batches in sequence mode),
+measured in the same rounds, so their cost is a ratio to the default's on the same machine.
 
 The other revision is checked out into a temporary git worktree and measured by this same script in
 a subprocess (so nothing of it is kept here); the two alternate round by round, so a noisy machine
@@ -24,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(threads: int, updates: int) -> dict[str, float]:
+def measure(threads: int, updates: int, overrides: list[str]) -> dict[str, float]:
     """Milliseconds per full update and per part, on this interpreter's `trainer` package."""
     import numpy as np
     import torch
@@ -36,7 +40,7 @@ def measure(threads: int, updates: int) -> dict[str, float]:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = build_config(None, threads=threads)
+    cfg = build_config(None, overrides, threads=threads)
     env = make_env(cfg.env_id)
     space = space_info(env)
     replay, rng = Replay(5000, space.obs_shape, ()), np.random.default_rng(0)
@@ -48,17 +52,23 @@ def measure(threads: int, updates: int) -> dict[str, float]:
         obs = env.reset()[0] if terminated or truncated else next_obs
     agent = Agent(cfg, space)
     agent.world_model.normalizer.update(torch.as_tensor(replay.data["obs"][:2000]))
+
+    def sample():
+        if getattr(cfg, "sequence_mode", False):
+            return replay.sample_sequences(cfg.batch_size // cfg.sequence_length, cfg.sequence_length, rng)
+        return replay.sample(cfg.batch_size, rng)
+
     full = UpdateCounts()
     for _ in range(10):
-        agent.update(replay.sample(cfg.batch_size, rng), full, 0.0)
+        agent.update(sample(), full, 0.0)
     times = []
     for _ in range(updates):
-        batch = replay.sample(cfg.batch_size, rng)
+        batch = sample()
         start = time.perf_counter()
         agent.update(batch, full, 0.0)
         times.append(time.perf_counter() - start)
     median = lambda xs: 1000 * sorted(xs)[len(xs) // 2]  # noqa: E731
-    return {"update": median(times), **time_parts(agent, lambda: replay.sample(cfg.batch_size, rng))}
+    return {"update": median(times), **time_parts(agent, sample)}
 
 
 def time_parts(agent, sample_batch, repeats: int = 10) -> dict[str, float]:
@@ -91,9 +101,10 @@ def time_parts(agent, sample_batch, repeats: int = 10) -> dict[str, float]:
     return {k: 1000 * sorted(v)[len(v) // 2] for k, v in parts.items()}
 
 
-def run_tree(tree: Path, threads: int, updates: int) -> dict[str, float]:
+def run_tree(tree: Path, threads: int, updates: int, overrides: list[str]) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, __file__, "--measure", "--threads", str(threads), "--updates", str(updates)],
+    out = subprocess.run([sys.executable, __file__, "--measure", "--threads", str(threads), "--updates", str(updates),
+                          "--overrides", json.dumps(overrides)],
                          env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -104,23 +115,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--updates", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--also", action="append", default=[], metavar="'KEY=VALUE ...'",
+                        help="a row of this tree with these config overrides")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.threads, args.updates)))
+        print(json.dumps(measure(args.threads, args.updates, json.loads(args.overrides))))
         return
-    trees = {"this tree": ROOT}
+    trees = {"this tree": (ROOT, [])} | {f"this tree, {also}": (ROOT, also.split()) for also in args.also}
     with tempfile.TemporaryDirectory() as tmp:
         if args.against:
             other = Path(tmp) / "other"
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(other), args.against],
                            check=True, capture_output=True)
-            trees[args.against] = other
+            trees[args.against] = (other, [])
         try:
             results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
             for _ in range(args.rounds):
-                for name, tree in trees.items():
-                    results[name].append(run_tree(tree, args.threads, args.updates))
+                for name, (tree, overrides) in trees.items():
+                    results[name].append(run_tree(tree, args.threads, args.updates, overrides))
         finally:
             if args.against:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)], check=False)
