@@ -1,5 +1,6 @@
 """Partially observed vector envs (`--set obs_indices=[...]`): the agent, its bundle, the service and the
-clients all see the kept entries only, and bad indices are refused before anything starts."""
+clients all see the kept entries only, and bad indices are refused before anything starts. The run
+here is in sequence mode, as such an env needs: its bundle carries beliefs (state and memory)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import pytest
 
 from clients import game_loop
 from reverie import envs
-from reverie.bundle import latest_bundle
+from conftest import small_config
+from reverie.bundle import latest_bundle, load_manifest
 from reverie.cli import main
+from reverie.runs import read_status
 from serving import ThreadServer
+from trainer.metrics import read_metrics
 
 
 def test_kept_entries_are_the_full_observations_entries():
@@ -41,9 +45,11 @@ def test_bad_obs_indices_are_refused_saying_why(indices, message, tmp_path, caps
 
 @pytest.fixture(scope="module")
 def partial_run(tmp_path_factory):
+    """One short CLI run on CartPole without velocities, in sequence mode (the agent such an env needs)."""
     run_dir = tmp_path_factory.mktemp("partial")
     assert main(["train", "--preset", "smoke", "--steps", "100", "--run-dir", str(run_dir),
-                 "--set", "obs_indices=[0,2]", "--set", "threads=1"]) == 0
+                 "--set", "obs_indices=[0,2]", "--set", "sequence_mode=true", "--set", "sequence_length=4",
+                 "--set", "dynamics_ensemble=2", "--set", "threads=1"]) == 0
     return run_dir
 
 
@@ -64,3 +70,20 @@ def test_the_game_loop_reads_the_entries_from_the_served_model(partial_run, tran
                                "--episodes", "2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["requests"] == sum(summary["returns"]) > 0
+
+
+def test_the_sequence_run_exports_beliefs_and_publishes_its_imagination(partial_run):
+    """Sequence mode through the CLI: the memory beside the state in every exported graph (state_size =
+    state + memory), the ensemble's disagreement and the losses logged, and the imagination measured on
+    the last evaluation's episodes reaching GET /model through status.json."""
+    manifest = load_manifest(latest_bundle(partial_run / "export"))
+    cfg = small_config(sequence_mode=True)
+    assert manifest.state_size == cfg.state_dim + cfg.memory_dim
+    rows = read_metrics(partial_run)
+    trained = [r for r in rows if "dynamics_loss" in r]
+    assert trained and all(r["dynamics_disagreement"] > 0 and np.isfinite(r["world_model_loss"]) for r in trained)
+    fidelity = read_status(partial_run)["imagination_fidelity"]
+    evaluated = [r for r in rows if "eval_return" in r]
+    assert fidelity["env_step"] == evaluated[-1]["env_step"] > 0
+    assert 0 < len(fidelity["obs_error"]) <= cfg.horizon and all(0 <= a <= 1 for a in fidelity["continue_accuracy"])
+    assert evaluated[-1]["imagination_obs_error"] == pytest.approx(np.mean(fidelity["obs_error"]))

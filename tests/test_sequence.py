@@ -180,29 +180,3 @@ def test_the_memory_predicts_what_one_observation_cannot(replay):
         later[:, :3] = False  # steps with at least three before them
         errors[memory] = (predicted - batch["next_obs"])[later].abs().mean().item()
     assert errors[True] < 0.6 * errors[False], errors
-
-
-def test_a_sequence_run_with_memory_trains_and_exports_beliefs(tmp_path):
-    """`reverie train` in sequence mode on CartPole without velocities: sequence batches, the memory
-    beside the state in every exported graph (state_size = state + memory), the ensemble's disagreement
-    and the world-model losses logged."""
-    from reverie.bundle import latest_bundle, load_manifest
-    from reverie.cli import main
-    from trainer.metrics import read_metrics
-
-    assert main(["train", "--preset", "smoke", "--steps", "150", "--run-dir", str(tmp_path),
-                 "--set", "sequence_mode=true", "--set", "sequence_length=4", "--set", "dynamics_ensemble=2",
-                 "--set", "obs_indices=[0,2]", "--set", "threads=1"]) == 0
-    manifest = load_manifest(latest_bundle(tmp_path / "export"))
-    cfg = small_config(sequence_mode=True)
-    assert manifest.state_size == cfg.state_dim + cfg.memory_dim and manifest.observation_space.shape == [2]
-    rows = [r for r in read_metrics(tmp_path) if "dynamics_loss" in r]
-    assert rows and all(r["dynamics_disagreement"] > 0 and np.isfinite(r["world_model_loss"]) for r in rows)
-    # The imagination, measured on the last evaluation's episodes, reaches GET /model through status.json.
-    from reverie.runs import read_status
-
-    fidelity = read_status(tmp_path)["imagination_fidelity"]
-    evaluated = [r for r in read_metrics(tmp_path) if "eval_return" in r]
-    assert fidelity["env_step"] == evaluated[-1]["env_step"] > 0
-    assert 0 < len(fidelity["obs_error"]) <= cfg.horizon and all(0 <= a <= 1 for a in fidelity["continue_accuracy"])
-    assert evaluated[-1]["imagination_obs_error"] == pytest.approx(np.mean(fidelity["obs_error"]))
