@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from reverie.evaluation import play_episodes
-from trainer.agent import adam
+from trainer.agent import Agent
 from trainer.config import build_config
 from trainer.envs import make_env, space_info
 from trainer.fidelity import imagination_fidelity
@@ -50,21 +50,16 @@ def random_replay(obs_indices, steps: int, seed: int) -> tuple[Replay, object]:
     return replay, space
 
 
-def train(wm: WorldModel, replay: Replay, cfg, updates: int, rng: np.random.Generator, label: str) -> float:
-    """`updates` world-model steps on the replay (sequences in sequence mode); milliseconds per update."""
-    optimizer = adam(wm.parameters(), cfg.world_model_lr, 1e-8)
-    weights = {"dynamics": cfg.dynamics_weight, "reward": cfg.reward_weight, "continue": cfg.continue_weight,
-               "decoder": cfg.decoder_weight}
+def train(cfg, space, replay: Replay, updates: int, rng: np.random.Generator, label: str) -> tuple[WorldModel, float]:
+    """A world model after `updates` of the agent's own world-model steps on the replay (sequences in
+    sequence mode), and milliseconds per update."""
+    agent = Agent(cfg, space)
+    agent.world_model.normalizer.update(torch.as_tensor(replay.data["obs"][: len(replay)]))
     start = time.perf_counter()
     for _ in tqdm(range(updates), desc=label, leave=False, mininterval=1.0):
-        batch = (replay.sample_sequences(cfg.batch_size // cfg.sequence_length, cfg.sequence_length, rng)
-                 if cfg.sequence_mode else replay.sample(cfg.batch_size, rng))
-        loss = world_model_loss(wm, batch, weights, cfg.symlog).total
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(wm.parameters(), cfg.grad_clip)
-        optimizer.step()
-    return 1000 * (time.perf_counter() - start) / updates
+        agent.world_model_step(replay.sample_sequences(cfg.sequences_per_batch, cfg.sequence_length, rng)
+                               if cfg.sequence_mode else replay.sample(cfg.batch_size, rng))
+    return agent.world_model, 1000 * (time.perf_counter() - start) / updates
 
 
 def main() -> None:
@@ -84,9 +79,7 @@ def main() -> None:
         for label, overrides in MODELS.items():
             torch.manual_seed(args.seed)
             cfg = build_config(None, overrides)
-            wm = WorldModel(cfg, space)
-            wm.normalizer.update(torch.as_tensor(replay.data["obs"][: len(replay)]))
-            ms = train(wm, replay, cfg, args.updates, np.random.default_rng(args.seed), f"{env_name}: {label}")
+            wm, ms = train(cfg, space, replay, args.updates, np.random.default_rng(args.seed), f"{env_name}: {label}")
             f = imagination_fidelity(wm, space, held_out, HORIZON, np.random.default_rng(0), sequences=512)
             errors = f["obs_error"]
             pick = lambda k: f"{errors[k - 1]:.4f}" if len(errors) >= k else "–"  # noqa: E731
@@ -96,9 +89,7 @@ def main() -> None:
     replay, space = random_replay(None, args.steps, args.seed)
     cfg = build_config(None, ["dynamics_ensemble=5"])
     torch.manual_seed(args.seed)
-    wm = WorldModel(cfg, space)
-    wm.normalizer.update(torch.as_tensor(replay.data["obs"][: len(replay)]))
-    train(wm, replay, cfg, args.updates, np.random.default_rng(args.seed), "ensemble of 5")
+    wm, _ = train(cfg, space, replay, args.updates, np.random.default_rng(args.seed), "ensemble of 5")
     held_out = random_replay(None, 2000, args.seed + 1)[0].sample(1024, np.random.default_rng(1))
     far = {**held_out, "obs": held_out["obs"] * torch.tensor([1.0, 4.0, 6.0, 4.0])}
     weights = dict.fromkeys(("dynamics", "reward", "continue", "decoder"), 1.0)

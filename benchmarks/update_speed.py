@@ -55,7 +55,7 @@ def measure(threads: int, updates: int, overrides: list[str]) -> dict[str, float
 
     def sample():
         if getattr(cfg, "sequence_mode", False):
-            return replay.sample_sequences(cfg.batch_size // cfg.sequence_length, cfg.sequence_length, rng)
+            return replay.sample_sequences(cfg.sequences_per_batch, cfg.sequence_length, rng)
         return replay.sample(cfg.batch_size, rng)
 
     full = UpdateCounts()

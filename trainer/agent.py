@@ -119,22 +119,28 @@ class Agent(nn.Module):
         return self.reward_range.device
 
     # ------------------------------------------------------------------ acting
-    @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool, memory: torch.Tensor | None = None) -> np.ndarray:
         """One observation (and the memory of its episode so far, in sequence mode) -> one agent
         action (index, or vector in [-1, 1])."""
-        state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0))
-        dist = self.policy(self.world_model.belief(state, memory))
-        return (dist.mode() if deterministic else dist.sample())[0].cpu().numpy()
+        return self.step(obs, memory, deterministic)[0]
 
     @torch.no_grad()
-    def remember(self, memory: torch.Tensor | None, obs: np.ndarray, action: np.ndarray) -> torch.Tensor | None:
-        """The episode's memory after `action` was taken at `obs` (None in flat mode, at no cost)."""
+    def step(self, obs: np.ndarray, memory: torch.Tensor | None, deterministic: bool,
+             action: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
+        """One step of an episode: the policy's action (or `action`, when one is given: a random one)
+        and the episode's memory after it (None in flat mode). The observation is encoded once for both,
+        and not at all for a given action in flat mode."""
+        state = None
+        if action is None:
+            state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0))
+            dist = self.policy(self.world_model.belief(state, memory))
+            action = (dist.mode() if deterministic else dist.sample())[0].cpu().numpy()
         if self.world_model.memory is None:
-            return None
-        state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0))
+            return action, None
+        if state is None:
+            state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0))
         action_t = self.world_model.encode_action(torch.as_tensor(action, device=self.device).unsqueeze(0))
-        return self.world_model.remember(memory, state, action_t)
+        return action, self.world_model.remember(memory, state, action_t)
 
     def entropy_coef(self) -> torch.Tensor | float:
         return self.log_alpha.exp().detach() if self.cfg.adaptive_entropy else self.cfg.entropy_coef
@@ -298,6 +304,5 @@ class EpisodePlayer:
         self.memory = None
 
     def __call__(self, obs: np.ndarray):
-        action = self.agent.act(obs, self.deterministic, self.memory)
-        self.memory = self.agent.remember(self.memory, obs, action)
+        action, self.memory = self.agent.step(obs, self.memory, self.deterministic)
         return self.agent.space.to_env_action(action)

@@ -142,6 +142,11 @@ class Config(BaseModel):
     diagnostics_window: int = Field(8, ge=3, description="metric rows the failure-mode detectors look at")
 
     @property
+    def sequences_per_batch(self) -> int:
+        """Sequence mode's runs per batch: about batch_size steps in all."""
+        return max(1, self.batch_size // self.sequence_length)
+
+    @property
     def belief_dim(self) -> int:
         """What the heads read: the state, and in sequence mode the memory beside it."""
         return self.state_dim + (self.memory_dim if self.sequence_mode else 0)

@@ -191,11 +191,9 @@ class Trainer:
         return obs, 0.0
 
     def _env_step(self) -> None:
-        if self.schedule.explores_randomly(self.env_step) or self.rng.random() < self.cfg.epsilon:
-            action = self._random_action()
-        else:
-            action = self.agent.act(self.obs, deterministic=False, memory=self.memory)
-        self.memory = self.agent.remember(self.memory, self.obs, action)
+        explores = self.schedule.explores_randomly(self.env_step) or self.rng.random() < self.cfg.epsilon
+        action, self.memory = self.agent.step(self.obs, self.memory, deterministic=False,
+                                              action=self._random_action() if explores else None)
         next_obs, reward, terminated, truncated, _ = self.env.step(self.space.to_env_action(action))
         self.replay.add(self.obs, action, reward, next_obs, terminated, truncated)
         if not self.space.is_image:
@@ -230,8 +228,7 @@ class Trainer:
         transitions (with extra endings for the continue head when `continue_endings` asks)."""
         cfg = self.cfg
         if cfg.sequence_mode:
-            return self.replay.sample_sequences(max(1, cfg.batch_size // cfg.sequence_length), cfg.sequence_length,
-                                                self.rng, self.device)
+            return self.replay.sample_sequences(cfg.sequences_per_batch, cfg.sequence_length, self.rng, self.device)
         endings = self.replay.extra_endings(cfg.batch_size, cfg.continue_endings)
         return self.replay.sample(cfg.batch_size, self.rng, self.device, endings)
 
