@@ -1,10 +1,14 @@
 """The example game client: plays a gymnasium env with actions asked of the service over the network.
 
     python -m clients.game_loop --url http://127.0.0.1:8000 --episodes 10
+    python -m clients.game_loop --memory session                                         # the server keeps the history
     python -m clients.game_loop --transport grpc --target 127.0.0.1:50051 --stream    # one ActStream
 
 The env id comes from the served model unless given. Episodes use evaluation seeds of their
-own (`--seed`), so they are not the trainer's evaluation episodes replayed.
+own (`--seed`), so they are not the trainer's evaluation episodes replayed. An agent with memory
+(the manifest's history_length > 0) is sent each episode's last steps (`--memory history`, the
+default: stateless, any replica can answer), or keeps them in a server `session` (`--memory
+session`); an ActStream keeps its own and is told when an episode starts.
 """
 
 from __future__ import annotations
@@ -13,19 +17,49 @@ import argparse
 import json
 import os
 import time
+import uuid
 from typing import Callable
 
 import numpy as np
 
 from reverie.evaluation import evaluate_policy
+from reverie.history import Recent
 
 from .grpc_client import GrpcClient
 from .rest import RestClient
 
 
-def play(ask: Callable, env_id: str, episodes: int, seed: int, obs_indices: list[int] | None = None) -> dict:
-    """Play `episodes` episodes with `ask(obs) -> Action`, showing it `obs_indices` of each observation
-    (the served model's, from its manifest); the summary a game team would look at."""
+class Player:
+    """`ask(obs) -> Action` over episodes, with the memory an agent needs: `act(obs, **memory)` is sent
+    the episode's `history` (memory "history", when the model remembers any steps), told its `session`
+    and when it restarts (memory "session"), or only when an episode restarts (memory "stream")."""
+
+    def __init__(self, act: Callable, memory: str, history_length: int):
+        self.act, self.memory = act, memory
+        self.recent = Recent(history_length)
+        self.session = f"game-{uuid.uuid4().hex[:12]}"
+        self.first = True
+
+    def start(self) -> None:
+        self.recent.clear()
+        self.first = True
+
+    def __call__(self, obs):
+        if self.memory == "history":
+            step = self.act(obs, history=self.recent) if self.recent.observations.maxlen else self.act(obs)
+        elif self.memory == "session":
+            step = self.act(obs, session=self.session, reset=self.first)
+        else:
+            step = self.act(obs, reset=self.first)
+        self.first = False
+        self.recent.record(np.asarray(obs, np.float32), step.action)
+        return step
+
+
+def play(ask: Callable, env_id: str, episodes: int, seed: int, obs_indices: list[int] | None = None,
+         start: Callable | None = None) -> dict:
+    """Play `episodes` episodes with `ask(obs) -> Action` (`start()` before each), showing it `obs_indices`
+    of each observation (the served model's, from its manifest); the summary a game team would look at."""
     versions: list[int] = []
     latencies: list[float] = []
 
@@ -36,7 +70,7 @@ def play(ask: Callable, env_id: str, episodes: int, seed: int, obs_indices: list
         versions.append(step.model_version)
         return step.action if isinstance(step.action, int) else np.asarray(step.action, np.float32)
 
-    returns = evaluate_policy(act, env_id, episodes, seed, obs_indices=obs_indices)
+    returns = evaluate_policy(act, env_id, episodes, seed, obs_indices=obs_indices, start=start)
     return {
         "env_id": env_id, "episodes": episodes, "mean_return": float(np.mean(returns)), "returns": returns,
         "requests": len(versions), "model_versions": sorted(set(versions)),
@@ -52,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="REST base URL")
     parser.add_argument("--target", default="127.0.0.1:50051", help="gRPC host:port")
     parser.add_argument("--stream", action="store_true", help="gRPC: one ActStream for the whole game")
+    parser.add_argument("--memory", choices=("history", "session"), default="history",
+                        help="for an agent with memory: send each episode's last steps, or let the server keep them")
     parser.add_argument("--env", default=None, help="default: the served model's env")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=7, help="episode seeds (the trainer evaluates with the run's seed)")
@@ -67,13 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         client.wait_ready()
         manifest = client.model()["manifest"]
         env_id, obs_indices = args.env or manifest["env_id"], manifest.get("obs_indices") or None  # gRPC has no null: []
+        length = int(manifest.get("history_length") or 0)
         if args.stream:
             with client.stream(deterministic) as stream:
-                summary = play(stream.act, env_id, args.episodes, args.seed, obs_indices)
+                player = Player(stream.act, "stream", length)
+                summary = play(player, env_id, args.episodes, args.seed, obs_indices, player.start)
         else:
-            summary = play(lambda obs: client.act(obs, deterministic=deterministic), env_id, args.episodes, args.seed,
-                           obs_indices)
+            player = Player(lambda obs, **memory: client.act(obs, deterministic=deterministic, **memory), args.memory, length)
+            summary = play(player, env_id, args.episodes, args.seed, obs_indices, player.start)
     summary["transport"] = "grpc-stream" if args.stream else args.transport
+    summary["memory"] = "stream" if args.stream else args.memory
     if args.json:
         print(json.dumps(summary))
     else:

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reverie.wire import SERVICE_NAME, agent_pb2, agent_pb2_grpc, from_tensor, message_dict, to_tensor
 
-from .rest import Action, ApiError, Imagination, Trajectory
+from .rest import Action, ApiError, Imagination, Trajectory, steps_of
 
 
 def _error(err: grpc.RpcError) -> ApiError:
@@ -30,12 +30,29 @@ def _actions(response: agent_pb2.ActResponse) -> list[Action]:
     actions = from_tensor(response.actions, "actions")
     values = from_tensor(response.values, "values")
     params = {k: from_tensor(getattr(response, k), k) for k in ("probs", "mean", "std") if response.HasField(k)}
+    step = response.session_step if response.HasField("session_step") else None
     return [Action(int(a) if actions.ndim == 1 else a.tolist(), float(v), response.model_version,
-                   **{k: p[i].tolist() for k, p in params.items()}) for i, (a, v) in enumerate(zip(actions, values))]
+                   **{k: p[i].tolist() for k, p in params.items()}, session_step=step)
+            for i, (a, v) in enumerate(zip(actions, values))]
 
 
-def _request(obs, deterministic: bool, seed: int | None) -> agent_pb2.ActRequest:
-    request = agent_pb2.ActRequest(obs=to_tensor(np.asarray(obs, np.float32)), deterministic=deterministic)
+def _history(history) -> agent_pb2.History | None:
+    """A `Recent` or an (observations, actions) pair as a History message."""
+    steps = steps_of(history)
+    if steps is None:
+        return None
+    observations, actions = steps
+    if not observations:
+        return agent_pb2.History()
+    actions = np.asarray(actions)
+    return agent_pb2.History(observations=to_tensor(np.asarray(observations, np.float32)),
+                             actions=to_tensor(actions.astype(np.int64 if actions.dtype.kind in "iu" else np.float32)))
+
+
+def _request(obs, deterministic: bool, seed: int | None, history=None, session: str | None = None,
+             reset: bool = False) -> agent_pb2.ActRequest:
+    request = agent_pb2.ActRequest(obs=to_tensor(np.asarray(obs, np.float32)), deterministic=deterministic,
+                                   history=_history(history), session=session or "", reset=reset)
     if seed is not None:
         request.seed = seed
     return request
@@ -49,8 +66,9 @@ class ActStream:
         self.requests: queue.Queue = queue.Queue()
         self.responses = stub.ActStream(iter(self.requests.get, None), metadata=metadata)
 
-    def act(self, obs, seed: int | None = None) -> Action:
-        self.requests.put(_request(obs, self.deterministic, seed))
+    def act(self, obs, seed: int | None = None, reset: bool = False) -> Action:
+        """`reset` on an episode's first step: the stream keeps the episode's history itself."""
+        self.requests.put(_request(obs, self.deterministic, seed, reset=reset))
         try:
             return _actions(next(self.responses))[0]
         except grpc.RpcError as err:
@@ -90,8 +108,9 @@ class GrpcClient:
             raise _error(err) from None
 
     # ------------------------------------------------------------------ agent
-    def act(self, obs, deterministic: bool = False, seed: int | None = None) -> Action:
-        return _actions(self._call(self.stub.Act, _request(obs, deterministic, seed)))[0]
+    def act(self, obs, deterministic: bool = False, seed: int | None = None, history=None,
+            session: str | None = None, reset: bool = False) -> Action:
+        return _actions(self._call(self.stub.Act, _request(obs, deterministic, seed, history, session, reset)))[0]
 
     def act_batch(self, observations, deterministic: bool = False, seed: int | None = None) -> list[Action]:
         return _actions(self._call(self.stub.Act, _request(np.stack(observations), deterministic, seed)))
@@ -99,19 +118,22 @@ class GrpcClient:
     def stream(self, deterministic: bool = False) -> ActStream:
         return ActStream(self.stub, self.metadata, deterministic)
 
-    def value(self, obs) -> tuple[float, int]:
-        values, version = self.values([obs])
+    def value(self, obs, history=None, session: str | None = None) -> tuple[float, int]:
+        values, version = self.values([obs], history, session)
         return values[0], version
 
-    def values(self, observations) -> tuple[list[float], int]:
-        request = agent_pb2.ValueRequest(obs=to_tensor(np.asarray(np.stack(observations), np.float32)))
+    def values(self, observations, history=None, session: str | None = None) -> tuple[list[float], int]:
+        request = agent_pb2.ValueRequest(obs=to_tensor(np.asarray(np.stack(observations), np.float32)),
+                                         history=_history(history), session=session or "")
         response = self._call(self.stub.Value, request)
         return from_tensor(response.values, "values").tolist(), response.model_version
 
     def imagine(self, obs, horizon: int | None = None, samples: int = 1, deterministic: bool = False,
-                seed: int | None = None, actions: list | None = None) -> Imagination:
+                seed: int | None = None, actions: list | None = None, history=None,
+                session: str | None = None) -> Imagination:
         request = agent_pb2.ImagineRequest(obs=to_tensor(np.asarray(obs, np.float32)), horizon=horizon or 0,
-                                           samples=samples, deterministic=deterministic)
+                                           samples=samples, deterministic=deterministic, history=_history(history),
+                                           session=session or "")
         if seed is not None:
             request.seed = seed
         if actions is not None:

@@ -3,6 +3,10 @@
     client = RestClient("http://127.0.0.1:8000")
     step = client.act(obs, deterministic=True)      # step.action is ready for env.step
     plan = client.imagine(obs, horizon=15, samples=4)
+
+An agent with memory (the manifest's `history_length` > 0) reads the steps before `obs` too: pass
+`history=` (a `reverie.history.Recent` of the episode's observations and the actions taken, or an
+(observations, actions) pair), or `session="my-id"` with `reset=True` on each episode's first step.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Action:
     probs: list[float] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    session_step: int | None = None  # in a session (or on a gRPC stream): this step's index in its episode
 
 
 @dataclass
@@ -59,6 +64,19 @@ def _listed(obs) -> list:
     return np.asarray(obs, dtype=np.float64).tolist() if isinstance(obs, np.ndarray) else list(obs)
 
 
+def steps_of(history) -> tuple[list, list] | None:
+    """A `Recent` or an (observations, actions) pair -> (observations, env actions) lists; None stays None."""
+    if history is None:
+        return None
+    observations, actions = (history.observations, history.actions) if hasattr(history, "observations") else history
+    return list(observations), [a.tolist() if isinstance(a, np.ndarray) else a for a in actions]
+
+
+def _history(history) -> dict | None:
+    steps = steps_of(history)
+    return None if steps is None else {"observations": [_listed(o) for o in steps[0]], "actions": steps[1]}
+
+
 class RestClient:
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 10.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -84,8 +102,10 @@ class RestClient:
         return response
 
     # ------------------------------------------------------------------ agent
-    def act(self, obs, deterministic: bool = False, seed: int | None = None) -> Action:
-        body = _given(obs=_listed(obs), deterministic=deterministic, seed=seed)
+    def act(self, obs, deterministic: bool = False, seed: int | None = None, history=None,
+            session: str | None = None, reset: bool = False) -> Action:
+        body = _given(obs=_listed(obs), deterministic=deterministic, seed=seed, history=_history(history),
+                      session=session, reset=reset or None)
         return Action(**self._call("POST", "/act", json=body).json())
 
     def act_batch(self, observations: Sequence, deterministic: bool = False, seed: int | None = None) -> list[Action]:
@@ -95,23 +115,33 @@ class RestClient:
         return [Action(a, v, answer["model_version"], **{k: p[i] for k, p in params.items()})
                 for i, (a, v) in enumerate(zip(answer["actions"], answer["values"]))]
 
-    def value(self, obs) -> tuple[float, int]:
-        answer = self._call("POST", "/value", json={"obs": _listed(obs)}).json()
+    def value(self, obs, history=None, session: str | None = None) -> tuple[float, int]:
+        body = _given(obs=_listed(obs), history=_history(history), session=session)
+        answer = self._call("POST", "/value", json=body).json()
         return answer["value"], answer["model_version"]
 
     def values(self, observations: Sequence) -> tuple[list[float], int]:
         answer = self._call("POST", "/value", json={"observations": [_listed(o) for o in observations]}).json()
         return answer["values"], answer["model_version"]
 
-    def _imagine_body(self, obs, horizon, samples, deterministic, seed, actions, fmt) -> dict:
+    def _imagine_body(self, obs, horizon, samples, deterministic, seed, actions, fmt, history=None) -> dict:
         return _given(obs=_listed(obs), horizon=horizon, samples=samples, deterministic=deterministic, seed=seed,
-                      actions=actions, format=fmt)
+                      actions=actions, format=fmt, history=_history(history))
 
     def imagine(self, obs, horizon: int | None = None, samples: int = 1, deterministic: bool = False,
-                seed: int | None = None, actions: list | None = None) -> Imagination:
-        """Imagined rollouts of the policy, or of an `actions` plan, from one observation."""
-        body = self._imagine_body(obs, horizon, samples, deterministic, seed, actions, "json")
-        answer = self._call("POST", "/imagine", json=body).json()
+                seed: int | None = None, actions: list | None = None, history=None,
+                session: str | None = None) -> Imagination:
+        """Imagined rollouts of the policy, or of an `actions` plan, from one observation (after its
+        `history`, or a `session`'s steps: a vector observation then, by GET /imagine)."""
+        if session is not None:
+            params = _given(obs=",".join(repr(float(x)) for x in np.ravel(obs)), horizon=horizon, samples=samples,
+                            deterministic=deterministic, seed=seed, session=session)
+            if actions is not None or history is not None:
+                raise ValueError("a session's imagination (GET /imagine) takes no plan and no history")
+            answer = self._call("GET", "/imagine", params=params).json()
+        else:
+            body = self._imagine_body(obs, horizon, samples, deterministic, seed, actions, "json", history)
+            answer = self._call("POST", "/imagine", json=body).json()
         trajectories = [Trajectory(np.asarray(t["states"]), t["actions"], np.asarray(t["rewards"]),
                                    np.asarray(t["continues"]), np.asarray(t["values"]), np.asarray(t["lambda_return"]))
                         for t in answer["trajectories"]]

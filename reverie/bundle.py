@@ -23,7 +23,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FORMAT_VERSION = 3  # 2: the fused `act` graph is required; 3: `world_model` takes agent actions (indices for Discrete)
+# 2: the fused `act` graph is required; 3: `world_model` takes agent actions (indices for Discrete);
+# 4: `history_length`, and agents with memory read a history in `encoder` and `act`
+FORMAT_VERSION = 4
 POINTER = "LATEST"
 BEST = "BEST"
 FOLLOW = {"latest": POINTER, "best": BEST}  # what a server can follow
@@ -39,17 +41,26 @@ class GraphSpec(BaseModel):
 POLICY_OUTPUTS = {"discrete": ["logits"], "box": ["mean", "std"]}  # a Categorical's, a pre-tanh Normal's
 
 
-def graph_contract(action_kind: str) -> dict[str, GraphSpec]:
+HISTORY_INPUTS = ["history_obs", "history_action", "history_mask"]
+
+
+def graph_contract(action_kind: str, history_length: int = 0) -> dict[str, GraphSpec]:
     """Every graph of a bundle, its file and its named inputs and outputs. `act` is encoder, policy and
-    value fused into one graph: the hot path of serving is one graph call."""
+    value fused into one graph: the hot path of serving is one graph call.
+
+    An agent with memory (`history_length` > 0) reads, beside the observation, the steps before it:
+    `history_obs` [B, L, *obs], `history_action` [B, L] (indices) or [B, L, dim] (agent form) and
+    `history_mask` [B, L] (bool, True for a real step), with L = `history_length` exactly (pad with
+    False rows). Graphs are stateless: the memory is recomputed from the history at every call."""
     policy = POLICY_OUTPUTS[action_kind]
+    observed = ["obs", *HISTORY_INPUTS] if history_length else ["obs"]
     return {
-        "encoder": GraphSpec(file="encoder.onnx", inputs=["obs"], outputs=["state"]),
+        "encoder": GraphSpec(file="encoder.onnx", inputs=observed, outputs=["state"]),
         "policy": GraphSpec(file="policy.onnx", inputs=["state"], outputs=policy),
         "value": GraphSpec(file="value.onnx", inputs=["state"], outputs=["value"]),
         "world_model": GraphSpec(file="world_model.onnx", inputs=["state", "action"], outputs=["next_state", "reward", "continue"]),
         "decoder": GraphSpec(file="decoder.onnx", inputs=["state"], outputs=["obs"]),
-        "act": GraphSpec(file="act.onnx", inputs=["obs"], outputs=[*policy, "value"]),
+        "act": GraphSpec(file="act.onnx", inputs=observed, outputs=[*policy, "value"]),
     }
 
 
@@ -79,6 +90,7 @@ class Manifest(BaseModel):
     observation_space: ObservationSpace
     action_space: ActionSpace
     state_size: int
+    history_length: int = Field(0, ge=0)  # the most past steps the agent reads (0: no memory); see graph_contract
     gamma: float
     lambda_: float
     default_horizon: int
@@ -166,7 +178,7 @@ def load_manifest(bundle: Path) -> Manifest:
         raise BundleError(f"{bundle}: unreadable manifest: {err}") from err
     if manifest.format_version != FORMAT_VERSION:
         raise BundleError(f"{bundle}: format version {manifest.format_version}, expected {FORMAT_VERSION}")
-    contract = graph_contract(manifest.action_space.kind)
+    contract = graph_contract(manifest.action_space.kind, manifest.history_length)
     missing = [name for name in contract if name not in manifest.graphs]
     if missing:
         raise BundleError(f"{bundle}: the manifest lacks graphs {', '.join(missing)}")

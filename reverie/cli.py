@@ -114,6 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from reverie.bundle import latest_bundle
     from reverie.evaluation import evaluate_policy
+    from reverie.history import Recent
     from service.runtime import Runtime
 
     bundle = latest_bundle(Path(args.bundle))
@@ -125,11 +126,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     episodes = args.episodes or manifest.eval_episodes
     seed = manifest.seed if args.seed is None else args.seed
 
-    def act(obs):
-        action = runtime.act(np.asarray(obs, np.float32)[None], deterministic=True, seed=None).actions[0]
-        return action if runtime.discrete else np.asarray(action, np.float32)
+    recent = Recent(runtime.history_length)  # the episode's last steps, for an agent with memory
 
-    returns = evaluate_policy(act, env_id, episodes, seed, obs_indices=manifest.obs_indices)
+    def act(obs):
+        obs = np.asarray(obs, np.float32)
+        result = runtime.act(obs[None], deterministic=True, seed=None,
+                             history=runtime.history(recent.observations, recent.actions))
+        recent.record(obs, result.agent_actions[0])
+        return result.actions[0] if runtime.discrete else np.asarray(result.actions[0], np.float32)
+
+    returns = evaluate_policy(act, env_id, episodes, seed, obs_indices=manifest.obs_indices, start=recent.clear)
     print(f"{env_id}: model version {runtime.version} (env step {manifest.training_step}), "
           f"{episodes} episodes, mean return {np.mean(returns):.2f} (min {np.min(returns):.1f}, max {np.max(returns):.1f})")
     return 0

@@ -64,6 +64,7 @@ def play_episodes(act: Callable[[np.ndarray], object], env_id: str, episodes: in
 
 
 def evaluate_policy(act: Callable[[np.ndarray], object], env_id: str, episodes: int, seed: int = 0,
-                    env: gym.Env | None = None, obs_indices: list[int] | None = None) -> list[float]:
+                    env: gym.Env | None = None, obs_indices: list[int] | None = None,
+                    start: Callable[[], object] | None = None) -> list[float]:
     """Returns of `episodes` full episodes (see `play_episodes`)."""
-    return [e.total for e in play_episodes(act, env_id, episodes, seed, env, obs_indices=obs_indices)]
+    return [e.total for e in play_episodes(act, env_id, episodes, seed, env, obs_indices=obs_indices, start=start)]

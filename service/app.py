@@ -30,10 +30,11 @@ from .hot import HotPaths, HotRoute
 from .responses import error_response, json_response
 from .inputs import InputError
 from .metrics import ServiceMetrics
-from .requests import failure_status, imagination_args, json_observations, model_info
+from .requests import failure_status, imagination_args, json_observations, model_info, request_memory
 from .runtime import Runtime
 from .schemas import (SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ImagineRequest, ImagineResponse,
                       ObservationRequest, ValueBatchResponse, ValueResponse)
+from .sessions import Sessions
 from .settings import ServiceSettings
 from .store import ModelStore, NotReady
 
@@ -66,6 +67,11 @@ class FieldError(HTTPException):
 
 
 # ---------------------------------------------------------------------------- helpers
+def pair(history) -> tuple | None:
+    """A request's `history` body as (observations, actions), or None."""
+    return None if history is None else (history.observations, history.actions)
+
+
 def field_name(loc: tuple) -> str:
     """('body', 'observations', 3, 1) -> 'observations[3][1]'."""
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
@@ -119,7 +125,8 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
     # hot paths never pass through FastAPI's stack, so its telemetry would see only the cold routes.
     app = FastAPI(title="Reverie", version=reverie.__version__, telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="A world-model agent: actions, values and imagined rollouts from the newest exported bundle.")
-    metrics = ServiceMetrics(store)
+    sessions = Sessions(int(settings.session_memory_mb * 2**20), settings.session_ttl_s)
+    metrics = ServiceMetrics(store, sessions)
     batcher = ActBatcher(metrics.act_requests_per_call)
     bearer = HTTPBearer(auto_error=False, description="set when the server has REVERIE_API_TOKEN")
 
@@ -153,13 +160,17 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         request = await parse(raw, ActRequest)
         runtime = store.require()
         obs, batched = json_observations(request.obs, request.observations, runtime, settings.max_batch)
-        result = await batcher.act(runtime, obs, request.deterministic, request.seed)
+        history, session = request_memory(runtime, sessions, batched, pair(request.history), request.session,
+                                          request.reset, acting=True)
+        result = await batcher.act(runtime, obs, request.deterministic, request.seed, history)
         params = {k: v for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
         if batched:
             return json_response({"actions": result.actions, "values": result.values,
                                   "model_version": runtime.version, **params})
+        if session is not None:
+            params["session_step"] = sessions.record(request.session, session, obs[0], result.agent_actions[0])
         return json_response({"action": result.actions[0], "value": float(result.values[0]),
-                              "model_version": runtime.version, **{k: v[0] for k, v in params.items()}})
+                              "model_version": runtime.version, **{k: v if k == "session_step" else v[0] for k, v in params.items()}})
 
     @hot_post("/value", ObservationRequest, response_model=ValueResponse | ValueBatchResponse, responses=ERRORS)
     async def value(raw: Request):
@@ -167,15 +178,18 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         request = await parse(raw, ObservationRequest)
         runtime = store.require()
         obs, batched = json_observations(request.obs, request.observations, runtime, settings.max_batch)
-        values = runtime.value(obs)
+        history, _ = request_memory(runtime, sessions, batched, pair(request.history), request.session, False, acting=False)
+        values = runtime.value(obs, history)
         if batched:
             return json_response({"values": values, "model_version": runtime.version})
         return json_response({"value": float(values[0]), "model_version": runtime.version})
 
-    async def imagine(runtime: Runtime, obs, horizon, samples, deterministic, seed, actions, fmt) -> Response:
+    async def imagine(runtime: Runtime, obs, horizon, samples, deterministic, seed, actions, fmt,
+                      history: tuple | None, session: str | None) -> Response:
         horizon, samples, plan = imagination_args(runtime, settings, horizon, samples, actions)
         batch = inputs.observation_batch(obs, runtime.manifest.observation_space, "obs", batched=False)
-        result = runtime.imagine(batch, horizon, samples, deterministic, seed, plan)
+        remembered, _ = request_memory(runtime, sessions, False, history, session, False, acting=False)
+        result = runtime.imagine(batch, horizon, samples, deterministic, seed, plan, remembered)
         if fmt == "png":
             png = await anyio.to_thread.run_sync(preview.render, runtime, result)
             return Response(png, media_type="image/png", headers={"X-Model-Version": str(runtime.version)})
@@ -192,12 +206,14 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         deterministic: bool = False,
         seed: int = Query(None, ge=0, le=SEED_MAX),
         format: Literal["json", "png"] = "json",
+        session: str = Query(None, pattern=r"^[A-Za-z0-9._-]{1,128}$", description="imagine after this session's steps"),
     ):
         """Imagined rollouts of the policy through the world model (`format=png`: the preview picture)."""
         runtime = store.require()
         if len(runtime.manifest.observation_space.shape) != 1:
             raise InputError("obs", "GET takes vector observations; POST /imagine takes any observation")
-        return await imagine(runtime, inputs.csv_observation(obs), horizon, samples, deterministic, seed, None, format)
+        return await imagine(runtime, inputs.csv_observation(obs), horizon, samples, deterministic, seed, None, format,
+                             None, session)
 
     @hot_post("/imagine", ImagineRequest, response_model=ImagineResponse, responses={**ERRORS, **PNG})
     async def imagine_post(raw: Request):
@@ -205,7 +221,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         request = await parse(raw, ImagineRequest)
         runtime = store.require()
         return await imagine(runtime, request.obs, request.horizon, request.samples, request.deterministic,
-                             request.seed, request.actions, request.format)
+                             request.seed, request.actions, request.format, pair(request.history), None)
 
     # -------------------------------------------------------------- status
     @app.get("/model", dependencies=guarded, responses=ERRORS)
@@ -229,5 +245,5 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     openapi.install(app, store, settings, BODIES)
-    app.state.store, app.state.metrics, app.state.settings = store, metrics, settings
+    app.state.store, app.state.metrics, app.state.settings, app.state.sessions = store, metrics, settings, sessions
     return app

@@ -18,7 +18,7 @@ import asyncio
 import numpy as np
 from prometheus_client import Histogram
 
-from .runtime import ActResult, Runtime
+from .runtime import ActResult, History, Runtime
 
 
 class ActBatcher:
@@ -26,12 +26,13 @@ class ActBatcher:
         self.pending: list[tuple[Runtime, tuple, asyncio.Future]] = []
         self.requests_per_call = requests_per_call
 
-    async def act(self, runtime: Runtime, obs: np.ndarray, deterministic: bool, seed: int | None) -> ActResult:
+    async def act(self, runtime: Runtime, obs: np.ndarray, deterministic: bool, seed: int | None,
+                  history: History | None = None) -> ActResult:
         loop = asyncio.get_running_loop()
         if not self.pending:
             loop.call_soon(self._flush)
         future = loop.create_future()
-        self.pending.append((runtime, (obs, deterministic, seed), future))
+        self.pending.append((runtime, (obs, deterministic, seed, history), future))
         return await future
 
     def _flush(self) -> None:

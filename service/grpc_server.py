@@ -21,7 +21,11 @@ from grpc_reflection.v1alpha import reflection
 from reverie.wire import SERVICE_NAME, agent_pb2, agent_pb2_grpc, from_tensor, to_tensor
 
 from .metrics import ServiceMetrics
-from .requests import FAILURES, failure_status, imagination_args, model_info, tensor_observations
+from reverie.history import Recent
+
+from .inputs import InputError
+from .requests import FAILURES, failure_status, imagination_args, model_info, request_memory, tensor_observations
+from .sessions import Session, Sessions
 from .settings import ServiceSettings
 from .store import ModelStore
 
@@ -29,8 +33,8 @@ log = logging.getLogger("reverie.service")
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
-    def __init__(self, store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics):
-        self.store, self.settings, self.metrics = store, settings, metrics
+    def __init__(self, store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics, sessions: Sessions):
+        self.store, self.settings, self.metrics, self.sessions = store, settings, metrics, sessions
 
     @contextmanager
     def _call(self, name: str, context: grpc.ServicerContext):
@@ -44,13 +48,43 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         finally:
             self.metrics.observe("grpc", name, code, time.perf_counter() - started)
 
-    def _act(self, request: agent_pb2.ActRequest) -> agent_pb2.ActResponse:
+    @staticmethod
+    def _history(request) -> tuple | None:
+        """A request's History message as (observations, env actions), or None when it has none."""
+        if not request.HasField("history"):
+            return None
+        history = request.history
+        observations = from_tensor(history.observations, "history.observations") if history.observations.dtype else ()
+        actions = from_tensor(history.actions, "history.actions").tolist() if history.actions.dtype else []
+        return observations, actions
+
+    def _memory(self, runtime, request, batched: bool, acting: bool):
+        return request_memory(runtime, self.sessions, batched, self._history(request), request.session or None,
+                              acting and request.reset, acting)
+
+    def _act(self, request: agent_pb2.ActRequest, stream: Session | None = None) -> agent_pb2.ActResponse:
+        """One Act; on a stream, `stream` is its own episode (the memory the stream keeps)."""
         runtime = self.store.require()
         obs = tensor_observations(request.obs, runtime, self.settings.max_batch)
         seed = request.seed if request.HasField("seed") else None
-        result = runtime.act(obs, request.deterministic, seed)
+        if stream is None:
+            history, session = self._memory(runtime, request, len(obs) > 1, acting=True)
+        else:
+            if request.HasField("history") or request.session:
+                raise InputError("history" if request.HasField("history") else "session",
+                                 "an ActStream keeps its own history: send `reset` at an episode's start")
+            if runtime.history_length and len(obs) > 1:
+                raise InputError("obs", "an ActStream with memory takes one observation per message")
+            if request.reset:
+                stream.reset()
+            history, session = Sessions.history(stream, runtime), stream
+        result = runtime.act(obs, request.deterministic, seed, history)
         actions = np.asarray(result.actions, np.int64 if runtime.discrete else np.float32)
         params = {k: to_tensor(v) for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
+        if session is not None and len(obs) == 1:  # (a batch only ever reaches here on a stream without memory)
+            step = (obs[0], result.agent_actions[0])
+            params["session_step"] = (session.record(*step) if session is stream
+                                      else self.sessions.record(request.session, session, *step))
         return agent_pb2.ActResponse(actions=to_tensor(actions), values=to_tensor(result.values),
                                      model_version=runtime.version, **params)
 
@@ -60,13 +94,18 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def ActStream(self, request_iterator, context):
         with self._call("ActStream", context):
+            stream = None
             for request in request_iterator:  # each message takes the newest runtime: versions only move forward
-                yield self._act(request)
+                if stream is None:
+                    stream = Session(Recent(self.store.require().history_length))
+                yield self._act(request, stream)
 
     def Value(self, request, context):
         with self._call("Value", context):
             runtime = self.store.require()
-            values = runtime.value(tensor_observations(request.obs, runtime, self.settings.max_batch))
+            obs = tensor_observations(request.obs, runtime, self.settings.max_batch)
+            history, _ = self._memory(runtime, request, len(obs) > 1, acting=False)
+            values = runtime.value(obs, history)
             return agent_pb2.ValueResponse(values=to_tensor(values), model_version=runtime.version)
 
     def Imagine(self, request, context):
@@ -78,8 +117,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         obs = tensor_observations(request.obs, runtime, 1)
         actions = from_tensor(request.actions, "actions").tolist() if request.actions.dtype else None
         horizon, samples, plan = imagination_args(runtime, self.settings, request.horizon or None, request.samples or 1, actions)
+        history, _ = self._memory(runtime, request, False, acting=False)
         seed = request.seed if request.HasField("seed") else None
-        result = runtime.imagine(obs, horizon, samples, request.deterministic, seed, plan)
+        result = runtime.imagine(obs, horizon, samples, request.deterministic, seed, plan, history)
         actions = np.asarray(result.actions, np.int64 if runtime.discrete else np.float32)
         return agent_pb2.ImagineResponse(
             model_version=runtime.version, horizon=horizon, states=to_tensor(result.states), actions=to_tensor(actions),
@@ -114,13 +154,13 @@ class TokenInterceptor(grpc.ServerInterceptor):
         return self.deny_stream if details.method.endswith("/ActStream") else self.deny_unary
 
 
-def build_grpc_server(store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics) -> grpc.Server:
+def build_grpc_server(store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics, sessions: Sessions) -> grpc.Server:
     interceptors = [TokenInterceptor(settings)] if settings.api_token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),
                          interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", settings.max_body_bytes),
                                   ("grpc.max_send_message_length", 64 << 20)])
-    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(store, settings, metrics), server)
+    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(store, settings, metrics, sessions), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .sessions import Sessions
 from .store import ModelStore
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -16,8 +17,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 class _StoreCollector:
     """Read at scrape time, so the store needs no metrics code of its own."""
 
-    def __init__(self, store: ModelStore):
-        self.store = store
+    def __init__(self, store: ModelStore, sessions: Sessions | None):
+        self.store, self.sessions = store, sessions
 
     def collect(self):
         runtime = self.store.current
@@ -30,10 +31,16 @@ class _StoreCollector:
         refused = CounterMetricFamily("reverie_model_refusals", "Bundles refused (checksum, truncated graph, ...)")
         refused.add_metric([], self.store.refusals)
         yield from (version, step, reloads, refused)
+        if self.sessions is not None:
+            count = GaugeMetricFamily("reverie_sessions", "Sessions kept (REST `session`), unexpired")
+            count.add_metric([], len(self.sessions))
+            held = GaugeMetricFamily("reverie_session_bytes", "Bytes the sessions may hold (each counted at a full history)")
+            held.add_metric([], self.sessions.nbytes)
+            yield from (count, held)
 
 
 class ServiceMetrics:
-    def __init__(self, store: ModelStore, transport: str = "http"):
+    def __init__(self, store: ModelStore, sessions: Sessions | None = None):
         self.registry = CollectorRegistry()
         self.requests = Counter("reverie_requests", "Requests by endpoint and status",
                                 ["transport", "endpoint", "status"], registry=self.registry)
@@ -41,7 +48,7 @@ class ServiceMetrics:
                                  ["transport", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.act_requests_per_call = Histogram("reverie_act_requests_per_call", "REST /act requests answered by one act-graph call",
                                                buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
-        self.registry.register(_StoreCollector(store))
+        self.registry.register(_StoreCollector(store, sessions))
 
         self._children: dict = {}  # labels() resolved once per label set: it sits on every request's path
 

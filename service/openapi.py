@@ -29,10 +29,14 @@ def install(app: FastAPI, store: ModelStore, settings: ServiceSettings, bodies: 
     def document() -> dict:
         runtime = store.current
         key = None if runtime is None else runtime.manifest.model_dump_json(
-            include={"observation_space", "action_space", "max_horizon", "env_id"})
+            include={"observation_space", "action_space", "max_horizon", "env_id", "history_length"})
         if key not in documents:
             base = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            base["components"]["schemas"].update({name: model.model_json_schema() for name, model in bodies.items()})
+            schemas = base["components"]["schemas"]
+            for name, model in bodies.items():  # nested models (History) become components of their own
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[name] = schema
             documents.clear()
             documents[key] = base if runtime is None else refine(base, runtime.manifest, settings)
         return documents[key]
@@ -66,17 +70,39 @@ def _exactly_one_observation_form(schema: dict) -> None:
     ]
 
 
+# A memory goes with one observation, comes from a `history` or a `session` (not both), and only a
+# session can be reset.
+MEMORY_RULES = [{"not": {"required": ["history", "session"]}},
+                {"not": {"required": ["observations", "history"]}},
+                {"not": {"required": ["observations", "session"]}}]
+RESET_NEEDS_SESSION = {"anyOf": [{"required": ["session"]},
+                                 {"not": {"required": ["reset"], "properties": {"reset": {"const": True}}}}]}
+
+
+def history_schema(schema: dict, manifest: Manifest) -> dict:
+    """The History body for this bundle: at most history_length steps, as many actions as observations."""
+    length, schema = manifest.history_length, copy.deepcopy(schema)
+    schema["properties"]["observations"] |= {"items": observation_schema(manifest), "maxItems": length}
+    schema["properties"]["actions"] |= {"items": action_schema(manifest), "maxItems": length}
+    schema["anyOf"] = [{"properties": {"observations": {"minItems": n, "maxItems": n}, "actions": {"minItems": n, "maxItems": n}}}
+                       for n in range(length + 1)]
+    schema["description"] += f" This model reads at most {length} steps."
+    return schema
+
+
 def refine(document: dict, manifest: Manifest, settings: ServiceSettings) -> dict:
     """A copy of FastAPI's `document` with the served bundle's shapes, bounds and limits written in."""
     document = copy.deepcopy(document)
     schemas = document["components"]["schemas"]
     obs = observation_schema(manifest)
     batch = {"type": "array", "items": obs, "minItems": 1, "maxItems": settings.max_batch}
+    schemas["History"] = history_schema(schemas["History"], manifest)
     for name in ("ObservationRequest", "ActRequest"):
         properties = schemas[name]["properties"]
         properties["obs"] = obs
         properties["observations"] = batch
         _exactly_one_observation_form(schemas[name])
+        schemas[name]["allOf"] = MEMORY_RULES + ([RESET_NEEDS_SESSION] if name == "ActRequest" else [])
 
     imagine = schemas["ImagineRequest"]
     properties = imagine["properties"]

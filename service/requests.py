@@ -11,7 +11,8 @@ from reverie.wire import TensorError, from_tensor
 
 from . import inputs
 from .inputs import InputError
-from .runtime import Runtime
+from .runtime import History, Runtime
+from .sessions import Session, Sessions
 from .settings import ServiceSettings
 from .store import ModelStore, NotReady
 
@@ -46,6 +47,44 @@ def tensor_observations(tensor, runtime: Runtime, max_batch: int, field: str = "
     batch = inputs.check_observation_array(from_tensor(tensor, field), runtime.manifest.observation_space, field)
     inputs.check_batch_size(len(batch), field, max_batch)
     return batch
+
+
+def history_of(runtime: Runtime, observations, actions, field: str = "history") -> History | None:
+    """A client's history (observations as JSON lists or a decoded array [n, *obs], and the env action
+    taken after each, oldest first) -> the graphs' history inputs. At most the bundle's history_length
+    steps; the length is checked before anything walks the contents."""
+    length, n = runtime.history_length, len(observations)
+    if n > length:
+        raise InputError(f"{field}.observations", f"at most {length} steps (the model's history_length), got {n}" if length
+                         else "this model has no memory (history_length 0): send no history")
+    if len(actions) != n:
+        raise InputError(f"{field}.actions", f"expected {n} actions, one after each observation, got {len(actions)}")
+    if not n:
+        return runtime.history((), ())
+    space, name = runtime.manifest.observation_space, f"{field}.observations"
+    if isinstance(observations, np.ndarray):
+        if observations.ndim != len(space.shape) + 1:
+            raise InputError(name, f"expected shape [n, {', '.join(map(str, space.shape))}], got {list(observations.shape)}")
+        obs = inputs.check_observation_array(observations, space, name)
+    else:
+        obs = inputs.observation_batch(list(observations), space, name, batched=True)
+    return runtime.history(obs, inputs.plan(list(actions), runtime.manifest.action_space, f"{field}.actions"))
+
+
+def request_memory(runtime: Runtime, sessions: Sessions, batched: bool, history: tuple | None, session_id: str | None,
+                   reset: bool, acting: bool) -> tuple[History | None, Session | None]:
+    """What the agent remembers for a request: the client's `history` (observations, actions), or its
+    `session`'s steps (opened, or with `reset` restarted, when `acting`; only read otherwise), or nothing."""
+    if reset and not session_id:
+        raise InputError("reset", "starts a new episode in a `session`: give one")
+    if history is not None and session_id:
+        raise InputError("history", "give a `history` or a `session`, not both")
+    if batched and (history is not None or session_id):
+        raise InputError("observations", "a history or a session goes with one observation (`obs`), not a batch")
+    if session_id:
+        session = sessions.open(session_id, runtime, reset) if acting else sessions.peek(session_id)
+        return sessions.history(session, runtime), session
+    return (history_of(runtime, *history) if history is not None else None), None
 
 
 def imagination_args(runtime: Runtime, settings: ServiceSettings, horizon: int | None, samples: int,

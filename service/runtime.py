@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -21,9 +22,15 @@ from reverie.returns import lambda_return
 from .inputs import InputError
 
 
+# The graphs' history inputs for a batch (bundle.graph_contract): observations [B, L, *obs], agent actions
+# [B, L] or [B, L, dim], and the mask [B, L] of real steps, L being the manifest's history_length.
+History = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 @dataclass
 class ActResult:
     actions: list  # env form, one per observation
+    agent_actions: np.ndarray  # the same in agent form (what a history records)
     values: np.ndarray  # [B]
     probs: np.ndarray | None = None  # [B, n] for Discrete
     mean: np.ndarray | None = None  # [B, dim] of the pre-tanh Normal, for Box
@@ -62,6 +69,7 @@ class Runtime:
         space = manifest.action_space
         self.discrete = space.kind == "discrete"
         self.action_dim = space.n if self.discrete else space.shape[0]
+        self.history_length = manifest.history_length
         self.coding = ActionCoding(self.discrete, space.low, space.high)
         try:
             self.sessions = {name: _session(bundle / spec.file) for name, spec in manifest.graphs.items()}
@@ -86,10 +94,14 @@ class Runtime:
     def warm_up(self) -> None:
         """Run every graph once, the fused act graph included: a bundle any of them fails on is refused."""
         obs = np.zeros((1, *self.manifest.observation_space.shape), np.float32)
+        length = self.history_length
+        full = self.history(np.zeros((length, *obs.shape[1:]), np.float32),  # every history input, all of it real
+                            np.zeros(length, np.int64) if self.discrete else np.zeros((length, self.action_dim), np.float32))
         try:
             self.act(obs, deterministic=False, seed=0)
+            self.act(obs, deterministic=False, seed=0, history=full)
             self.imagine(obs, horizon=2, samples=2, deterministic=False, seed=0)
-            self._run("decoder", self._run("encoder", obs)[0])
+            self.decode(self.encode(obs))
         except Exception as err:
             raise BundleError(f"{self.bundle}: warm-up failed: {err}") from err
 
@@ -97,8 +109,30 @@ class Runtime:
     def _run(self, graph: str, *inputs: np.ndarray) -> list[np.ndarray]:
         return self.sessions[graph].run(self.outputs[graph], dict(zip(self.inputs[graph], inputs)))
 
-    def encode(self, obs: np.ndarray) -> np.ndarray:
-        return self._run("encoder", obs)[0]
+    def history(self, observations: Sequence[np.ndarray], actions: Sequence) -> History | None:
+        """One observation's history, n <= history_length steps (observations, agent actions), oldest
+        first, as the graphs take it: padded to history_length. None for a bundle without memory."""
+        if not self.history_length:
+            return None
+        n, length = len(observations), self.history_length
+        obs = np.zeros((1, length, *self.manifest.observation_space.shape), np.float32)
+        action = np.zeros((1, length) if self.discrete else (1, length, self.action_dim), np.int64 if self.discrete else np.float32)
+        mask = np.zeros((1, length), bool)
+        if n:
+            obs[0, :n], action[0, :n], mask[0, :n] = np.asarray(observations), np.asarray(actions), True
+        return obs, action, mask
+
+    def _observed(self, obs: np.ndarray, history: History | None) -> list[np.ndarray]:
+        """The inputs of a graph that reads observations: with a memory, a history for each row (none: empty)."""
+        if not self.history_length:
+            return [obs]
+        if history is None:
+            empty = self.history((), ())
+            history = tuple(np.repeat(part, len(obs), axis=0) for part in empty)
+        return [obs, *history]
+
+    def encode(self, obs: np.ndarray, history: History | None = None) -> np.ndarray:
+        return self._run("encoder", *self._observed(obs, history))[0]
 
     def values_of(self, states: np.ndarray) -> np.ndarray:
         return self._run("value", states)[0].reshape(-1)
@@ -149,22 +183,25 @@ class Runtime:
             if not np.isfinite(array).all():
                 raise InputError(field, "the model's output is not finite for this input")
 
-    def act(self, obs: np.ndarray, deterministic: bool, seed: int | None) -> ActResult:
-        result = self.act_many([(obs, deterministic, seed)])[0]
+    def act(self, obs: np.ndarray, deterministic: bool, seed: int | None, history: History | None = None) -> ActResult:
+        result = self.act_many([(obs, deterministic, seed, history)])[0]
         if isinstance(result, InputError):
             raise result
         return result
 
-    def act_many(self, requests: list[tuple[np.ndarray, bool, int | None]]) -> list[ActResult | InputError]:
-        """Several requests' (obs batch, deterministic, seed) answered from one call of the act graph
-        (encoder, policy and value fused). Rows are independent in the graph, each request samples with
-        its own seed, and a non-finite output fails only the request it belongs to."""
-        obs = requests[0][0] if len(requests) == 1 else np.concatenate([r[0] for r in requests])
-        out = self._run("act", obs)
+    def act_many(self, requests: list[tuple[np.ndarray, bool, int | None, History | None]]) -> list[ActResult | InputError]:
+        """Several requests' (obs batch, deterministic, seed, history) answered from one call of the act
+        graph (encoder, policy and value fused). Rows are independent in the graph, each request samples
+        with its own seed, and a non-finite output fails only the request it belongs to."""
+        if len(requests) == 1:
+            inputs = self._observed(requests[0][0], requests[0][3])
+        else:
+            inputs = [np.concatenate(parts) for parts in zip(*(self._observed(r[0], r[3]) for r in requests))]
+        out = self._run("act", *inputs)
         params, values = [out[i] for i in self._act_params], out[self._act_value].reshape(-1)
         distribution = self._distribution(params)
         results, lo = [], 0
-        for batch, deterministic, seed in requests:
+        for batch, deterministic, seed, _ in requests:
             rows = slice(lo, lo + len(batch))
             results.append(self._answer([p[rows] for p in params], values[rows],
                                         {name: array[rows] for name, array in distribution.items()}, deterministic, seed))
@@ -178,21 +215,22 @@ class Runtime:
         except InputError as err:
             return err
         actions = self._greedy(params) if deterministic else self._draw(distribution, self._generator(seed))
-        return ActResult(self.to_env(actions), values, **distribution)
+        return ActResult(self.to_env(actions), actions, values, **distribution)
 
-    def value(self, obs: np.ndarray) -> np.ndarray:
-        values = self.values_of(self.encode(obs))
+    def value(self, obs: np.ndarray, history: History | None = None) -> np.ndarray:
+        values = self.values_of(self.encode(obs, history))
         self._finite("obs", values)
         return values
 
     def imagine(self, obs: np.ndarray, horizon: int, samples: int, deterministic: bool, seed: int | None,
-                plan: np.ndarray | None = None) -> Imagination:
-        """Roll policy (or `plan`, agent-form actions [H, ...]) and world model from one observation.
+                plan: np.ndarray | None = None, history: History | None = None) -> Imagination:
+        """Roll policy (or `plan`, agent-form actions [H, ...]) and world model from one observation
+        (after its `history`, with a memory).
 
         All samples move together: one policy and one world-model call per step.
         """
         rng = self._generator(seed)
-        state = np.repeat(self.encode(obs[:1]), samples, axis=0)
+        state = np.repeat(self.encode(obs[:1], history), samples, axis=0)
         states, actions, rewards, continues = [state], [], [], []
         for t in range(horizon):
             if plan is None:

@@ -27,14 +27,33 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class History(Strict):
+    """The client's previous steps in this episode, oldest first: each observation with the action taken
+    after it (in the form `/act` answers give). At most the model's `history_length` steps (GET /model,
+    manifest), which is all an agent with memory reads; an agent without one (history_length 0) takes
+    none. Stateless: any replica answers the same."""
+
+    observations: list[Observation] = Field(description="observations before `obs`, oldest first, in the same form as `obs`")
+    actions: list[PlanAction] = Field(description="the action taken after each of `observations` (as many)")
+
+
+HISTORY = Field(None, description="the steps before `obs`, for an agent with memory (with one `obs`, not a batch)")
+SESSION = Field(None, pattern=r"^[A-Za-z0-9._-]{1,128}$",
+                description="keep this client's recent steps on the server instead of sending a `history`: "
+                            "bounded and expiring; `/act` records each step, `/value` and `/imagine` only read them")
+
+
 class ObservationRequest(Strict):
     obs: Observation = Field(None, description="one observation")
     observations: list[Observation] = Field(None, description="a batch of observations")
+    history: History = HISTORY
+    session: str = SESSION
 
 
 class ActRequest(ObservationRequest):
     deterministic: bool = Field(False, description="the most likely action instead of a sample")
     seed: Integer = Field(None, ge=0, le=SEED_MAX, description="makes a sampled action reproducible")
+    reset: bool = Field(False, description="a new episode in `session`: forget its steps before this one")
 
 
 class ImagineRequest(Strict):
@@ -45,6 +64,7 @@ class ImagineRequest(Strict):
     seed: Integer = Field(None, ge=0, le=SEED_MAX)
     actions: list[PlanAction] = Field(None, description="an action plan to evaluate instead of the policy")
     format: Literal["json", "png"] = "json"
+    history: History = HISTORY  # (a session's steps: GET /imagine?session=; the body's rules leave no room for both)
 
 
 class ActResponse(BaseModel):
@@ -54,6 +74,7 @@ class ActResponse(BaseModel):
     probs: list[float] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    session_step: int | None = Field(None, description="with a `session`: this step's index in the session's episode (0 after a reset, or when the session was new or had expired)")
 
 
 class ActBatchResponse(BaseModel):

@@ -24,7 +24,7 @@ class Service:
         config = uvicorn.Config(served(app), host=settings.host, port=settings.port, access_log=False, log_level="warning",
                                 lifespan="off", timeout_graceful_shutdown=5)
         self.http = uvicorn.Server(config)
-        self.grpc = build_grpc_server(self.store, settings, app.state.metrics)
+        self.grpc = build_grpc_server(self.store, settings, app.state.metrics, app.state.sessions)
 
     def run(self) -> None:
         """Serve until SIGINT / SIGTERM (or `stop()`); the newest bundle is followed all along."""

@@ -24,6 +24,9 @@ class ServiceSettings(BaseModel):
     max_samples: int = Field(64, ge=1, description="imagined trajectories per /imagine request")
     follow: Literal["latest", "best"] = Field("latest", description="serve the newest export, or the best-evaluated one")
     poll_interval: float = Field(0.5, gt=0, description="seconds between checks for a newer bundle")
+    session_memory_mb: float = Field(64.0, gt=0, description="all sessions' histories together stay within this; "
+                                     "the least recently used session leaves first")
+    session_ttl_s: float = Field(600.0, gt=0, description="a session unused this long is forgotten")
 
     def token_accepts(self, authorization: str | None) -> bool:
         """Whether an `Authorization` header (REST) or metadata value (gRPC) carries the token."""

@@ -20,9 +20,11 @@ pytestmark = pytest.mark.slow  # thousands of generated requests per server: ten
 ST = shutil.which("st") or str(Path(sys.executable).with_name("st"))
 
 
-@pytest.mark.parametrize("env_id, token", [("CartPole-v1", None), ("Pendulum-v1", None), ("CartPole-v1", "s3cret")])
-def test_schemathesis_finds_no_failure(env_id, token, exported_agents, tmp_path):
-    with ThreadServer(exported_agents[env_id][1], api_token=token) as server:
+@pytest.mark.parametrize("bundle, token", [("CartPole-v1", None), ("Pendulum-v1", None), ("memory", "s3cret")])
+def test_schemathesis_finds_no_failure(bundle, token, exported_agents, memory_agent, tmp_path):
+    """CartPole and Pendulum agents, and an agent with memory (its histories and sessions) behind a token."""
+    export_dir = memory_agent[1] if bundle == "memory" else exported_agents[bundle][1]
+    with ThreadServer(export_dir, api_token=token) as server:
         command = [ST, "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "30", "--seed", "1",
                    "--request-timeout", "10", "--max-failures", "5"]
         if token:

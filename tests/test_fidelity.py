@@ -17,7 +17,9 @@ WEIGHTS = {"dynamics": 1.0, "reward": 1.0, "continue": 1.0, "decoder": 1.0}
 
 
 def random_episodes(env_id: str, n: int, seed: int = 0):
+    """`n` episodes of random play, the same ones on every run (the action space's sampler seeded)."""
     env = make_env(env_id)
+    env.action_space.seed(seed)
     rng = np.random.default_rng(seed)
     return play_episodes(lambda obs: env.action_space.sample(), env_id, n, seed, env), space_info(env), rng
 

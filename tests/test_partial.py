@@ -61,15 +61,29 @@ def test_a_partially_observed_bundle_records_its_entries_and_reverie_eval_plays_
     assert "mean return" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("transport", [["--transport", "rest"], ["--transport", "grpc", "--stream"]], ids=["rest", "grpc-stream"])
-def test_the_game_loop_reads_the_entries_from_the_served_model(partial_run, transport, capsys):
-    """It sends 2-number observations (a 4-number one would be refused and the game loop would fail)."""
+MODES = {"rest-history": ["--transport", "rest", "--memory", "history"],
+         "rest-session": ["--transport", "rest", "--memory", "session"],
+         "grpc-history": ["--transport", "grpc", "--memory", "history"],
+         "grpc-stream": ["--transport", "grpc", "--stream"]}
+
+
+def test_the_served_agent_with_memory_plays_as_the_trainer_evaluated_it(partial_run, capsys):
+    """The game loop sends 2-number observations (a 4-number one would be refused) and the agent's
+    memory reaches the server by each route: the client's history over REST and gRPC, a REST session,
+    an ActStream's own. Each plays the trainer's evaluation episodes (its seed) exactly as the trainer
+    scored them: the bundle's eval return, episode for episode the same as `reverie eval`'s."""
+    manifest = load_manifest(latest_bundle(partial_run / "export"))
+    assert manifest.history_length == 3 and manifest.last_eval_return is not None
     capsys.readouterr()
+    assert main(["eval", "--bundle", str(partial_run)]) == 0
+    assert f"mean return {manifest.last_eval_return:.2f}" in capsys.readouterr().out
     with ThreadServer(partial_run / "export") as server:
-        assert game_loop.main(["--url", server.url, "--target", server.grpc_target, *transport,
-                               "--episodes", "2", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["requests"] == sum(summary["returns"]) > 0
+        for mode, flags in MODES.items():
+            assert game_loop.main(["--url", server.url, "--target", server.grpc_target, *flags, "--json",
+                                   "--episodes", str(manifest.eval_episodes), "--seed", str(manifest.seed)]) == 0
+            summary = json.loads(capsys.readouterr().out)
+            assert summary["requests"] == sum(summary["returns"]) > 0, mode
+            assert summary["mean_return"] == pytest.approx(manifest.last_eval_return), mode
 
 
 def test_the_sequence_run_exports_beliefs_and_publishes_its_imagination(partial_run):

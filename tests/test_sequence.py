@@ -180,3 +180,40 @@ def test_the_memory_predicts_what_one_observation_cannot(replay):
         later[:, :3] = False  # steps with at least three before them
         errors[memory] = (predicted - batch["next_obs"])[later].abs().mean().item()
     assert errors[True] < 0.6 * errors[False], errors
+
+
+def test_acting_reads_the_memory_of_the_last_history_length_steps(replay):
+    """The trainer's episode window and the exported graphs' history give one belief: after k steps the
+    window holds min(k, history_length) of them, and `belief_after` with them padded to full length
+    (mask False on the pads) equals the belief the player acted on. A step older than the window is
+    forgotten: changing it changes nothing."""
+    from trainer.agent import Window
+
+    torch.manual_seed(0)
+    agent = Agent(small_config(sequence_mode=True, sequence_length=5), replay[1])
+    wm, length = agent.world_model, agent.cfg.history_length
+    assert length == 4
+    rng = np.random.default_rng(0)
+    obs, actions = rng.normal(0, 1, (12, 4)).astype(np.float32), rng.integers(0, 2, 12)
+    window = Window(wm, length)
+
+    def served(t: int) -> torch.Tensor:
+        start = max(0, t - length)
+        pad = length - (t - start)
+        history_obs = torch.as_tensor(np.concatenate([obs[start:t], np.zeros((pad, 4), np.float32)]))[None]
+        history_action = torch.as_tensor(np.concatenate([actions[start:t], np.zeros(pad, np.int64)]))[None]
+        mask = (torch.arange(length) < t - start)[None]
+        return wm.belief_after(torch.as_tensor(obs[t])[None], history_obs, history_action, mask)
+
+    changed = Window(wm, length)  # the same episode but for its first observation
+    with torch.no_grad():
+        for t in range(len(obs)):
+            assert len(window.states) == min(t, length)
+            acted = wm.belief(wm.encode(torch.as_tensor(obs[t])[None]), window.memory())
+            torch.testing.assert_close(served(t), acted, atol=1e-6, rtol=0)
+            if 0 < t <= length:
+                assert not torch.equal(changed.memory(), window.memory())
+            elif t > length:
+                assert torch.equal(changed.memory(), window.memory())  # step 0 has left the window
+            agent.step(obs[t], window, deterministic=True, action=actions[t])
+            agent.step(obs[t] + 5.0 * (t == 0), changed, deterministic=True, action=actions[t])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import deque
 
 import numpy as np
 import torch
@@ -119,28 +120,26 @@ class Agent(nn.Module):
         return self.reward_range.device
 
     # ------------------------------------------------------------------ acting
-    def act(self, obs: np.ndarray, deterministic: bool, memory: torch.Tensor | None = None) -> np.ndarray:
-        """One observation (and the memory of its episode so far, in sequence mode) -> one agent
+    def act(self, obs: np.ndarray, deterministic: bool, window: "Window | None" = None) -> np.ndarray:
+        """One observation (and, in sequence mode, the window of its episode so far) -> one agent
         action (index, or vector in [-1, 1])."""
-        return self.step(obs, memory, deterministic)[0]
+        return self.step(obs, window, deterministic)
 
     @torch.no_grad()
-    def step(self, obs: np.ndarray, memory: torch.Tensor | None, deterministic: bool,
-             action: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
-        """One step of an episode: the policy's action (or `action`, when one is given: a random one)
-        and the episode's memory after it (None in flat mode). The observation is encoded once for both,
+    def step(self, obs: np.ndarray, window: "Window | None", deterministic: bool,
+             action: np.ndarray | None = None) -> np.ndarray:
+        """One step of an episode: the policy's action (or `action`, when one is given: a random one),
+        recorded in the episode's `window` (sequence mode). The observation is encoded once for both,
         and not at all for a given action in flat mode."""
-        state = None
+        wm, state = self.world_model, None
+        if action is None or (wm.memory is not None and window is not None):
+            state = wm.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0))
         if action is None:
-            state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0))
-            dist = self.policy(self.world_model.belief(state, memory))
+            dist = self.policy(wm.belief(state, window.memory() if window is not None else None))
             action = (dist.mode() if deterministic else dist.sample())[0].cpu().numpy()
-        if self.world_model.memory is None:
-            return action, None
-        if state is None:
-            state = self.world_model.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0))
-        action_t = self.world_model.encode_action(torch.as_tensor(action, device=self.device).unsqueeze(0))
-        return action, self.world_model.remember(memory, state, action_t)
+        if wm.memory is not None and window is not None:
+            window.record(state, wm.encode_action(torch.as_tensor(action, device=self.device).unsqueeze(0)))
+        return action
 
     def entropy_coef(self) -> torch.Tensor | float:
         return self.log_alpha.exp().detach() if self.cfg.adaptive_entropy else self.cfg.entropy_coef
@@ -292,17 +291,42 @@ class Agent(nn.Module):
         }
 
 
+class Window:
+    """An episode's last `history_length` steps as the world model encoded them (states and actions,
+    oldest first): what its memory is recalled from at every step (`WorldModel.recall`), the same
+    window a served agent reads from a client's history."""
+
+    def __init__(self, world_model: WorldModel, length: int):
+        self.world_model = world_model
+        self.states: deque[torch.Tensor] = deque(maxlen=length)
+        self.actions: deque[torch.Tensor] = deque(maxlen=length)
+
+    def clear(self) -> None:
+        self.states.clear()
+        self.actions.clear()
+
+    def record(self, state: torch.Tensor, action: torch.Tensor) -> None:
+        if self.states.maxlen:
+            self.states.append(state)
+            self.actions.append(action)
+
+    def memory(self) -> torch.Tensor | None:
+        """The memory of the window ([1, memory_dim]); None (zero) while it is empty."""
+        if not self.states:
+            return None
+        return self.world_model.recall(torch.stack(tuple(self.states), 1), torch.stack(tuple(self.actions), 1))
+
+
 class EpisodePlayer:
-    """`act(obs) -> env action` over whole episodes, for `play_episodes`: carries the agent's memory
-    from step to step (sequence mode) and forgets it when `reset` starts an episode."""
+    """`act(obs) -> env action` over whole episodes, for `play_episodes`: keeps the episode's window
+    (sequence mode) and clears it when `reset` starts an episode."""
 
     def __init__(self, agent: Agent, deterministic: bool):
         self.agent, self.deterministic = agent, deterministic
-        self.memory: torch.Tensor | None = None
+        self.window = Window(agent.world_model, agent.cfg.history_length)
 
     def reset(self) -> None:
-        self.memory = None
+        self.window.clear()
 
     def __call__(self, obs: np.ndarray):
-        action, self.memory = self.agent.step(obs, self.memory, self.deterministic)
-        return self.agent.space.to_env_action(action)
+        return self.agent.space.to_env_action(self.agent.step(obs, self.window, self.deterministic))

@@ -147,6 +147,11 @@ class Config(BaseModel):
         return max(1, self.batch_size // self.sequence_length)
 
     @property
+    def history_length(self) -> int:
+        """The most past steps a memory reads (see `WorldModel.recall`); 0 without one."""
+        return self.sequence_length - 1 if self.sequence_mode else 0
+
+    @property
     def belief_dim(self) -> int:
         """What the heads read: the state, and in sequence mode the memory beside it."""
         return self.state_dim + (self.memory_dim if self.sequence_mode else 0)

@@ -35,6 +35,17 @@ class _OneInput(nn.Module):
         return self.fn(x)
 
 
+class _Belief(nn.Module):
+    """obs (and its history) -> belief: the encoder graph."""
+
+    def __init__(self, agent: Agent):
+        super().__init__()
+        self.wm = agent.world_model
+
+    def forward(self, obs, history_obs=None, history_action=None, history_mask=None):
+        return self.wm.belief_after(obs, history_obs, history_action, history_mask)
+
+
 class _WorldModelStep(nn.Module):
     """(state, agent action) -> one imagined step: the graph encodes the action itself
     (`WorldModel.encode_action`), so that encoding exists once, in the model."""
@@ -48,35 +59,40 @@ class _WorldModelStep(nn.Module):
 
 
 class _Act(nn.Module):
-    """obs -> policy parameters and value in one graph: what `POST /act` needs, in one call."""
+    """obs (and its history) -> policy parameters and value in one graph: what `POST /act` needs, in one call."""
 
     def __init__(self, agent: Agent):
         super().__init__()
         self.agent = agent
 
-    def forward(self, obs):
-        wm = self.agent.world_model
-        belief = wm.first_belief(obs)
+    def forward(self, obs, history_obs=None, history_action=None, history_mask=None):
+        belief = self.agent.world_model.belief_after(obs, history_obs, history_action, history_mask)
         return (*self.agent.policy.params(belief), self.agent.value(belief))
 
 
 def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], GraphSpec]]:
     """name -> (module, example inputs, spec): the graphs of the bundle.
 
-    Their "state" is the agent's belief (`WorldModel.belief`); in sequence mode the encoder and act
-    graphs give it with an empty memory (an observation with no history before it).
+    Their "state" is the agent's belief (`WorldModel.belief`); with a memory the encoder and act
+    graphs read the observation's history too (`WorldModel.belief_after`), padded to history_length.
     """
-    space, cfg, wm = agent.space, agent.cfg, agent.world_model
+    space, cfg = agent.space, agent.cfg
     obs, state = torch.zeros(2, *space.obs_shape), torch.zeros(2, cfg.belief_dim)
-    action = torch.zeros(2, dtype=torch.int64) if space.discrete else torch.zeros(2, space.action_dim)  # agent form
-    contract = graph_contract("discrete" if space.discrete else "box")
+
+    def agent_actions(*lead: int) -> torch.Tensor:
+        return torch.zeros(*lead, dtype=torch.int64) if space.discrete else torch.zeros(*lead, space.action_dim)
+
+    length = cfg.history_length
+    observed = (obs,) if not length else (obs, torch.zeros(2, length, *space.obs_shape), agent_actions(2, length),
+                                          torch.ones(2, length, dtype=torch.bool))
+    contract = graph_contract("discrete" if space.discrete else "box", length)
     modules = {
-        "encoder": (_OneInput(agent, wm.first_belief), (obs,)),
+        "encoder": (_Belief(agent), observed),
         "policy": (_OneInput(agent, agent.policy.params), (state,)),
         "value": (agent.value, (state,)),
-        "world_model": (_WorldModelStep(agent), (state, action)),
+        "world_model": (_WorldModelStep(agent), (state, agent_actions(2))),
         "decoder": (_OneInput(agent, agent.world_model.decode), (state,)),
-        "act": (_Act(agent), (obs,)),
+        "act": (_Act(agent), observed),
     }
     return {name: (*modules[name], spec) for name, spec in contract.items()}
 
@@ -108,7 +124,7 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
     manifest = Manifest(
         model_version=0, training_step=training_step, phase=phase, env_id=cfg.env_id, obs_indices=cfg.obs_indices,
         observation_space=ObservationSpace(shape=list(space.obs_shape), dtype="uint8" if space.is_image else "float32"),
-        action_space=action_space, state_size=cfg.belief_dim, gamma=cfg.gamma, lambda_=cfg.lambda_,
+        action_space=action_space, state_size=cfg.belief_dim, history_length=cfg.history_length, gamma=cfg.gamma, lambda_=cfg.lambda_,
         default_horizon=cfg.horizon, max_horizon=MAX_HORIZON, last_eval_return=last_eval,
         seed=cfg.seed, eval_episodes=cfg.eval_episodes,
         graphs={name: spec for name, (_, _, spec) in specs.items()},

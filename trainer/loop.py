@@ -23,7 +23,7 @@ from reverie.bundle import versions
 from reverie.evaluation import play_episodes
 from reverie.runs import latest_checkpoint, publish_status
 
-from .agent import Agent, EpisodePlayer
+from .agent import Agent, EpisodePlayer, Window
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fidelity import imagination_fidelity
 from .config import FIXED_ON_RESUME, Config
@@ -109,6 +109,7 @@ class Trainer:
         self.env, self.eval_env, self.agent, self.replay, self.writer = (
             parts.env, parts.eval_env, parts.agent, parts.replay, parts.writer)
         self.space, self.device = self.agent.space, self.agent.device
+        self.window = Window(self.agent.world_model, cfg.history_length)  # the current episode's, in sequence mode
         self.solved_return = solved_return(cfg)
         # The checkpoint is these parts' own state_dicts, by name, plus the loop's position and RNGs.
         self.stateful = {"agent": self.agent, "world_model_optimizer": self.agent.world_model_optimizer,
@@ -185,15 +186,15 @@ class Trainer:
 
     def _reset_env(self) -> tuple[np.ndarray, float]:
         """A new episode: its first observation and return 0; the agent's memory starts empty."""
-        self.memory = None
+        self.window.clear()
         obs, _ = self.env.reset(seed=self.cfg.seed * 100_003 + self.episodes)
         self.env.action_space.seed(self.cfg.seed * 100_003 + self.episodes)
         return obs, 0.0
 
     def _env_step(self) -> None:
         explores = self.schedule.explores_randomly(self.env_step) or self.rng.random() < self.cfg.epsilon
-        action, self.memory = self.agent.step(self.obs, self.memory, deterministic=False,
-                                              action=self._random_action() if explores else None)
+        action = self.agent.step(self.obs, self.window, deterministic=False,
+                                 action=self._random_action() if explores else None)
         next_obs, reward, terminated, truncated, _ = self.env.step(self.space.to_env_action(action))
         self.replay.add(self.obs, action, reward, next_obs, terminated, truncated)
         if not self.space.is_image:

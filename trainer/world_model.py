@@ -9,6 +9,12 @@ mode, beside it a memory of the steps before (a GRU over past states and actions
 episode's or a sequence's start). In flat mode the belief is the state. A partially observed env
 (CartPole without velocities) is learnable only through the memory: one observation does not
 say where the pole is going.
+
+The memory is a function of a window: training sequences of `sequence_length` steps start from
+zero, so no memory ever trained on has seen more than `history_length = sequence_length - 1`
+steps. Acting reads the same window (`recall` over the episode's last `history_length` steps),
+in the trainer and in the exported graphs alike: an agent acts on the memories it learned on,
+and a client's history of that many steps is all the server needs (any replica can answer).
 """
 
 from __future__ import annotations
@@ -70,12 +76,33 @@ class WorldModel(nn.Module):
         """The belief at observations with nothing remembered: an episode's start, an exported graph's input."""
         return self.belief(self.encode(obs))
 
+    def belief_after(self, obs: torch.Tensor, history_obs: torch.Tensor | None = None,
+                     history_action: torch.Tensor | None = None, history_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The belief at observations [B, ...] after the steps before them: observations [B, L, ...] and the
+        agent actions taken after each, oldest first, `history_mask` [B, L] saying which are real. What the
+        exported graphs compute; without a history (or a memory) it is `first_belief`."""
+        if history_obs is None or self.memory is None:
+            return self.first_belief(obs)
+        memory = self.recall(self.encode(history_obs), self.encode_action(history_action), history_mask)
+        return self.belief(self.encode(obs), memory)
+
     def remember(self, memory: torch.Tensor | None, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor | None:
         """The memory after a step from `state` with `action` (encoded); None in flat mode."""
         if self.memory is None:
             return None
         memory = memory if memory is not None else state.new_zeros(state.shape[0], self.memory_dim)
         return self.memory(torch.cat([state, action], -1), memory)
+
+    def recall(self, states: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The memory after a window of steps: states [B, L, state_dim] and encoded actions [B, L, action_dim],
+        oldest first; `mask` [B, L] (True: a real step) skips padding. An empty window is the zero memory."""
+        if self.memory is None:
+            return None
+        memory = states.new_zeros(states.shape[0], self.memory_dim)
+        for t in range(states.shape[1]):
+            after = self.remember(memory, states[:, t], actions[:, t])
+            memory = after if mask is None else torch.where(mask[:, t, None], after, memory)
+        return memory
 
     def observe(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(states, next_states, beliefs, next_beliefs) of a batch's observations.
