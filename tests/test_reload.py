@@ -17,20 +17,29 @@ VERSIONS = 22  # 1 to start with, then 21 more (two broken ones among them)
 
 
 @pytest.mark.slow
-def test_hot_reload_under_load_never_fails_a_request(tmp_path, exported_agents):
-    source = latest_bundle(exported_agents["CartPole-v1"][1])
+@pytest.mark.parametrize("memory", [False, True], ids=["flat", "memory"])
+def test_hot_reload_under_load_never_fails_a_request(memory, tmp_path, exported_agents, memory_agent):
+    """Three clients act in a loop while 21 versions are published; with an agent with memory, one
+    sends its history, one acts in a session (which lives on across every reload), one sends neither."""
+    source = latest_bundle(memory_agent[1] if memory else exported_agents["CartPole-v1"][1])
+    obs = [0.02, 0.05] if memory else OBS
+    memories = [{"history": ([obs, obs], [0, 1])}, {"session": "reloaded"}, {}] if memory else [{}, {}, {}]
     export_dir = tmp_path / "export"
     publish_copy(source, export_dir)
     with ProcessServer(export_dir, poll_interval=0.05) as server:
         stop = threading.Event()
         seen: list[list[int]] = [[] for _ in range(3)]
+        steps: list[int | None] = []  # client 1's session steps
         failures: list[str] = []
 
         def client_loop(i: int) -> None:
             with RestClient(server.url) as client:
                 while not stop.is_set():
                     try:
-                        seen[i].append(client.act(OBS, seed=i).model_version)
+                        answer = client.act(obs, seed=i, **memories[i])
+                        seen[i].append(answer.model_version)
+                        if i == 1:
+                            steps.append(answer.session_step)
                     except Exception as err:  # any failure at all is what this test is about
                         failures.append(repr(err))
 
@@ -55,13 +64,15 @@ def test_hot_reload_under_load_never_fails_a_request(tmp_path, exported_agents):
     served = set().union(*map(set, seen))
     assert served == set(range(1, VERSIONS + 1)) - set(broken), "every good version served, no broken one"
     assert len(served) >= 20
-    for versions in seen:
-        assert all(a <= b for a, b in zip(versions, versions[1:])), "a client saw versions go backwards"
+    for answered in seen:
+        assert all(a <= b for a, b in zip(answered, answered[1:])), "a client saw versions go backwards"
     assert model["model_version"] == VERSIONS
     assert {r["bundle"].rsplit("/", 1)[1] for r in model["refused"]} == {b.name for b in broken.values()}
     reasons = " ".join(r["reason"] for r in model["refused"])
     assert "checksum mismatch" in reasons and "onnxruntime cannot load" in reasons
     assert sum(map(len, seen)) > 100
+    if memory:  # never reset nor expired, the session counted every step through every reload
+        assert steps == list(range(len(steps)))
 
 
 def test_a_broken_newest_bundle_at_start_falls_back_to_the_newest_good_one(tmp_path, exported_agents):
