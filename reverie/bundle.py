@@ -24,7 +24,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 # 2: the fused `act` graph is required; 3: `world_model` takes agent actions (indices for Discrete);
-# 4: `history_length`, and agents with memory read a history in `encoder` and `act`
+# 4: `history_length`, and agents with memory read a history in `encoder` and `act`; `dynamics_context`,
+# and transformer dynamics read the rollout's earlier steps in `world_model`
 FORMAT_VERSION = 4
 POINTER = "LATEST"
 BEST = "BEST"
@@ -42,23 +43,29 @@ POLICY_OUTPUTS = {"discrete": ["logits"], "box": ["mean", "std"]}  # a Categoric
 
 
 HISTORY_INPUTS = ["history_obs", "history_action", "history_mask"]
+PAST_INPUTS = ["past_state", "past_action", "past_mask"]
 
 
-def graph_contract(action_kind: str, history_length: int = 0) -> dict[str, GraphSpec]:
+def graph_contract(action_kind: str, history_length: int = 0, dynamics_context: int = 0) -> dict[str, GraphSpec]:
     """Every graph of a bundle, its file and its named inputs and outputs. `act` is encoder, policy and
     value fused into one graph: the hot path of serving is one graph call.
 
     An agent with memory (`history_length` > 0) reads, beside the observation, the steps before it:
     `history_obs` [B, L, *obs], `history_action` [B, L] (indices) or [B, L, dim] (agent form) and
     `history_mask` [B, L] (bool, True for a real step), with L = `history_length` exactly (pad with
-    False rows). Graphs are stateless: the memory is recomputed from the history at every call."""
+    False rows). Graphs are stateless: the memory is recomputed from the history at every call.
+
+    Transformer dynamics (`dynamics_context` > 0) attend over an imagined rollout's earlier steps:
+    `world_model` also takes `past_state` [B, C, state_size], `past_action` [B, C] or [B, C, dim] and
+    `past_mask` [B, C] (a real prefix), the rollout's last C = `dynamics_context` steps before this one."""
     policy = POLICY_OUTPUTS[action_kind]
     observed = ["obs", *HISTORY_INPUTS] if history_length else ["obs"]
     return {
         "encoder": GraphSpec(file="encoder.onnx", inputs=observed, outputs=["state"]),
         "policy": GraphSpec(file="policy.onnx", inputs=["state"], outputs=policy),
         "value": GraphSpec(file="value.onnx", inputs=["state"], outputs=["value"]),
-        "world_model": GraphSpec(file="world_model.onnx", inputs=["state", "action"], outputs=["next_state", "reward", "continue"]),
+        "world_model": GraphSpec(file="world_model.onnx", inputs=["state", "action", *(PAST_INPUTS if dynamics_context else [])],
+                                 outputs=["next_state", "reward", "continue"]),
         "decoder": GraphSpec(file="decoder.onnx", inputs=["state"], outputs=["obs"]),
         "act": GraphSpec(file="act.onnx", inputs=observed, outputs=[*policy, "value"]),
     }
@@ -91,6 +98,7 @@ class Manifest(BaseModel):
     action_space: ActionSpace
     state_size: int
     history_length: int = Field(0, ge=0)  # the most past steps the agent reads (0: no memory); see graph_contract
+    dynamics_context: int = Field(0, ge=0)  # the most earlier rollout steps the dynamics read (0: none); see graph_contract
     gamma: float
     lambda_: float
     default_horizon: int
@@ -178,7 +186,7 @@ def load_manifest(bundle: Path) -> Manifest:
         raise BundleError(f"{bundle}: unreadable manifest: {err}") from err
     if manifest.format_version != FORMAT_VERSION:
         raise BundleError(f"{bundle}: format version {manifest.format_version}, expected {FORMAT_VERSION}")
-    contract = graph_contract(manifest.action_space.kind, manifest.history_length)
+    contract = graph_contract(manifest.action_space.kind, manifest.history_length, manifest.dynamics_context)
     missing = [name for name in contract if name not in manifest.graphs]
     if missing:
         raise BundleError(f"{bundle}: the manifest lacks graphs {', '.join(missing)}")

@@ -122,6 +122,22 @@ class Runtime:
             obs[0, :n], action[0, :n], mask[0, :n] = np.asarray(observations), np.asarray(actions), True
         return obs, action, mask
 
+    def _past(self, states: list[np.ndarray], actions: list[np.ndarray], rows: int) -> list[np.ndarray]:
+        """The world-model graph's view of a rollout's earlier steps (transformer dynamics only): the last
+        dynamics_context (state, agent action) pairs, padded, with their mask."""
+        length = self.manifest.dynamics_context
+        if not length:
+            return []
+        states, actions = states[-length:], actions[-length:]
+        n = len(states)
+        past_state = np.zeros((rows, length, self.manifest.state_size), np.float32)
+        past_action = np.zeros((rows, length) if self.discrete else (rows, length, self.action_dim),
+                               np.int64 if self.discrete else np.float32)
+        mask = np.zeros((rows, length), bool)
+        if n:
+            past_state[:, :n], past_action[:, :n], mask[:, :n] = np.stack(states, 1), np.stack(actions, 1), True
+        return [past_state, past_action, mask]
+
     def _observed(self, obs: np.ndarray, history: History | None) -> list[np.ndarray]:
         """The inputs of a graph that reads observations: with a memory, a history for each row (none: empty)."""
         if not self.history_length:
@@ -237,7 +253,7 @@ class Runtime:
                 action = self._sample(self._run("policy", state), deterministic, rng)
             else:
                 action = np.repeat(plan[t:t + 1], samples, axis=0)
-            state, reward, cont = self._run("world_model", state, action)
+            state, reward, cont = self._run("world_model", state, action, *self._past(states[:-1], actions, samples))
             states.append(state)
             actions.append(action)
             rewards.append(reward.reshape(-1))

@@ -101,18 +101,21 @@ def exported_agents(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def memory_agent(tmp_path_factory):
-    """(agent, export dir): a small sequence-mode agent on CartPole without velocities (history_length 3),
-    its policy far from uniform so that what it remembers moves its answers."""
+    """(agent, export dir): a small sequence-mode agent with transformer dynamics on CartPole without
+    velocities (history_length 3, dynamics_context 3), its policy far from uniform so that what it
+    remembers moves its answers."""
     from reverie import envs
     from trainer.agent import Agent
     from trainer.export import export_bundle
 
     torch.manual_seed(0)
     space = space_info(envs.make("CartPole-v1", [0, 2]))
-    agent = Agent(small_config(sequence_mode=True, sequence_length=4, obs_indices=[0, 2]), space)
+    agent = Agent(small_config(sequence_mode=True, sequence_length=4, obs_indices=[0, 2], dynamics="transformer"), space)
     agent.world_model.normalizer.update(torch.randn(64, 2) * 0.1)
     with torch.no_grad():
         agent.policy.net[-1].weight.normal_(0.0, 0.5)
+        for member in agent.world_model.dynamics.members:  # positions that matter, as trained ones would
+            member.position.normal_(0.0, 0.5)
     export_dir = tmp_path_factory.mktemp("memory") / "export"
     export_bundle(agent, export_dir, training_step=100, phase="full", last_eval=20.0, keep=100)
     return agent, export_dir

@@ -162,7 +162,7 @@ def test_world_model_step_predicts_next_state_reward_continue():
     batch, space = real_batch("CartPole-v1", batch_size=8)
     agent = Agent(small_config(), space)
     states = agent.world_model.encode(batch["obs"])
-    next_state, reward, cont = agent.world_model.step(states, agent.world_model.encode_action(batch["action"]))
+    next_state, reward, cont = agent.world_model.step(states, batch["action"])
     assert next_state.shape == states.shape and reward.shape == cont.shape == (8,)
     assert ((cont >= 0) & (cont <= 1)).all()
 
@@ -198,16 +198,32 @@ def test_continuous_entropy_estimate_is_the_tanh_normal_log_density():
     torch.testing.assert_close(entropy[keep], expected[keep], atol=1e-3, rtol=1e-4)
 
 
-def test_imagination_matches_the_exported_step_one_transition_at_a_time():
-    """Batching reward and continue after the rollout gives the numbers WorldModel.step gives step by step."""
+@pytest.mark.parametrize("fields", [{}, {"dynamics": "transformer", "sequence_mode": True, "sequence_length": 4}],
+                         ids=["mlp", "transformer-memory"])
+def test_imagination_matches_the_exported_step_one_transition_at_a_time(fields):
+    """Batching reward and continue after the rollout gives the numbers WorldModel.step gives step by step;
+    a transformer's rollout attends over its earlier steps exactly as the exported step reads them from
+    padded `past` inputs (here 6 steps through a window of 3: it slides)."""
     batch, space = real_batch("CartPole-v1", batch_size=8)
-    agent = Agent(small_config(), space)
+    torch.manual_seed(0)
+    agent = Agent(small_config(**fields), space)
+    wm = agent.world_model
     with torch.no_grad():
-        start = agent.world_model.encode(batch["obs"])
-        trajectory = imagine(agent.world_model, agent.policy, start, 6)
-    state = start
+        for member in wm.dynamics.members:
+            if hasattr(member, "position"):
+                member.position.normal_(0.0, 0.5)
+        start = wm.belief(wm.encode(batch["obs"]))
+        trajectory = imagine(wm, agent.policy, start, 6)
+    state, window = start, wm.dynamics_context
+    actions = trajectory.actions.argmax(-1)  # agent actions: the class indices
     for t in range(6):
-        next_state, reward, cont = agent.world_model.step(state, trajectory.actions[:, t])
+        past = ()
+        if window:
+            n, pad = min(t, window), window - min(t, window)
+            past = (torch.cat([trajectory.states[:, t - n:t], torch.zeros(8, pad, start.shape[-1])], 1),
+                    torch.cat([actions[:, t - n:t], torch.zeros(8, pad, dtype=torch.long)], 1),
+                    (torch.arange(window) < n).expand(8, window))
+        next_state, reward, cont = wm.step(state, actions[:, t], *past)
         torch.testing.assert_close(next_state, trajectory.states[:, t + 1])
         torch.testing.assert_close(reward, trajectory.rewards[:, t])
         torch.testing.assert_close(cont, trajectory.continues[:, t])

@@ -33,25 +33,28 @@ def exported(request, tmp_path_factory):
 def test_every_graph_matches_torch_on_1000_random_inputs(exported):
     """Parity within 1e-5 (max abs; and 1e-6 relative for outputs far above 1, such as an untrained
     reward head's symexp on random beliefs, where 1e-5 is a few float32 ulps) for each graph, at several batch sizes (the batch axis is dynamic);
-    with a memory, at every history length from 0 and 1 to the maximum (the mask's real prefix)."""
+    with a memory (and transformer dynamics), at every history (and past) length from 0 and 1 to the
+    maximum (the mask's real prefix)."""
     agent, bundle = exported
     rng = np.random.default_rng(0)
     for name, (module, examples, spec) in graph_specs(agent).items():
         session = ort.InferenceSession(str(bundle / spec.file))
         for batch in (1, 7, 992):  # 1,000 inputs in all
             feeds = {n: rng.normal(0, 2, (batch, *e.shape[1:])).astype(np.float32) for n, e in zip(spec.inputs, examples)}
-            if "state" in feeds:  # beliefs as the model makes them: a layer-normalised state, a GRU's memory in (-1, 1)
-                belief, size = torch.from_numpy(feeds["state"]), agent.cfg.state_dim
-                feeds["state"] = torch.cat([torch.nn.functional.layer_norm(belief[:, :size], (size,)),
-                                            torch.tanh(belief[:, size:])], 1).numpy()
-            for key in ("action", "history_action"):  # agent actions: class indices, or vectors in [-1, 1]
+            for key in ("state", "past_state"):  # beliefs as the model makes them: a layer-normalised state, a GRU's memory in (-1, 1)
+                if key in feeds:
+                    belief, size = torch.from_numpy(feeds[key]), agent.cfg.state_dim
+                    feeds[key] = torch.cat([torch.nn.functional.layer_norm(belief[..., :size], (size,)),
+                                            torch.tanh(belief[..., size:])], -1).numpy()
+            for key in ("action", "history_action", "past_action"):  # agent actions: class indices, or vectors in [-1, 1]
                 if key in feeds:
                     example = examples[spec.inputs.index(key)]
                     feeds[key] = (rng.integers(0, agent.space.action_dim, feeds[key].shape[:example.dim()])
                                   if example.dtype == torch.int64 else np.tanh(feeds[key]))
-            if "history_mask" in feeds:  # row i holds i % (L + 1) real steps: lengths 0, 1, ..., L
-                length = feeds["history_mask"].shape[1]
-                feeds["history_mask"] = np.arange(length)[None] < (np.arange(batch) % (length + 1))[:, None]
+            for key in ("history_mask", "past_mask"):  # row i holds i % (L + 1) real steps: lengths 0, 1, ..., L
+                if key in feeds:
+                    length = feeds[key].shape[1]
+                    feeds[key] = np.arange(length)[None] < (np.arange(batch) % (length + 1))[:, None]
             got = session.run(spec.outputs, feeds)
             with torch.no_grad():
                 want = module(*(torch.from_numpy(feeds[n]) for n in spec.inputs))

@@ -79,7 +79,10 @@ def test_history_session_and_streams_give_the_torch_agents_answers(memory_agent,
     assert len(actions) > 5 and not np.allclose(forgetful, probs, atol=1e-3)
 
 
-def test_imagination_starts_from_the_remembered_belief(memory_agent, server):
+def test_imagination_starts_from_the_remembered_belief_and_attends_over_its_own_steps(memory_agent, server):
+    """Served imagination starts from the belief after the client's history (or its session's steps),
+    and the transformer dynamics read the rollout's earlier steps as torch's rollout does: 6 steps
+    through a window of 3, so it slides."""
     agent, _ = memory_agent
     observations, actions, _ = torch_episode(agent, 4)
     with RestClient(server.url) as rest, GrpcClient(server.grpc_target) as grpc_client:
@@ -96,6 +99,13 @@ def test_imagination_starts_from_the_remembered_belief(memory_agent, server):
             np.testing.assert_allclose(in_session.trajectories[0].states[0], belief[0].numpy(), atol=1e-5)
             plain = client.imagine(observations[3], horizon=2, deterministic=True)
             assert not np.allclose(plain.trajectories[0].states[0], belief[0].numpy(), atol=1e-3)
+        wm, state, tokens, states = agent.world_model, belief, [], [belief]
+        with torch.no_grad():
+            for _ in range(6):
+                state = wm.transition(state, wm.encode_action(agent.policy(state).mode()), tokens)
+                states.append(state)
+        served = rest.imagine(observations[3], horizon=6, deterministic=True, history=history).trajectories[0]
+        np.testing.assert_allclose(served.states, torch.cat(states).numpy(), atol=1e-4)
 
 
 HISTORY = {"observations": [OBS, OBS], "actions": [0, 1]}

@@ -201,17 +201,42 @@ class TransformerMember(nn.Module):
             for _ in range(cfg.transformer_layers))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, cfg.state_dim))
 
-    def forward(self, x: torch.Tensor, context: SequenceContext | None = None) -> torch.Tensor:
-        """x: [..., state + action] -> [..., state_dim]; with `context`, x is [B, T, state + action]."""
+    def forward(self, x: torch.Tensor, context: SequenceContext | None = None, past: torch.Tensor | None = None,
+                past_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [..., state + action] -> [..., state_dim]; with `context`, x is [B, T, state + action].
+
+        With `past` ([B, L, state + action], the tokens of the steps before x in an imagined rollout)
+        x [B, ...] is the next token of that sequence: it sits at position n (the number of real past
+        tokens, `past_mask` [B, L] a real prefix; all L when None) and attends over them, as it would
+        in training. Padded past tokens are never attended to, so a padded window gives the exact
+        window's answer."""
+        if past is not None:
+            return self._continued(x, past, past_mask)
         if context is None:
             tokens, mask = x.reshape(-1, 1, x.shape[-1]), torch.ones(1, 1, 1, 1, dtype=torch.bool, device=x.device)
         else:
             tokens, mask = x, context.attention_mask()
+        return self.head(self._encode(tokens, mask)).reshape(*x.shape[:-1], -1)
+
+    def _encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.embed(tokens) + self.position[: tokens.shape[1]]
         for block in self.blocks:
             h = h + block["attention"](block["norm1"](h), mask)
             h = h + block["mlp"](block["norm2"](h))
-        return self.head(h).reshape(*x.shape[:-1], -1)
+        return h
+
+    def _continued(self, x: torch.Tensor, past: torch.Tensor, past_mask: torch.Tensor | None) -> torch.Tensor:
+        b, length = past.shape[0], past.shape[1]
+        if past_mask is None:
+            tokens, n = torch.cat([past, x[:, None]], 1), torch.full((b,), length, device=x.device)
+        else:
+            n = past_mask.long().sum(1)
+            index = torch.arange(length + 1, device=x.device)
+            tokens = torch.where((index[None] == n[:, None])[..., None], x[:, None], torch.cat([past, torch.zeros_like(x[:, None])], 1))
+        index = torch.arange(tokens.shape[1], device=x.device)
+        mask = (index[None, :, None] >= index[None, None, :]) & (index[None, None, :] <= n[:, None, None])  # causal, no padding
+        h = self._encode(tokens, mask[:, None])
+        return self.head(h[torch.arange(b, device=x.device), n])
 
 
 class DynamicsModel(nn.Module):
@@ -232,16 +257,18 @@ class DynamicsModel(nn.Module):
         self.std = cfg.dynamics_std
         self.state_dim = cfg.state_dim
 
-    def member_means(self, belief: torch.Tensor, action: torch.Tensor,
-                     context: SequenceContext | None = None) -> torch.Tensor:
+    def member_means(self, belief: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None,
+                     past: torch.Tensor | None = None, past_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[K, ..., state_dim]: each member predicts a residual step from the state, normalised like encoded states.
+        `past`, `past_mask`: an imagined rollout's earlier tokens, for transformers (`TransformerMember`).
 
         The normalisation keeps imagined states on the encoder's manifold, so a long rollout
         cannot drift into regions where reward and value heads extrapolate wildly.
         """
         x = torch.cat([belief, action], -1)
         state = belief[..., : self.state_dim]
-        steps = [m(x, context) for m in self.members] if self.attends else [m(x) for m in self.members]
+        steps = ([m(x, context, past, past_mask) for m in self.members] if self.attends
+                 else [m(x) for m in self.members])
         return torch.stack([torch.nn.functional.layer_norm(state + step, state.shape[-1:]) for step in steps])
 
     def forward(self, belief: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None) -> Normal:

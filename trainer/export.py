@@ -48,14 +48,15 @@ class _Belief(nn.Module):
 
 class _WorldModelStep(nn.Module):
     """(state, agent action) -> one imagined step: the graph encodes the action itself
-    (`WorldModel.encode_action`), so that encoding exists once, in the model."""
+    (`WorldModel.encode_action`), so that encoding exists once, in the model. Transformer dynamics
+    also read the rollout's earlier steps (past_state, past_action, past_mask)."""
 
     def __init__(self, agent: Agent):
         super().__init__()
         self.wm = agent.world_model
 
-    def forward(self, state, action):
-        return self.wm.step(state, self.wm.encode_action(action))
+    def forward(self, state, action, past_state=None, past_action=None, past_mask=None):
+        return self.wm.step(state, action, past_state, past_action, past_mask)
 
 
 class _Act(nn.Module):
@@ -85,12 +86,15 @@ def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, 
     length = cfg.history_length
     observed = (obs,) if not length else (obs, torch.zeros(2, length, *space.obs_shape), agent_actions(2, length),
                                           torch.ones(2, length, dtype=torch.bool))
-    contract = graph_contract("discrete" if space.discrete else "box", length)
+    contract = graph_contract("discrete" if space.discrete else "box", length, agent.world_model.dynamics_context)
+    steps = agent.world_model.dynamics_context
+    past = () if not steps else (torch.zeros(2, steps, cfg.belief_dim), agent_actions(2, steps),
+                                 torch.ones(2, steps, dtype=torch.bool))
     modules = {
         "encoder": (_Belief(agent), observed),
         "policy": (_OneInput(agent, agent.policy.params), (state,)),
         "value": (agent.value, (state,)),
-        "world_model": (_WorldModelStep(agent), (state, agent_actions(2))),
+        "world_model": (_WorldModelStep(agent), (state, agent_actions(2), *past)),
         "decoder": (_OneInput(agent, agent.world_model.decode), (state,)),
         "act": (_Act(agent), observed),
     }
@@ -124,7 +128,8 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
     manifest = Manifest(
         model_version=0, training_step=training_step, phase=phase, env_id=cfg.env_id, obs_indices=cfg.obs_indices,
         observation_space=ObservationSpace(shape=list(space.obs_shape), dtype="uint8" if space.is_image else "float32"),
-        action_space=action_space, state_size=cfg.belief_dim, history_length=cfg.history_length, gamma=cfg.gamma, lambda_=cfg.lambda_,
+        action_space=action_space, state_size=cfg.belief_dim, history_length=cfg.history_length,
+        dynamics_context=agent.world_model.dynamics_context, gamma=cfg.gamma, lambda_=cfg.lambda_,
         default_horizon=cfg.horizon, max_horizon=MAX_HORIZON, last_eval_return=last_eval,
         seed=cfg.seed, eval_episodes=cfg.eval_episodes,
         graphs={name: spec for name, (_, _, spec) in specs.items()},

@@ -3,7 +3,8 @@
 Measured on held-out real sequences (the evaluation's episodes, which no update has seen): from a
 real step, the model imagines H steps with the actions that were really taken, and each imagined
 step is compared with the real one (the state, the decoded observation in env units, the reward,
-whether the episode went on). In sequence mode the memory first reads `CONTEXT` real steps.
+whether the episode went on). In sequence mode the memory first reads `CONTEXT` real steps, and
+transformer dynamics attend over them as the rollout's first steps.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], horizon: in
     steps whose continue prediction (p > 0.5) was right. Only real steps count; the lists stop at the
     first step no sequence reaches."""
     _, next_states, beliefs, _ = wm.observe(batch)
+    # Transformer dynamics read the real context as the rollout's first tokens: the sequence goes on.
+    tokens = [torch.cat([beliefs[:, i], wm.encode_action(batch["action"][:, i])], -1) for i in range(CONTEXT)]
     belief, out = beliefs[:, CONTEXT], {key: [] for key in KEYS}
     for k in range(horizon):
         i = CONTEXT + k
@@ -48,7 +51,7 @@ def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], horizon: in
         if not valid.any():
             break
         action = wm.encode_action(batch["action"][:, i])
-        next_belief = wm.transition(belief, action)
+        next_belief = wm.transition(belief, action, tokens)
         reward, continues = wm.outcome(belief, action, next_belief)
         errors = {
             "state_error": (next_belief[:, : wm.state_dim] - next_states[:, i]).abs().mean(-1),

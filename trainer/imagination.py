@@ -33,10 +33,10 @@ def imagine(wm: WorldModel, policy: PolicyHead, start: torch.Tensor, horizon: in
     the policy's parameters only), but gradients flow *through* it to the actions.
     """
     state = start.detach()
-    states, actions, entropies = [state], [], []
+    states, actions, entropies, tokens = [state], [], [], []
     for _ in range(horizon):
         action, entropy = policy(state).rsample()
-        state = wm.transition(state, action)
+        state = wm.transition(state, action, tokens)
         actions.append(action)
         entropies.append(entropy)
         states.append(state)

@@ -48,6 +48,9 @@ class WorldModel(nn.Module):
         self.continue_ = ContinuePredictor(cfg)
         self.memory = nn.GRUCell(cfg.state_dim + space.action_dim, cfg.memory_dim) if cfg.sequence_mode else None
         self.state_dim, self.memory_dim = cfg.state_dim, cfg.memory_dim
+        # Transformer dynamics attend over an imagined rollout's earlier steps too, as over a training
+        # sequence's: at most this many of them (the rest of a sequence_length window).
+        self.dynamics_context = cfg.sequence_length - 1 if cfg.dynamics == "transformer" else 0
         if cfg.orthogonal_init:
             orthogonal_init(self)
 
@@ -136,10 +139,19 @@ class WorldModel(nn.Module):
             return torch.nn.functional.one_hot(action.long(), self.space.action_dim).float()
         return action.float()
 
-    def transition(self, belief: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def transition(self, belief: torch.Tensor, action: torch.Tensor, tokens: list[torch.Tensor] | None = None,
+                   past: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The recurrent half of an imagined step: the next belief (the ensemble's vote for the next
-        state, and the memory that has seen this step)."""
-        next_state = self.dynamics.member_means(belief, action).mean(0)
+        state, and the memory that has seen this step).
+
+        Transformer dynamics continue the rollout's token sequence: pass the rollout's `tokens` list
+        (empty at its start; each step appends its (belief, encoded action) token) and the last
+        `dynamics_context` of them are attended over; or, as the exported graph does, `past` = (tokens
+        [B, L, ...], mask [B, L] of the real ones). Without either a step stands alone."""
+        if tokens is not None and self.dynamics_context:
+            past = (torch.stack(tokens[-self.dynamics_context:], 1), None) if tokens else None
+            tokens.append(torch.cat([belief, action], -1))
+        next_state = self.dynamics.member_means(belief, action, None, *(past or (None, None))).mean(0)
         if self.memory is None:
             return next_state
         memory = self.remember(belief[..., self.state_dim:], belief[..., : self.state_dim], action)
@@ -153,7 +165,13 @@ class WorldModel(nn.Module):
         return self.reward.mean(belief, action), torch.sigmoid(self.continue_.net(next_belief).squeeze(-1))
 
     @torch.no_grad()
-    def step(self, belief: torch.Tensor, action: torch.Tensor):
-        """One imagined transition, as exported: (next belief, reward, continue probability)."""
-        next_belief = self.transition(belief, action)
+    def step(self, belief: torch.Tensor, action: torch.Tensor, past_state: torch.Tensor | None = None,
+             past_action: torch.Tensor | None = None, past_mask: torch.Tensor | None = None):
+        """One imagined transition, as exported: (next belief, reward, continue probability). Agent
+        actions; for transformer dynamics, the rollout's earlier beliefs and agent actions, padded."""
+        action = self.encode_action(action)
+        past = None
+        if past_state is not None:
+            past = (torch.cat([past_state, self.encode_action(past_action)], -1), past_mask)
+        next_belief = self.transition(belief, action, past=past)
         return (next_belief, *self.outcome(belief, action, next_belief))
