@@ -75,6 +75,7 @@ def main() -> None:
     for env_name, obs_indices in ENVS.items():
         replay, space = random_replay(obs_indices, args.steps, args.seed)
         env = make_env("CartPole-v1", obs_indices=obs_indices)
+        env.action_space.seed(args.seed + 1)  # the same held-out episodes on every run
         held_out = play_episodes(lambda obs: env.action_space.sample(), "CartPole-v1", 200, args.seed + 1, env)
         for label, overrides in MODELS.items():
             torch.manual_seed(args.seed)

@@ -217,3 +217,11 @@ def test_acting_reads_the_memory_of_the_last_history_length_steps(replay):
                 assert torch.equal(changed.memory(), window.memory())  # step 0 has left the window
             agent.step(obs[t], window, deterministic=True, action=actions[t])
             agent.step(obs[t] + 5.0 * (t == 0), changed, deterministic=True, action=actions[t])
+
+
+def test_only_a_transformer_trained_on_sequences_reads_its_rollouts_earlier_steps(replay):
+    """A flat-trained transformer never saw a second position: it imagines one step at a time."""
+    space = replay[1]
+    assert WorldModel(small_config(dynamics="transformer", sequence_length=5), space).dynamics_context == 0
+    assert WorldModel(small_config(dynamics="transformer", sequence_mode=True, sequence_length=5), space).dynamics_context == 4
+    assert WorldModel(small_config(sequence_mode=True, sequence_length=5), space).dynamics_context == 0

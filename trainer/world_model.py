@@ -48,9 +48,10 @@ class WorldModel(nn.Module):
         self.continue_ = ContinuePredictor(cfg)
         self.memory = nn.GRUCell(cfg.state_dim + space.action_dim, cfg.memory_dim) if cfg.sequence_mode else None
         self.state_dim, self.memory_dim = cfg.state_dim, cfg.memory_dim
-        # Transformer dynamics attend over an imagined rollout's earlier steps too, as over a training
-        # sequence's: at most this many of them (the rest of a sequence_length window).
-        self.dynamics_context = cfg.sequence_length - 1 if cfg.dynamics == "transformer" else 0
+        # Transformer dynamics trained on sequences attend over an imagined rollout's earlier steps too,
+        # as over a training sequence's: at most this many of them (the rest of a sequence_length window).
+        # Trained on flat batches they never saw a second position, and imagine one step at a time.
+        self.dynamics_context = cfg.sequence_length - 1 if cfg.dynamics == "transformer" and cfg.sequence_mode else 0
         if cfg.orthogonal_init:
             orthogonal_init(self)
 
