@@ -18,7 +18,7 @@ EVAL_SEED_BASE = 1_000_000  # eval episodes use seeds disjoint from training's
 
 @dataclass(frozen=True)
 class Episode:
-    """One played episode: its return, its gamma-discounted return, where it started, and every step.
+    """One played episode: its return, its gamma-discounted return, and every step.
 
     The discounted return from the first observation is what a true critic would have
     predicted there: the trainer logs both side by side to show whether its values are honest.
@@ -27,7 +27,6 @@ class Episode:
 
     total: float
     discounted: float
-    first_obs: np.ndarray
     observations: np.ndarray  # [n + 1, *obs]: every observation, the last one after the last action
     actions: np.ndarray  # [n, ...]: env actions
     rewards: np.ndarray  # [n]
@@ -58,7 +57,7 @@ def play_episodes(act: Callable[[np.ndarray], object], env_id: str, episodes: in
             discounted += discount * float(reward)
             discount *= gamma
             done = terminated or truncated
-        played.append(Episode(float(sum(rewards)), discounted, np.asarray(observations[0]), np.asarray(observations),
+        played.append(Episode(float(sum(rewards)), discounted, np.asarray(observations),
                               np.asarray(actions), np.asarray(rewards, np.float32), bool(terminated)))
     return played
 

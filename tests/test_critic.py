@@ -97,7 +97,7 @@ def test_the_critic_of_a_solved_cartpole_learns_the_returns_observed(trained_car
     act = lambda obs: space.to_env_action(agent.act(obs, deterministic=False))  # noqa: E731
     episodes = play_episodes(act, cfg.env_id, 20, cfg.seed, gamma=cfg.gamma)
     observed = float(np.mean([e.discounted for e in episodes]))
-    first = torch.as_tensor(np.stack([e.first_obs for e in episodes]))
+    first = torch.as_tensor(np.stack([e.observations[0] for e in episodes]))
     rng = np.random.default_rng(0)
     for _ in range(800):
         agent.update(replay.sample(cfg.batch_size, rng), UpdateCounts(world_model=1, actor=0, critic=1), 0.0)
