@@ -4,7 +4,7 @@
     python benchmarks/imagination.py --updates 500        # a quick look
 
 For full CartPole-v1 and CartPole without velocities (`obs_indices=[0,2]`), every world model
-(flat MLP; sequence mode with memory and MLP dynamics; with memory and transformer dynamics) trains
+(flat MLP or transformer; sequence mode with memory and MLP or transformer dynamics) trains
 on the same random-play replay, in the same number of updates, then imagines 15 steps open loop
 with the real actions from real steps of held-out random-play episodes (`trainer/fidelity.py`).
 Printed: the decoded observation's mean absolute error (env units) at imagined steps 1, 5 and 15
@@ -32,7 +32,7 @@ from trainer.replay import Replay
 from trainer.world_model import WorldModel
 
 ENVS = {"CartPole-v1": None, "CartPole-v1 obs_indices=[0,2]": [0, 2]}
-MODELS = {"mlp, flat": [], "mlp + memory": ["sequence_mode=true"],
+MODELS = {"mlp, flat": [], "transformer, flat": ["dynamics=transformer"], "mlp + memory": ["sequence_mode=true"],
           "transformer + memory": ["sequence_mode=true", "dynamics=transformer"]}
 HORIZON = 15
 

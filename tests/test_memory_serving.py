@@ -21,6 +21,7 @@ from serving import ThreadServer, publish_copy, wait_until
 from service.runtime import Runtime
 from service.sessions import Sessions
 from trainer.agent import Agent, Window
+from trainer.components import Rollout
 
 OBS = [0.02, 0.05]  # cart position, pole angle
 
@@ -99,10 +100,10 @@ def test_imagination_starts_from_the_remembered_belief_and_attends_over_its_own_
             np.testing.assert_allclose(in_session.trajectories[0].states[0], belief[0].numpy(), atol=1e-5)
             plain = client.imagine(observations[3], horizon=2, deterministic=True)
             assert not np.allclose(plain.trajectories[0].states[0], belief[0].numpy(), atol=1e-3)
-        wm, state, tokens, states = agent.world_model, belief, [], [belief]
+        wm, state, rollout, states = agent.world_model, belief, Rollout(), [belief]
         with torch.no_grad():
             for _ in range(6):
-                state = wm.transition(state, wm.encode_action(agent.policy(state).mode()), tokens)
+                state = wm.transition(state, wm.encode_action(agent.policy(state).mode()), rollout)
                 states.append(state)
         served = rest.imagine(observations[3], horizon=6, deterministic=True, history=history).trajectories[0]
         np.testing.assert_allclose(served.states, torch.cat(states).numpy(), atol=1e-4)

@@ -173,13 +173,20 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, T, width], mask [B or 1, 1, T, T] (True: may attend) -> [B, T, width]."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: tuple | None = None):
+        """x [B, T, width], mask [B or 1, 1, T, T] (True: may attend) -> [B, T, width].
+
+        With `cache` (the keys and values of the tokens before x, or () for none) x's tokens attend
+        over those and themselves, unmasked, and (output, keys and values so far) comes back: a
+        rollout's next token costs one token, not the whole window again."""
         b, t, width = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        if cache:
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(width // self.heads)
-        weights = scores.masked_fill(~mask, -math.inf).softmax(-1)
-        return self.out((weights @ v).transpose(1, 2).reshape(b, t, width))
+        weights = (scores if mask is None else scores.masked_fill(~mask, -math.inf)).softmax(-1)
+        out = self.out((weights @ v).transpose(1, 2).reshape(b, t, width))
+        return out if cache is None else (out, (k, v))
 
 
 class TransformerMember(nn.Module):
@@ -225,6 +232,19 @@ class TransformerMember(nn.Module):
             h = h + block["mlp"](block["norm2"](h))
         return h
 
+    def next_step(self, x: torch.Tensor, cache: list | None, position: int) -> tuple[torch.Tensor, list]:
+        """x [B, state + action], the token at `position` of a rollout whose earlier tokens left `cache`
+        (per block: their keys and values; None at the start) -> (its step [B, state_dim], the cache
+        with it). The same numbers as `forward` with those tokens as `past`."""
+        h = self.embed(x)[:, None] + self.position[position]
+        caches = []
+        for i, block in enumerate(self.blocks):
+            attended, kept = block["attention"](block["norm1"](h), None, cache[i] if cache else ())
+            h = h + attended
+            h = h + block["mlp"](block["norm2"](h))
+            caches.append(kept)
+        return self.head(h[:, 0]), caches
+
     def _continued(self, x: torch.Tensor, past: torch.Tensor, past_mask: torch.Tensor | None) -> torch.Tensor:
         b, length = past.shape[0], past.shape[1]
         if past_mask is None:
@@ -237,6 +257,15 @@ class TransformerMember(nn.Module):
         mask = (index[None, :, None] >= index[None, None, :]) & (index[None, None, :] <= n[:, None, None])  # causal, no padding
         h = self._encode(tokens, mask[:, None])
         return self.head(h[torch.arange(b, device=x.device), n])
+
+
+class Rollout:
+    """An imagined rollout's earlier steps, as transformer dynamics attend over them: their (belief,
+    action) tokens and, while those fit the window, each member's per-block keys and values."""
+
+    def __init__(self):
+        self.tokens: list[torch.Tensor] = []
+        self.caches: list | None = []
 
 
 class DynamicsModel(nn.Module):
@@ -266,10 +295,29 @@ class DynamicsModel(nn.Module):
         cannot drift into regions where reward and value heads extrapolate wildly.
         """
         x = torch.cat([belief, action], -1)
-        state = belief[..., : self.state_dim]
         steps = ([m(x, context, past, past_mask) for m in self.members] if self.attends
                  else [m(x) for m in self.members])
+        return self._means(belief, steps)
+
+    def _means(self, belief: torch.Tensor, steps: list[torch.Tensor]) -> torch.Tensor:
+        state = belief[..., : self.state_dim]
         return torch.stack([torch.nn.functional.layer_norm(state + step, state.shape[-1:]) for step in steps])
+
+    def rollout_means(self, belief: torch.Tensor, action: torch.Tensor, rollout: "Rollout", window: int) -> torch.Tensor:
+        """`member_means` of a transformer's next step in an imagined `rollout` (updated here): it attends
+        over the rollout's last `window` earlier steps, from their cached keys and values while they
+        fit the window, by recomputing the window once it slides."""
+        x = torch.cat([belief, action], -1)
+        n = len(rollout.tokens)
+        if n < window and rollout.caches is not None:
+            outs = [m.next_step(x, rollout.caches[i] if n else None, n) for i, m in enumerate(self.members)]
+            steps, rollout.caches = [o[0] for o in outs], [o[1] for o in outs]
+        else:
+            rollout.caches = None  # the window slides: positions move, cached keys are stale
+            past = torch.stack(rollout.tokens[-window:], 1) if n else None
+            steps = [m(x, None, past) for m in self.members]
+        rollout.tokens.append(x)
+        return self._means(belief, steps)
 
     def forward(self, belief: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None) -> Normal:
         return Normal(self.member_means(belief, action, context).mean(0), self.std)

@@ -14,6 +14,7 @@ import torch
 
 from reverie.evaluation import Episode
 
+from .components import Rollout
 from .envs import SpaceInfo
 from .replay import Replay
 from .world_model import WorldModel
@@ -42,8 +43,10 @@ def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], horizon: in
     steps whose continue prediction (p > 0.5) was right. Only real steps count; the lists stop at the
     first step no sequence reaches."""
     _, next_states, beliefs, _ = wm.observe(batch)
-    # Transformer dynamics read the real context as the rollout's first tokens: the sequence goes on.
-    tokens = [torch.cat([beliefs[:, i], wm.encode_action(batch["action"][:, i])], -1) for i in range(CONTEXT)]
+    # Transformer dynamics read the real context as the rollout's first steps: the sequence goes on.
+    rollout = Rollout()
+    for i in range(CONTEXT):
+        wm.transition(beliefs[:, i], wm.encode_action(batch["action"][:, i]), rollout)
     belief, out = beliefs[:, CONTEXT], {key: [] for key in KEYS}
     for k in range(horizon):
         i = CONTEXT + k
@@ -51,7 +54,7 @@ def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], horizon: in
         if not valid.any():
             break
         action = wm.encode_action(batch["action"][:, i])
-        next_belief = wm.transition(belief, action, tokens)
+        next_belief = wm.transition(belief, action, rollout)
         reward, continues = wm.outcome(belief, action, next_belief)
         errors = {
             "state_error": (next_belief[:, : wm.state_dim] - next_states[:, i]).abs().mean(-1),

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .components import PolicyHead
+from .components import PolicyHead, Rollout
 from .world_model import WorldModel
 
 
@@ -33,10 +33,10 @@ def imagine(wm: WorldModel, policy: PolicyHead, start: torch.Tensor, horizon: in
     the policy's parameters only), but gradients flow *through* it to the actions.
     """
     state = start.detach()
-    states, actions, entropies, tokens = [state], [], [], []
+    states, actions, entropies, rollout = [state], [], [], Rollout()
     for _ in range(horizon):
         action, entropy = policy(state).rsample()
-        state = wm.transition(state, action, tokens)
+        state = wm.transition(state, action, rollout)
         actions.append(action)
         entropies.append(entropy)
         states.append(state)

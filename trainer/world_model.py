@@ -30,6 +30,7 @@ from .components import (
     ObservationNormalizer,
     RepresentationLearner,
     RewardPredictor,
+    Rollout,
     orthogonal_init,
 )
 from .config import Config
@@ -140,19 +141,20 @@ class WorldModel(nn.Module):
             return torch.nn.functional.one_hot(action.long(), self.space.action_dim).float()
         return action.float()
 
-    def transition(self, belief: torch.Tensor, action: torch.Tensor, tokens: list[torch.Tensor] | None = None,
+    def transition(self, belief: torch.Tensor, action: torch.Tensor, rollout: Rollout | None = None,
                    past: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The recurrent half of an imagined step: the next belief (the ensemble's vote for the next
         state, and the memory that has seen this step).
 
-        Transformer dynamics continue the rollout's token sequence: pass the rollout's `tokens` list
-        (empty at its start; each step appends its (belief, encoded action) token) and the last
+        Transformer dynamics continue the rollout's token sequence: pass the `rollout` (a new
+        `Rollout()` at its start; each step adds its (belief, encoded action) token) and the last
         `dynamics_context` of them are attended over; or, as the exported graph does, `past` = (tokens
         [B, L, ...], mask [B, L] of the real ones). Without either a step stands alone."""
-        if tokens is not None and self.dynamics_context:
-            past = (torch.stack(tokens[-self.dynamics_context:], 1), None) if tokens else None
-            tokens.append(torch.cat([belief, action], -1))
-        next_state = self.dynamics.member_means(belief, action, None, *(past or (None, None))).mean(0)
+        if rollout is not None and self.dynamics_context:
+            members = self.dynamics.rollout_means(belief, action, rollout, self.dynamics_context)
+        else:
+            members = self.dynamics.member_means(belief, action, None, *(past or (None, None)))
+        next_state = members.mean(0)
         if self.memory is None:
             return next_state
         memory = self.remember(belief[..., self.state_dim:], belief[..., : self.state_dim], action)
