@@ -32,7 +32,8 @@ from .rest import RestClient
 class Player:
     """`ask(obs) -> Action` over episodes, with the memory an agent needs: `act(obs, **memory)` is sent
     the episode's `history` (memory "history", when the model remembers any steps), told its `session`
-    and when it restarts (memory "session"), or only when an episode restarts (memory "stream")."""
+    and when it restarts (memory "session"), only when an episode restarts (memory "stream"), or
+    nothing (memory "none")."""
 
     def __init__(self, act: Callable, memory: str, history_length: int):
         self.act, self.memory = act, memory
@@ -49,8 +50,10 @@ class Player:
             step = self.act(obs, history=self.recent) if self.recent.observations.maxlen else self.act(obs)
         elif self.memory == "session":
             step = self.act(obs, session=self.session, reset=self.first)
-        else:
+        elif self.memory == "stream":
             step = self.act(obs, reset=self.first)
+        else:  # "none": each observation alone, as a client that ignores the model's memory would ask
+            step = self.act(obs)
         self.first = False
         self.recent.record(np.asarray(obs, np.float32), step.action)
         return step
@@ -86,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="REST base URL")
     parser.add_argument("--target", default="127.0.0.1:50051", help="gRPC host:port")
     parser.add_argument("--stream", action="store_true", help="gRPC: one ActStream for the whole game")
-    parser.add_argument("--memory", choices=("history", "session"), default="history",
-                        help="for an agent with memory: send each episode's last steps, or let the server keep them")
+    parser.add_argument("--memory", choices=("history", "session", "none"), default="history",
+                        help="for an agent with memory: send each episode's last steps, let the server keep them, "
+                             "or send neither (each observation alone)")
     parser.add_argument("--env", default=None, help="default: the served model's env")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=7, help="episode seeds (the trainer evaluates with the run's seed)")
