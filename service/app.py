@@ -167,10 +167,11 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         if batched:
             return json_response({"actions": result.actions, "values": result.values,
                                   "model_version": runtime.version, **params})
+        answer = {"action": result.actions[0], "value": float(result.values[0]), "model_version": runtime.version,
+                  **{k: v[0] for k, v in params.items()}}
         if session is not None:
-            params["session_step"] = sessions.record(request.session, session, obs[0], result.agent_actions[0])
-        return json_response({"action": result.actions[0], "value": float(result.values[0]),
-                              "model_version": runtime.version, **{k: v if k == "session_step" else v[0] for k, v in params.items()}})
+            answer["session_step"] = sessions.record(request.session, session, obs[0], result.agent_actions[0])
+        return json_response(answer)
 
     @hot_post("/value", ObservationRequest, response_model=ValueResponse | ValueBatchResponse, responses=ERRORS)
     async def value(raw: Request):
