@@ -140,9 +140,10 @@ class GrpcClient:
             plan = np.asarray(actions)
             request.actions.CopyFrom(to_tensor(plan.astype(np.int64 if plan.dtype.kind in "iu" else np.float32)))
         r = self._call(self.stub.Imagine, request)
-        fields = {k: from_tensor(getattr(r, k), k) for k in ("states", "actions", "rewards", "continues", "values", "lambda_return")}
+        fields = {k: from_tensor(getattr(r, k), k) for k in ("states", "actions", "rewards", "continues", "values",
+                                                             "lambda_return", "disagreement")}
         trajectories = [Trajectory(fields["states"][i], fields["actions"][i].tolist(), fields["rewards"][i],
-                                   fields["continues"][i], fields["values"][i], fields["lambda_return"][i])
+                                   fields["continues"][i], fields["values"][i], fields["lambda_return"][i], fields["disagreement"][i])
                         for i in range(len(fields["states"]))]
         return Imagination(r.model_version, r.horizon, trajectories)
 

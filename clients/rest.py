@@ -46,6 +46,7 @@ class Trajectory:
     continues: np.ndarray
     values: np.ndarray
     lambda_return: np.ndarray
+    disagreement: np.ndarray  # the dynamics ensemble's doubt about each imagined state
 
 
 @dataclass
@@ -143,7 +144,8 @@ class RestClient:
             body = self._imagine_body(obs, horizon, samples, deterministic, seed, actions, "json", history)
             answer = self._call("POST", "/imagine", json=body).json()
         trajectories = [Trajectory(np.asarray(t["states"]), t["actions"], np.asarray(t["rewards"]),
-                                   np.asarray(t["continues"]), np.asarray(t["values"]), np.asarray(t["lambda_return"]))
+                                   np.asarray(t["continues"]), np.asarray(t["values"]), np.asarray(t["lambda_return"]),
+                                   np.asarray(t["disagreement"]))
                         for t in answer["trajectories"]]
         return Imagination(answer["model_version"], answer["horizon"], trajectories)
 

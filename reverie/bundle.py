@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # 2: the fused `act` graph is required; 3: `world_model` takes agent actions (indices for Discrete);
 # 4: `history_length`, and agents with memory read a history in `encoder` and `act`; `dynamics_context`,
-# and transformer dynamics read the rollout's earlier steps in `world_model`
+# and transformer dynamics read the rollout's earlier steps in `world_model`, which also gives the
+# ensemble's `disagreement` on each step
 FORMAT_VERSION = 4
 POINTER = "LATEST"
 BEST = "BEST"
@@ -65,7 +66,7 @@ def graph_contract(action_kind: str, history_length: int = 0, dynamics_context: 
         "policy": GraphSpec(file="policy.onnx", inputs=["state"], outputs=policy),
         "value": GraphSpec(file="value.onnx", inputs=["state"], outputs=["value"]),
         "world_model": GraphSpec(file="world_model.onnx", inputs=["state", "action", *(PAST_INPUTS if dynamics_context else [])],
-                                 outputs=["next_state", "reward", "continue"]),
+                                 outputs=["next_state", "reward", "continue", "disagreement"]),
         "decoder": GraphSpec(file="decoder.onnx", inputs=["state"], outputs=["obs"]),
         "act": GraphSpec(file="act.onnx", inputs=observed, outputs=[*policy, "value"]),
     }

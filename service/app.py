@@ -196,7 +196,8 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
             return Response(png, media_type="image/png", headers={"X-Model-Version": str(runtime.version)})
         trajectories = [{"states": result.states[i], "actions": result.actions[i], "rewards": result.rewards[i],
                          "continues": result.continues[i], "values": result.values[i],
-                         "lambda_return": result.lambda_return[i]} for i in range(samples)]
+                         "lambda_return": result.lambda_return[i], "disagreement": result.disagreement[i]}
+                        for i in range(samples)]
         return json_response({"model_version": runtime.version, "horizon": horizon, "trajectories": trajectories})
 
     @app.get("/imagine", response_model=ImagineResponse, dependencies=guarded, responses={**ERRORS, **PNG})

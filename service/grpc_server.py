@@ -124,7 +124,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         return agent_pb2.ImagineResponse(
             model_version=runtime.version, horizon=horizon, states=to_tensor(result.states), actions=to_tensor(actions),
             rewards=to_tensor(result.rewards), continues=to_tensor(result.continues), values=to_tensor(result.values),
-            lambda_return=to_tensor(result.lambda_return))
+            lambda_return=to_tensor(result.lambda_return), disagreement=to_tensor(result.disagreement))
 
     def GetModel(self, request, context):
         with self._call("GetModel", context):

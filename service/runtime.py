@@ -47,6 +47,7 @@ class Imagination:
     continues: np.ndarray  # [S, H]
     values: np.ndarray  # [S, H + 1]
     lambda_return: np.ndarray  # [S, H]; lambda_return[:, 0] is the value of the whole rollout
+    disagreement: np.ndarray  # [S, H]: the dynamics ensemble's doubt about each imagined state (0: one member)
 
     @property
     def horizon(self) -> int:
@@ -247,13 +248,14 @@ class Runtime:
         """
         rng = self._generator(seed)
         state = np.repeat(self.encode(obs[:1], history), samples, axis=0)
-        states, actions, rewards, continues = [state], [], [], []
+        states, actions, rewards, continues, doubts = [state], [], [], [], []
         for t in range(horizon):
             if plan is None:
                 action = self._sample(self._run("policy", state), deterministic, rng)
             else:
                 action = np.repeat(plan[t:t + 1], samples, axis=0)
-            state, reward, cont = self._run("world_model", state, action, *self._past(states[:-1], actions, samples))
+            state, reward, cont, doubt = self._run("world_model", state, action, *self._past(states[:-1], actions, samples))
+            doubts.append(doubt.reshape(-1))
             states.append(state)
             actions.append(action)
             rewards.append(reward.reshape(-1))
@@ -264,4 +266,4 @@ class Runtime:
         self._finite("obs", states, rewards, continues, values)
         returns = lambda_return(rewards, continues, values, self.manifest.gamma, self.manifest.lambda_)
         per_sample = [self.to_env(np.asarray([a[i] for a in actions])) for i in range(samples)]
-        return Imagination(states, per_sample, rewards, continues, values, returns)
+        return Imagination(states, per_sample, rewards, continues, values, returns, np.stack(doubts, 1))

@@ -103,6 +103,8 @@ class Trajectory(BaseModel):
     continues: list[float]
     values: list[float]
     lambda_return: list[float]
+    disagreement: list[float] = Field(description="the dynamics ensemble's disagreement on each imagined state "
+                                      "(its members' standard deviation; 0 with one member): where imagination is unsure")
 
 
 class ImagineResponse(BaseModel):

@@ -101,16 +101,17 @@ def exported_agents(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def memory_agent(tmp_path_factory):
-    """(agent, export dir): a small sequence-mode agent with transformer dynamics on CartPole without
-    velocities (history_length 3, dynamics_context 3), its policy far from uniform so that what it
-    remembers moves its answers."""
+    """(agent, export dir): a small sequence-mode agent with two transformer dynamics members on
+    CartPole without velocities (history_length 3, dynamics_context 3), its policy far from uniform
+    so that what it remembers moves its answers."""
     from reverie import envs
     from trainer.agent import Agent
     from trainer.export import export_bundle
 
     torch.manual_seed(0)
     space = space_info(envs.make("CartPole-v1", [0, 2]))
-    agent = Agent(small_config(sequence_mode=True, sequence_length=4, obs_indices=[0, 2], dynamics="transformer"), space)
+    agent = Agent(small_config(sequence_mode=True, sequence_length=4, obs_indices=[0, 2], dynamics="transformer",
+                               dynamics_ensemble=2), space)
     agent.world_model.normalizer.update(torch.randn(64, 2) * 0.1)
     with torch.no_grad():
         agent.policy.net[-1].weight.normal_(0.0, 0.5)

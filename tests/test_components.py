@@ -162,8 +162,9 @@ def test_world_model_step_predicts_next_state_reward_continue():
     batch, space = real_batch("CartPole-v1", batch_size=8)
     agent = Agent(small_config(), space)
     states = agent.world_model.encode(batch["obs"])
-    next_state, reward, cont = agent.world_model.step(states, batch["action"])
-    assert next_state.shape == states.shape and reward.shape == cont.shape == (8,)
+    next_state, reward, cont, disagreement = agent.world_model.step(states, batch["action"])
+    assert next_state.shape == states.shape and reward.shape == cont.shape == disagreement.shape == (8,)
+    assert (disagreement == 0).all()  # one member: nothing to disagree with
     assert ((cont >= 0) & (cont <= 1)).all()
 
 
@@ -223,7 +224,7 @@ def test_imagination_matches_the_exported_step_one_transition_at_a_time(fields):
             past = (torch.cat([trajectory.states[:, t - n:t], torch.zeros(8, pad, start.shape[-1])], 1),
                     torch.cat([actions[:, t - n:t], torch.zeros(8, pad, dtype=torch.long)], 1),
                     (torch.arange(window) < n).expand(8, window))
-        next_state, reward, cont = wm.step(state, actions[:, t], *past)
+        next_state, reward, cont, _ = wm.step(state, actions[:, t], *past)
         torch.testing.assert_close(next_state, trajectory.states[:, t + 1])
         torch.testing.assert_close(reward, trajectory.rewards[:, t])
         torch.testing.assert_close(cont, trajectory.continues[:, t])

@@ -83,7 +83,7 @@ def test_history_session_and_streams_give_the_torch_agents_answers(memory_agent,
 def test_imagination_starts_from_the_remembered_belief_and_attends_over_its_own_steps(memory_agent, server):
     """Served imagination starts from the belief after the client's history (or its session's steps),
     and the transformer dynamics read the rollout's earlier steps as torch's rollout does: 6 steps
-    through a window of 3, so it slides."""
+    through a window of 3, so it slides. Each imagined step carries the ensemble's disagreement."""
     agent, _ = memory_agent
     observations, actions, _ = torch_episode(agent, 4)
     with RestClient(server.url) as rest, GrpcClient(server.grpc_target) as grpc_client:
@@ -100,13 +100,17 @@ def test_imagination_starts_from_the_remembered_belief_and_attends_over_its_own_
             np.testing.assert_allclose(in_session.trajectories[0].states[0], belief[0].numpy(), atol=1e-5)
             plain = client.imagine(observations[3], horizon=2, deterministic=True)
             assert not np.allclose(plain.trajectories[0].states[0], belief[0].numpy(), atol=1e-3)
-        wm, state, rollout, states = agent.world_model, belief, Rollout(), [belief]
+        wm, state, rollout, states, doubts = agent.world_model, belief, Rollout(), [belief], []
         with torch.no_grad():
             for _ in range(6):
-                state = wm.transition(state, wm.encode_action(agent.policy(state).mode()), rollout)
+                state, doubt = wm._transition(state, wm.encode_action(agent.policy(state).mode()), rollout)
                 states.append(state)
-        served = rest.imagine(observations[3], horizon=6, deterministic=True, history=history).trajectories[0]
-        np.testing.assert_allclose(served.states, torch.cat(states).numpy(), atol=1e-4)
+                doubts.append(doubt)
+        for client in (rest, grpc_client):
+            served = client.imagine(observations[3], horizon=6, deterministic=True, history=history).trajectories[0]
+            np.testing.assert_allclose(served.states, torch.cat(states).numpy(), atol=1e-4)
+            np.testing.assert_allclose(served.disagreement, torch.cat(doubts).numpy(), atol=1e-5)  # per imagined step
+            assert (served.disagreement > 0).all()
 
 
 HISTORY = {"observations": [OBS, OBS], "actions": [0, 1]}

@@ -140,7 +140,7 @@ def test_imagine_matches_torch_rollout_and_lambda_returns(pair):
         state = wm.encode(torch.from_numpy(obs))
         states, rewards, continues = [state], [], []
         for t in range(horizon):
-            state, reward, cont = wm.step(state, torch.as_tensor(agent_plan[t:t + 1]))
+            state, reward, cont, _ = wm.step(state, torch.as_tensor(agent_plan[t:t + 1]))
             states.append(state)
             rewards.append(reward.reshape(-1))
             continues.append(cont.reshape(-1))
@@ -169,7 +169,7 @@ def test_policy_driven_imagination_matches_the_torch_rollout(pair):
         states, actions, rewards = [state], [], []
         for _ in range(horizon):
             action = agent.policy(state).mode()
-            state, reward, _ = wm.step(state, action)
+            state, reward, _, _ = wm.step(state, action)
             states.append(state)
             actions.append(agent.space.to_env_action(action[0].numpy()))
             rewards.append(reward.reshape(-1))

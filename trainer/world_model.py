@@ -150,15 +150,20 @@ class WorldModel(nn.Module):
         `Rollout()` at its start; each step adds its (belief, encoded action) token) and the last
         `dynamics_context` of them are attended over; or, as the exported graph does, `past` = (tokens
         [B, L, ...], mask [B, L] of the real ones). Without either a step stands alone."""
+        return self._transition(belief, action, rollout, past)[0]
+
+    def _transition(self, belief, action, rollout=None, past=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next belief, the ensemble's disagreement on it [...]: its members' standard deviation,
+        averaged over the state, as `dynamics_disagreement` measures it in training; 0 for one member)."""
         if rollout is not None and self.dynamics_context:
             members = self.dynamics.rollout_means(belief, action, rollout, self.dynamics_context)
         else:
             members = self.dynamics.member_means(belief, action, None, *(past or (None, None)))
-        next_state = members.mean(0)
+        next_state, disagreement = members.mean(0), members.std(0, unbiased=False).mean(-1)
         if self.memory is None:
-            return next_state
+            return next_state, disagreement
         memory = self.remember(belief[..., self.state_dim:], belief[..., : self.state_dim], action)
-        return self.belief(next_state, memory)
+        return self.belief(next_state, memory), disagreement
 
     def outcome(self, belief: torch.Tensor, action: torch.Tensor, next_belief: torch.Tensor):
         """The rest of an imagined step: (reward in env units, continue probability of `next_belief`).
@@ -170,11 +175,12 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def step(self, belief: torch.Tensor, action: torch.Tensor, past_state: torch.Tensor | None = None,
              past_action: torch.Tensor | None = None, past_mask: torch.Tensor | None = None):
-        """One imagined transition, as exported: (next belief, reward, continue probability). Agent
-        actions; for transformer dynamics, the rollout's earlier beliefs and agent actions, padded."""
+        """One imagined transition, as exported: (next belief, reward, continue probability, the
+        ensemble's disagreement). Agent actions; for transformer dynamics, the rollout's earlier
+        beliefs and agent actions, padded."""
         action = self.encode_action(action)
         past = None
         if past_state is not None:
             past = (torch.cat([past_state, self.encode_action(past_action)], -1), past_mask)
-        next_belief = self.transition(belief, action, past=past)
-        return (next_belief, *self.outcome(belief, action, next_belief))
+        next_belief, disagreement = self._transition(belief, action, past=past)
+        return (next_belief, *self.outcome(belief, action, next_belief), disagreement)
