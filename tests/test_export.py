@@ -103,11 +103,14 @@ def test_corrupted_or_truncated_graph_is_refused(exported, tmp_path):
 
 
 @pytest.mark.slow
-def test_versions_increase_pointer_moves_and_old_ones_are_pruned(tmp_path):
-    space = space_info(make_env("CartPole-v1"))
-    agent = Agent(small_config(), space)
-    for step in (1, 2, 3, 4):
-        export_bundle(agent, tmp_path, training_step=step, phase="warmup", last_eval=None, keep=2)
+def test_versions_increase_pointer_moves_and_old_ones_are_pruned(tmp_path, exported_agents):
+    """Three versions published from an exported bundle's graphs, then a fourth by export_bundle itself."""
+    from serving import publish_copy
+
+    source = latest_bundle(exported_agents["CartPole-v1"][1])
+    for step in (1, 2, 3):
+        publish_copy(source, tmp_path, keep=2, training_step=step, phase="warmup", last_eval_return=None)
+    export_bundle(exported_agents["CartPole-v1"][0], tmp_path, training_step=4, phase="warmup", last_eval=None, keep=2)
     assert versions(tmp_path) == [3, 4]
     assert (tmp_path / POINTER).read_text() == "v000004"
     assert latest_bundle(tmp_path) == tmp_path / "v000004"
