@@ -24,6 +24,3 @@ class Recent:
     def clear(self) -> None:
         self.observations.clear()
         self.actions.clear()
-
-    def __len__(self) -> int:
-        return len(self.observations)

@@ -306,9 +306,8 @@ class Window:
         self.actions.clear()
 
     def record(self, state: torch.Tensor, action: torch.Tensor) -> None:
-        if self.states.maxlen:
-            self.states.append(state)
-            self.actions.append(action)
+        self.states.append(state)  # (a window of length 0 keeps nothing)
+        self.actions.append(action)
 
     def memory(self) -> torch.Tensor | None:
         """The memory of the window ([1, memory_dim]); None (zero) while it is empty."""

@@ -45,7 +45,7 @@ def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], horizon: in
     _, next_states, beliefs, _ = wm.observe(batch)
     # Transformer dynamics read the real context as the rollout's first steps: the sequence goes on.
     rollout = Rollout()
-    for i in range(CONTEXT):
+    for i in range(CONTEXT if wm.dynamics_context else 0):
         wm.transition(beliefs[:, i], wm.encode_action(batch["action"][:, i]), rollout)
     belief, out = beliefs[:, CONTEXT], {key: [] for key in KEYS}
     for k in range(horizon):
