@@ -204,7 +204,7 @@ class TransformerMember(nn.Module):
         self.position = nn.Parameter(torch.zeros(cfg.sequence_length, width))
         self.blocks = nn.ModuleList(
             nn.ModuleDict({"norm1": nn.LayerNorm(width), "attention": CausalSelfAttention(width, cfg.attention_heads),
-                           "norm2": nn.LayerNorm(width), "mlp": mlp(width, width, 2 * width, 1)})
+                           "norm2": nn.LayerNorm(width), "mlp": mlp(width, width, 2 * width, cfg.hidden_layers)})
             for _ in range(cfg.transformer_layers))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, cfg.state_dim))
 
