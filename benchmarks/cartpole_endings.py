@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reverie.runs import latest_checkpoint  # noqa: E402
 from trainer.agent import Agent  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
+from trainer.replay import Replay  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.envs import SpaceInfo, make_env, space_info  # noqa: E402
 
@@ -35,8 +36,10 @@ def continue_at_endings(run_dir: Path, step: int | None) -> tuple[int, np.ndarra
     space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_id))
     agent = Agent(cfg, space)
     agent.load_state_dict(state["agent"])
-    data, size = state["replay"]["data"], state["replay"]["size"]
-    endings = np.asarray(data["next_obs"][:size])[np.asarray(data["terminated"][:size]).astype(bool)]
+    replay = Replay(cfg.replay_capacity, space.obs_shape, ())
+    replay.load_state_dict(state["replay"])
+    steps = replay.steps()
+    endings = steps["next_obs"][steps["terminated"].astype(bool)]
     with torch.no_grad():
         wm = agent.world_model
         logits = wm.continue_.net(wm.encode(torch.as_tensor(endings, dtype=torch.float32))).squeeze(-1)

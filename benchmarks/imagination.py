@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from reverie.envs import EnvSpec
 from reverie.evaluation import play_episodes
 from trainer.agent import Agent
 from trainer.config import build_config
@@ -38,7 +39,7 @@ HORIZON = 15
 
 
 def random_replay(obs_indices, steps: int, seed: int) -> tuple[Replay, object]:
-    env = make_env("CartPole-v1", seed, obs_indices)
+    env = make_env(EnvSpec("CartPole-v1", obs_indices), seed)
     space = space_info(env)
     replay = Replay(steps, space.obs_shape, ())
     obs, _ = env.reset(seed=seed)
@@ -54,7 +55,7 @@ def train(cfg, space, replay: Replay, updates: int, rng: np.random.Generator, la
     """A world model after `updates` of the agent's own world-model steps on the replay (sequences in
     sequence mode), and milliseconds per update."""
     agent = Agent(cfg, space)
-    agent.world_model.normalizer.update(torch.as_tensor(replay.data["obs"][: len(replay)]))
+    agent.world_model.normalizer.update(torch.as_tensor(replay.observations()))
     start = time.perf_counter()
     for _ in tqdm(range(updates), desc=label, leave=False, mininterval=1.0):
         agent.world_model_step(replay.sample_sequences(cfg.sequences_per_batch, cfg.sequence_length, rng)
@@ -68,16 +69,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000, help="random-play env steps in the training replay")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--envs", nargs="+", choices=list(ENVS), default=list(ENVS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--no-ensemble", action="store_true", help="skip the ensemble's near/far disagreement")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print("| env | world model | obs error @1 | @5 | @15 | mean of 15 | continue acc. | WM update ms |")
     print("|---|---|---|---|---|---|---|---|")
-    for env_name, obs_indices in ENVS.items():
+    for env_name in args.envs:
+        obs_indices = ENVS[env_name]
         replay, space = random_replay(obs_indices, args.steps, args.seed)
-        env = make_env("CartPole-v1", obs_indices=obs_indices)
+        env = make_env(EnvSpec("CartPole-v1", obs_indices))
         env.action_space.seed(args.seed + 1)  # the same held-out episodes on every run
         held_out = play_episodes(lambda obs: env.action_space.sample(), "CartPole-v1", 200, args.seed + 1, env)
-        for label, overrides in MODELS.items():
+        for label in args.models:
+            overrides = MODELS[label]
             torch.manual_seed(args.seed)
             cfg = build_config(None, overrides)
             wm, ms = train(cfg, space, replay, args.updates, np.random.default_rng(args.seed), f"{env_name}: {label}")
@@ -87,6 +93,8 @@ def main() -> None:
             print(f"| {env_name} | {label} | {pick(1)} | {pick(5)} | {pick(15)} | {np.mean(errors):.4f} "
                   f"| {np.mean(f['continue_accuracy']):.3f} | {ms:.1f} |", flush=True)
 
+    if args.no_ensemble:
+        return
     replay, space = random_replay(None, args.steps, args.seed)
     cfg = build_config(None, ["dynamics_ensemble=5"])
     torch.manual_seed(args.seed)

@@ -51,7 +51,7 @@ def measure(threads: int, updates: int, overrides: list[str]) -> dict[str, float
         replay.add(obs, np.asarray(action), reward, next_obs, terminated, truncated)
         obs = env.reset()[0] if terminated or truncated else next_obs
     agent = Agent(cfg, space)
-    agent.world_model.normalizer.update(torch.as_tensor(replay.data["obs"][:2000]))
+    agent.world_model.normalizer.update(torch.as_tensor(replay.observations()[:2000]))
 
     def sample():
         if getattr(cfg, "sequence_mode", False):

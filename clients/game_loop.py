@@ -18,10 +18,12 @@ import json
 import os
 import time
 import uuid
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
+from reverie import envs
 from reverie.evaluation import evaluate_policy
 from reverie.history import Recent
 
@@ -59,10 +61,9 @@ class Player:
         return step
 
 
-def play(ask: Callable, env_id: str, episodes: int, seed: int, obs_indices: list[int] | None = None,
-         start: Callable | None = None) -> dict:
-    """Play `episodes` episodes with `ask(obs) -> Action` (`start()` before each), showing it `obs_indices`
-    of each observation (the served model's, from its manifest); the summary a game team would look at."""
+def play(ask: Callable, spec: envs.EnvSpec, episodes: int, seed: int, start: Callable | None = None) -> dict:
+    """Play `episodes` episodes of the env as `spec` (the served model's, from its manifest) shows it,
+    with `ask(obs) -> Action` (`start()` before each); the summary a game team would look at."""
     versions: list[int] = []
     latencies: list[float] = []
 
@@ -73,9 +74,9 @@ def play(ask: Callable, env_id: str, episodes: int, seed: int, obs_indices: list
         versions.append(step.model_version)
         return step.action if isinstance(step.action, int) else np.asarray(step.action, np.float32)
 
-    returns = evaluate_policy(act, env_id, episodes, seed, obs_indices=obs_indices, start=start)
+    returns = evaluate_policy(act, spec, episodes, seed, start=start)
     return {
-        "env_id": env_id, "episodes": episodes, "mean_return": float(np.mean(returns)), "returns": returns,
+        "env_id": spec.env_id, "episodes": episodes, "mean_return": float(np.mean(returns)), "returns": returns,
         "requests": len(versions), "model_versions": sorted(set(versions)),
         "versions_monotonic": all(a <= b for a, b in zip(versions, versions[1:])),
         "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
@@ -106,15 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     with client:
         client.wait_ready()
         manifest = client.model()["manifest"]
-        env_id, obs_indices = args.env or manifest["env_id"], manifest.get("obs_indices") or None  # gRPC has no null: []
+        spec = envs.EnvSpec.of(manifest)
+        spec = replace(spec, env_id=args.env or spec.env_id)
         length = int(manifest.get("history_length") or 0)
         if args.stream:
             with client.stream(deterministic) as stream:
                 player = Player(stream.act, "stream", length)
-                summary = play(player, env_id, args.episodes, args.seed, obs_indices, player.start)
+                summary = play(player, spec, args.episodes, args.seed, player.start)
         else:
             player = Player(lambda obs, **memory: client.act(obs, deterministic=deterministic, **memory), args.memory, length)
-            summary = play(player, env_id, args.episodes, args.seed, obs_indices, player.start)
+            summary = play(player, spec, args.episodes, args.seed, player.start)
     summary["transport"] = "grpc-stream" if args.stream else args.transport
     summary["memory"] = "stream" if args.stream else args.memory
     if args.json:

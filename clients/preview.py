@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             obs = [float(x) for x in args.obs.split(",")]
         else:
             manifest = client.model()["manifest"]
-            obs, _ = envs.make(manifest["env_id"], manifest.get("obs_indices") or None).reset(seed=args.seed)
+            obs, _ = envs.EnvSpec.of(manifest).make().reset(seed=args.seed)
         actions = None
         if args.actions is not None:
             actions = json.loads(args.actions) if args.actions.lstrip().startswith("[") else [int(a) for a in args.actions.split(",")]

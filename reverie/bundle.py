@@ -95,6 +95,9 @@ class Manifest(BaseModel):
     phase: str
     env_id: str
     obs_indices: list[int] | None = None  # the env's observation entries the agent sees (all when None)
+    pixels: bool = False  # the agent sees the env's rendered frames (ALE/ games always do): reverie.envs.EnvSpec
+    image_size: int = 84  # frames are [image_size, image_size, 3] uint8
+    action_repeat: int = Field(1, ge=1)  # env steps each action is held for
     observation_space: ObservationSpace
     action_space: ActionSpace
     state_size: int

@@ -110,9 +110,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     import numpy as np
 
     from reverie.bundle import latest_bundle
+    from reverie.envs import EnvSpec
     from reverie.evaluation import evaluate_policy
     from reverie.history import Recent
     from service.runtime import Runtime
@@ -122,7 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no bundle under {args.bundle}")
     runtime = Runtime.load(bundle)
     manifest = runtime.manifest
-    env_id = args.env or manifest.env_id
+    spec = EnvSpec.of(manifest)
+    spec = replace(spec, env_id=args.env or spec.env_id)
     episodes = args.episodes or manifest.eval_episodes
     seed = manifest.seed if args.seed is None else args.seed
 
@@ -135,8 +139,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         recent.record(obs, result.agent_actions[0])
         return result.actions[0] if runtime.discrete else np.asarray(result.actions[0], np.float32)
 
-    returns = evaluate_policy(act, env_id, episodes, seed, obs_indices=manifest.obs_indices, start=recent.clear)
-    print(f"{env_id}: model version {runtime.version} (env step {manifest.training_step}), "
+    returns = evaluate_policy(act, spec, episodes, seed, start=recent.clear)
+    print(f"{spec.env_id}: model version {runtime.version} (env step {manifest.training_step}), "
           f"{episodes} episodes, mean return {np.mean(returns):.2f} (min {np.min(returns):.1f}, max {np.max(returns):.1f})")
     return 0
 

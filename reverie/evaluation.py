@@ -33,14 +33,13 @@ class Episode:
     terminated: bool  # the episode ended in a terminal state (not cut by a time limit)
 
 
-def play_episodes(act: Callable[[np.ndarray], object], env_id: str, episodes: int, seed: int = 0,
-                  env: gym.Env | None = None, gamma: float = 1.0, obs_indices: list[int] | None = None,
-                  start: Callable[[], object] | None = None) -> list[Episode]:
+def play_episodes(act: Callable[[np.ndarray], object], spec: envs.EnvSpec | str, episodes: int, seed: int = 0,
+                  env: gym.Env | None = None, gamma: float = 1.0, start: Callable[[], object] | None = None) -> list[Episode]:
     """`episodes` full episodes, each reset with its own fixed seed; `act` maps obs -> env action.
 
-    Without `env`, plays `env_id` showing `act` only `obs_indices` of each observation (all when None).
+    Without `env`, plays the env of `spec` (an `EnvSpec`, or an env id) as the agent sees it.
     `start`, when given, is called before each episode (a player with memory forgets the last one)."""
-    env = env or envs.make(env_id, obs_indices)
+    env = env or envs.make(spec)
     played = []
     for i in range(episodes):
         if start is not None:
@@ -62,8 +61,7 @@ def play_episodes(act: Callable[[np.ndarray], object], env_id: str, episodes: in
     return played
 
 
-def evaluate_policy(act: Callable[[np.ndarray], object], env_id: str, episodes: int, seed: int = 0,
-                    env: gym.Env | None = None, obs_indices: list[int] | None = None,
-                    start: Callable[[], object] | None = None) -> list[float]:
+def evaluate_policy(act: Callable[[np.ndarray], object], spec: envs.EnvSpec | str, episodes: int, seed: int = 0,
+                    env: gym.Env | None = None, start: Callable[[], object] | None = None) -> list[float]:
     """Returns of `episodes` full episodes (see `play_episodes`)."""
-    return [e.total for e in play_episodes(act, env_id, episodes, seed, env, obs_indices=obs_indices, start=start)]
+    return [e.total for e in play_episodes(act, spec, episodes, seed, env, start=start)]

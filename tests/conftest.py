@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from reverie.envs import EnvSpec
 from trainer.config import Config, build_config
 from trainer.envs import SpaceInfo, make_env, space_info
 from trainer.replay import Replay
@@ -52,10 +53,10 @@ def random_action(space: SpaceInfo, rng: np.random.Generator) -> np.ndarray:
 def collect_replay(env_id: str, steps: int, seed: int = 0, obs_indices: list[int] | None = None) -> tuple[Replay, SpaceInfo]:
     """`steps` real env transitions under random actions (observing `obs_indices` only, when given),
     stored the way the trainer stores them."""
-    env = make_env(env_id, obs_indices=obs_indices)
+    env = make_env(EnvSpec(env_id, obs_indices))
     space = space_info(env)
     rng = np.random.default_rng(seed)
-    replay = Replay(steps, space.obs_shape, () if space.discrete else (space.action_dim,))
+    replay = Replay(2 * steps, space.obs_shape, () if space.discrete else (space.action_dim,))  # room for every episode's last obs
     obs, _ = env.reset(seed=seed)
     episode = 0
     for _ in range(steps):

@@ -29,7 +29,7 @@ def test_driven_critic_stays_inside_the_reward_bounds():
     replay, space = collect_replay("CartPole-v1", 2000, seed=0)
     cfg = build_config(None, ["batch_size=64", "critic_lr=0.002", "actor_lr=0.002", "target_critic=false"], threads=1)
     agent = Agent(cfg, space)
-    agent.world_model.normalizer.update(torch.as_tensor(replay.data["obs"][: len(replay)]))
+    agent.world_model.normalizer.update(torch.as_tensor(replay.observations()))
     rng = np.random.default_rng(0)
     for _ in range(300):
         agent.update(replay.sample(64, rng), UpdateCounts(world_model=1, actor=0, critic=0), 1.0)

@@ -31,14 +31,15 @@ def test_the_episodes_become_the_replay_they_were(env_id):
     episodes, space, _ = random_episodes(env_id, 3)
     replay = episodes_replay(episodes, space)
     assert len(replay) == sum(len(e.rewards) for e in episodes)
-    ends = np.flatnonzero(replay.data["episode_end"][: len(replay)])
+    steps = replay.steps()
+    ends = np.flatnonzero(steps["episode_end"])
     assert (ends + 1).tolist() == np.cumsum([len(e.rewards) for e in episodes]).tolist()
     first = episodes[0]
-    np.testing.assert_array_equal(replay.data["obs"][: len(first.rewards)], first.observations[:-1])
-    np.testing.assert_array_equal(replay.data["next_obs"][: len(first.rewards)], first.observations[1:])
-    np.testing.assert_allclose(space.coding.to_env(replay.data["action"][: len(first.rewards)]).reshape(first.actions.shape),
+    np.testing.assert_array_equal(steps["obs"][: len(first.rewards)], first.observations[:-1])
+    np.testing.assert_array_equal(steps["next_obs"][: len(first.rewards)], first.observations[1:])
+    np.testing.assert_allclose(space.coding.to_env(steps["action"][: len(first.rewards)]).reshape(first.actions.shape),
                                first.actions, atol=1e-5)
-    assert replay.data["terminated"][ends].tolist() == [float(e.terminated) for e in episodes]
+    assert steps["terminated"][ends].tolist() == [float(e.terminated) for e in episodes]
     assert all(e.terminated for e in episodes) == (env_id == "CartPole-v1")
 
 
@@ -51,7 +52,7 @@ def test_a_trained_world_model_imagines_closer_to_what_happened():
     torch.manual_seed(0)
     trained = WorldModel(small_config(), space)
     for wm in (untrained, trained):
-        wm.normalizer.update(torch.as_tensor(train.data["obs"]))
+        wm.normalizer.update(torch.as_tensor(train.observations()))
     optimizer = torch.optim.Adam(trained.parameters(), lr=3e-3)
     for _ in range(400):
         loss = world_model_loss(trained, train.sample(64, rng), WEIGHTS, True).total

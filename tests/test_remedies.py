@@ -37,7 +37,7 @@ def test_critic_target_clip_bounds_what_the_critic_learns():
     for clip in (None, 2.0):
         torch.manual_seed(0)
         agent = Agent(small_config(critic_target_clip=clip, horizon=15), space)
-        agent.world_model.normalizer.update(torch.as_tensor(replay.data["obs"][:len(replay)]))
+        agent.world_model.normalizer.update(torch.as_tensor(replay.observations()))
         for _ in range(150):
             agent.update(replay.sample(32, rng), UpdateCounts(world_model=1, actor=0, critic=1), 0.0)
         with torch.no_grad():

@@ -54,7 +54,7 @@ def test_sampled_transitions_are_stored_ones():
 
 def ending_every(period: int, steps: int, capacity: int | None = None) -> Replay:
     """A replay whose episodes terminate every `period` steps (the last step of each is the terminal one)."""
-    replay = Replay(capacity or steps, (4,), ())
+    replay = Replay(capacity or 2 * steps, (4,), ())
     fill(replay, [((k + 1) % period == 0, False) for k in range(steps)])
     return replay
 
@@ -85,7 +85,8 @@ def test_extra_endings_raise_the_share_to_the_floor_and_only_below_it():
 
 def test_endings_follow_the_ring_and_a_checkpoint():
     """An overwritten ending is no longer drawn as one; a restored replay knows its endings."""
-    replay, rng = ending_every(4, 14, capacity=10), np.random.default_rng(0)  # endings 3, 7, 11; 3's slot now holds 13
+    # Episodes of 4 steps take 5 slots (the last observation has its own): endings 3, 7, 11; 3's slots now hold 8-11.
+    replay, rng = ending_every(4, 14, capacity=10), np.random.default_rng(0)
     steps = lambda r: set((r.sample(1, rng, endings=200)["ending_next_obs"][:, 0] - 1).tolist())  # noqa: E731
     assert steps(replay) == {7.0, 11.0}
     restored = Replay(10, (4,), ())
@@ -97,11 +98,12 @@ def test_episode_ids_and_end_flags():
     """Episode ids advance after an end; truncation ends an episode without marking it terminated."""
     replay = Replay(100, (4,), ())
     fill(replay, [(False, False), (False, False), (True, False), (False, False), (False, True), (False, False)])
-    n = len(replay)
-    assert n == 6
-    assert replay.data["episode"][:n].tolist() == [0, 0, 0, 1, 1, 2]
-    assert replay.data["episode_end"][:n].tolist() == [False, False, True, False, True, False]
-    assert replay.data["terminated"][:n].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    steps = replay.steps()
+    assert len(replay) == 6
+    assert steps["episode"].tolist() == [0, 0, 0, 1, 1, 2]
+    assert steps["episode_end"].tolist() == [False, False, True, False, True, False]
+    assert steps["terminated"].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    assert steps["next_obs"][:, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert replay.episodes == 2
 
 
@@ -110,21 +112,24 @@ def test_close_episode_marks_the_cut_step_once():
     replay = Replay(100, (4,), ())
     fill(replay, [(False, False)] * 3)
     replay.close_episode()
-    assert replay.data["episode_end"][2] and replay.episodes == 1
+    assert replay.steps()["episode_end"].tolist() == [False, False, True] and replay.episodes == 1
     replay.close_episode()
     assert replay.episodes == 1
     fill(replay, [(False, False)], start=3)
-    assert replay.data["episode"][3] == 1
+    assert replay.steps()["episode"].tolist() == [0, 0, 0, 1]
+    assert replay.steps()["next_obs"][:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]  # the cut episode's last observation kept
 
 
 def test_ring_overwrites_oldest_at_capacity():
-    """Past capacity the oldest steps are replaced and only live steps can be sampled."""
+    """Past capacity the oldest steps are replaced and only live steps can be sampled: 4 slots hold the
+    last 3 transitions and the newest's next observation."""
     replay = Replay(4, (4,), ())
     fill(replay, [(False, False)] * 6)
-    assert len(replay) == 4 and replay.cursor == 2
-    assert replay.data["obs"][:, 0].tolist() == [4.0, 5.0, 2.0, 3.0]
+    assert len(replay) == 3 and replay.cursor == 2
+    assert replay.data["obs"][:, 0].tolist() == [4.0, 5.0, 6.0, 3.0]
     batch = replay.sample(200, np.random.default_rng(0))
-    assert set(batch["reward"].tolist()) == {2.0, 3.0, 4.0, 5.0}
+    assert set(batch["reward"].tolist()) == {3.0, 4.0, 5.0}
+    torch.testing.assert_close(batch["next_obs"][:, 0], batch["reward"] + 1)
 
 
 def test_lazy_growth_keeps_earlier_steps():
@@ -137,9 +142,9 @@ def test_lazy_growth_keeps_earlier_steps():
 
 
 def assert_same(a: Replay, b: Replay) -> None:
-    assert (a.size, a.cursor, a.episodes) == (b.size, b.cursor, b.episodes)
+    assert (a.size, a.cursor, a.filled, a.episodes, a.open) == (b.size, b.cursor, b.filled, b.episodes, b.open)
     for key in Replay.FIELDS:
-        np.testing.assert_array_equal(a.data[key][: a.size], b.data[key][: b.size])
+        np.testing.assert_array_equal(a.data[key][: a.filled], b.data[key][: b.filled])
     for key, t in a.sample(32, np.random.default_rng(7)).items():
         assert torch.equal(t, b.sample(32, np.random.default_rng(7))[key])
 
@@ -180,8 +185,8 @@ def test_state_dict_is_a_copy():
     fill(replay, [(False, False)] * 3)
     state = replay.state_dict()
     fill(replay, [(False, False)] * 3, start=100)  # the ring overwrites every stored step
-    assert replay.data["obs"][:, 0].tolist() == [100.0, 101.0, 102.0]
-    assert state["data"]["obs"][:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert replay.data["obs"][:, 0].tolist() == [103.0, 101.0, 102.0]
+    assert state["data"]["obs"][:, 0].tolist() == [3.0, 1.0, 2.0]
 
 
 # ---------------------------------------------------------------------- sequences (diagram 4)

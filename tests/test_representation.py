@@ -21,14 +21,13 @@ UPDATES = 400
 
 def split_by_episode(full: Replay) -> tuple[Replay, torch.Tensor]:
     """Every fifth episode is held out (its observations returned); the rest form the training replay."""
-    n = len(full)
-    d = full.data
-    held = d["episode"][:n] % 5 == 0
-    train = Replay(n, full.obs_shape, full.action_shape)
+    d = full.steps()
+    held = d["episode"] % 5 == 0
+    train = Replay(2 * len(full), full.obs_shape, full.action_shape)
     for i in np.flatnonzero(~held):
         truncated = bool(d["episode_end"][i]) and not bool(d["terminated"][i])
         train.add(d["obs"][i], d["action"][i], d["reward"][i], d["next_obs"][i], bool(d["terminated"][i]), truncated)
-    return train, torch.as_tensor(d["obs"][:n][held])
+    return train, torch.as_tensor(d["obs"][held])
 
 
 def r_squared(states_fit, obs_fit, states_eval, obs_eval) -> torch.Tensor:
@@ -45,7 +44,7 @@ def trained():
     torch.manual_seed(0)
     full, space = collect_replay("CartPole-v1", 2500, seed=0)
     train, held_out = split_by_episode(full)
-    train_obs = torch.as_tensor(train.data["obs"][: len(train)])
+    train_obs = torch.as_tensor(train.observations())
     agent = Agent(small_config(batch_size=64), space)
     agent.world_model.normalizer.update(train_obs)
     with torch.no_grad():

@@ -77,7 +77,7 @@ def test_resume_restores_position_models_optimizers_and_replay(stopped_copy):
     assert resumed.updates == saved["position"]["updates"] == at_stop.updates > 0
     assert resumed.update_credit == at_stop.update_credit
     assert len(resumed.replay) == len(at_stop.replay) == STOP
-    assert resumed.replay.data["obs"][:STOP].tobytes() == at_stop.replay.data["obs"][:STOP].tobytes()
+    assert resumed.replay.observations().tobytes() == at_stop.replay.observations().tobytes()
 
     expected, restored = optimizer_tensors(at_stop), optimizer_tensors(resumed)
     assert expected.keys() == restored.keys()
@@ -108,8 +108,9 @@ def test_resume_restores_every_random_state(stopped_copy, tmp_path):
     resumed.run()
     other = Trainer(tiny(END), twin, resume=True)
     other.run()
-    for field in ("action", "obs", "reward"):
-        assert resumed.replay.data[field][STOP:END].tobytes() == other.replay.data[field][STOP:END].tobytes(), field
+    ours, theirs = resumed.replay.steps(), other.replay.steps()
+    for field in ("action", "obs", "reward", "next_obs"):
+        assert ours[field][STOP:END].tobytes() == theirs[field][STOP:END].tobytes(), field
     # ...and they are the draws that followed the stop: a fresh generator from the seed would differ.
     assert np.random.default_rng(resumed.cfg.seed).bit_generator.state != saved["generator"]
 
@@ -171,7 +172,7 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path):
     resumed = Trainer(tiny(END), tmp_path, resume=True)
     assert (resumed.env_step, resumed.updates) == (150, trainer.updates)
     # The episode cut by the stop is closed, so the next stored step starts a new episode.
-    assert resumed.replay.data["episode_end"][149]
+    assert resumed.replay.steps()["episode_end"][149]
 
 
 def test_a_stop_request_finishes_the_step_checkpoints_and_returns(tmp_path):

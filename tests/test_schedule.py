@@ -140,7 +140,7 @@ def test_the_trainer_drives_the_parts_it_is_given(tmp_path):
     trainer = Trainer(cfg, tmp_path, parts=parts)
     trainer.run()
     assert trainer.env is parts.env and trainer.replay is parts.replay and len(parts.replay) == 101
-    lengths = np.bincount(parts.replay.data["episode"][1:101])
+    lengths = np.bincount(parts.replay.steps()["episode"][1:])
     assert lengths[lengths > 0].max() <= 20
     saved = load_checkpoint(latest_checkpoint(tmp_path))
     assert {"agent", "world_model_optimizer", "actor_optimizer", "critic_optimizer", "replay"} <= saved.keys()

@@ -98,44 +98,54 @@ class MLPEncoder(nn.Module):
         return self.net(obs)
 
 
+def cnn_layers(obs_shape: tuple[int, ...], depth: int) -> list[tuple[int, int, int, int, tuple[int, int]]]:
+    """The CNN's layers for images [H, W, C]: (in channels, out channels, kernel, stride, input size)
+    each; the Nature-DQN stack that the seed's 84x84 suits, at any size it can read (>= 36 px)."""
+    layers, size, channels = [], tuple(obs_shape[:2]), obs_shape[-1]
+    for out, kernel, stride in ((depth, 8, 4), (2 * depth, 4, 2), (2 * depth, 3, 1)):
+        if min(size) < kernel:
+            raise ValueError(f"images of {obs_shape[0]}x{obs_shape[1]} are too small for the CNN encoder (>= 36 px)")
+        layers.append((channels, out, kernel, stride, size))
+        size, channels = tuple((s - kernel) // stride + 1 for s in size), out
+    return layers
+
+
+def conv_output(obs_shape: tuple[int, ...], depth: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the last conv layer's output."""
+    *_, (_, out, kernel, stride, size) = cnn_layers(obs_shape, depth)
+    return (out, *((s - kernel) // stride + 1 for s in size))
+
+
 class CNNEncoder(nn.Module):
-    """Image observations [B, 84, 84, 3] (channels last, as gymnasium gives them) -> features."""
+    """Image observations [B, H, W, C] (channels last, as gymnasium gives them) -> features."""
 
     def __init__(self, obs_shape: tuple[int, ...], cfg: Config):
         super().__init__()
-        d = cfg.cnn_depth
-        channels = obs_shape[-1]
-        self.conv = nn.Sequential(
-            nn.Conv2d(channels, d, 8, stride=4), nn.SiLU(),
-            nn.Conv2d(d, 2 * d, 4, stride=2), nn.SiLU(),
-            nn.Conv2d(2 * d, 2 * d, 3, stride=1), nn.SiLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            n = self.conv(torch.zeros(1, channels, *obs_shape[:2])).shape[1]
-        self.head = nn.Sequential(nn.Linear(n, cfg.feature_dim), nn.SiLU())
+        convs = [m for c_in, c_out, k, s, _ in cnn_layers(obs_shape, cfg.cnn_depth) for m in (nn.Conv2d(c_in, c_out, k, s), nn.SiLU())]
+        self.conv = nn.Sequential(*convs, nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(math.prod(conv_output(obs_shape, cfg.cnn_depth)), cfg.feature_dim), nn.SiLU())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.conv(obs.movedim(-1, -3)))
 
 
 class CNNDecoder(nn.Module):
-    """state -> image [B, 84, 84, 3], mirroring the CNN encoder."""
+    """state -> image [B, H, W, C], the CNN encoder's layers mirrored: each transposed layer gives back
+    exactly the size its conv layer read (output padding restores what the stride rounded off)."""
 
     def __init__(self, obs_shape: tuple[int, ...], cfg: Config):
         super().__init__()
-        d = cfg.cnn_depth
-        self.obs_shape = obs_shape
-        self.fc = nn.Linear(cfg.state_dim, 2 * d * 7 * 7)
-        self.deconv = nn.Sequential(
-            nn.SiLU(), nn.ConvTranspose2d(2 * d, 2 * d, 3, stride=1),  # 9
-            nn.SiLU(), nn.ConvTranspose2d(2 * d, d, 4, stride=2),  # 20
-            nn.SiLU(), nn.ConvTranspose2d(d, obs_shape[-1], 8, stride=4),  # 84
-        )
-        self.depth = 2 * d
+        self.shape = conv_output(obs_shape, cfg.cnn_depth)
+        self.fc = nn.Linear(cfg.state_dim, math.prod(self.shape))
+        layers: list[nn.Module] = []
+        for c_in, c_out, k, s, size in reversed(cnn_layers(obs_shape, cfg.cnn_depth)):
+            out_size = tuple((n - k) // s + 1 for n in size)
+            padding = tuple(n - ((m - 1) * s + k) for n, m in zip(size, out_size))
+            layers += [nn.SiLU(), nn.ConvTranspose2d(c_out, c_in, k, s, output_padding=padding)]
+        self.deconv = nn.Sequential(*layers)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        x = self.fc(state).view(-1, self.depth, 7, 7)
+        x = self.fc(state).view(-1, *self.shape)
         return self.deconv(x).movedim(-3, -1)
 
 

@@ -13,6 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from reverie.envs import EnvSpec
+
+FRAME_REPLAY_CAPACITY = 100_000  # the replay's default with frames: 2.1 GB at 84x84x3
+
 
 class UpdateCounts(BaseModel):
     """Diagram 5's multi-update schedule: from `from_step` on, updates per batch for each optimizer."""
@@ -43,6 +47,11 @@ class Config(BaseModel):
     env_id: str = Field("CartPole-v1", description="gymnasium env id")
     obs_indices: list[int] | None = Field(None, description="keep only these entries of a vector observation "
                                           "(e.g. [0,2]: CartPole without its velocities); the bundle and the service see the kept ones")
+    pixels: bool = Field(False, description="the agent sees the env's rendered rgb_array frames, image_size x image_size x 3 uint8 "
+                         "(ALE/ games always do); with frames, sequence_mode and a 100k replay are the defaults")
+    image_size: int = Field(84, ge=16, description="height and width of frames (the seed's 84; 64 is quicker)")
+    action_repeat: int | None = Field(None, ge=1, description="env steps each action is held for (None: 4 for Atari, "
+                                      "2 for other frames, 1 for vectors); the trainer counts agent steps")
     seed: int = Field(0, description="seeds torch, numpy, the env resets and the exploration draws")
     total_steps: int = Field(50_000, ge=1, description="env steps to train for")
     threads: int = Field(2, ge=1, description="torch intra-op threads")
@@ -126,7 +135,8 @@ class Config(BaseModel):
     epsilon: float = Field(0.0, ge=0, le=1, description="epsilon-greedy exploration after warmup (failure 5, remedy 3)")
 
     # replay, logging, evaluation, checkpoints
-    replay_capacity: int = Field(1_000_000, ge=1, description="transitions kept in replay")
+    replay_capacity: int = Field(1_000_000, ge=2, description="observations kept in replay: one per step, and each "
+                                 "episode's last one (each frame once); refused at start when it would not fit in memory")
     continue_endings: float = Field(0.0, ge=0, lt=1, description="the least share of episode endings the continue head sees per batch: "
                                     "when the replay holds fewer, extra ones are drawn for it alone, logit-adjusted (its rare class); 0: off")
     log_every: int = Field(250, ge=1, description="env steps between metric rows")
@@ -156,6 +166,20 @@ class Config(BaseModel):
         """What the heads read: the state, and in sequence mode the memory beside it."""
         return self.state_dim + (self.memory_dim if self.sequence_mode else 0)
 
+    @property
+    def env_spec(self) -> EnvSpec:
+        return EnvSpec.of(self)
+
+    @model_validator(mode="after")
+    def _frame_defaults(self) -> "Config":
+        """Frames hide velocities (memory: sequence mode) and cost 21 KB each (a 100k-frame replay,
+        2.1 GB); what the run set itself stays."""
+        if self.env_spec.frames:
+            for key, value in (("sequence_mode", True), ("replay_capacity", FRAME_REPLAY_CAPACITY)):
+                if key not in self.model_fields_set:
+                    object.__setattr__(self, key, value)  # no re-validation loop
+        return self
+
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "Config":
         if self.dynamics == "transformer" and self.hidden_dim % self.attention_heads:
@@ -173,7 +197,7 @@ class Config(BaseModel):
 
 
 # What a resumed run cannot change: the env and what it shows, the networks' shapes and parameter groups, the replay's size.
-FIXED_ON_RESUME = ("env_id", "obs_indices", "feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth",
+FIXED_ON_RESUME = ("env_id", "obs_indices", "pixels", "image_size", "action_repeat", "feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth",
                    "dynamics", "transformer_layers", "attention_heads", "sequence_length", "sequence_mode", "memory_dim",
                    "dynamics_ensemble",
                    "adaptive_entropy", "replay_capacity")

@@ -6,7 +6,6 @@ The agent always acts in a normalised space: a class index for Discrete, a vecto
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -66,10 +65,10 @@ def space_info(env: gym.Env) -> SpaceInfo:
     raise ValueError(f"action space must be Discrete or a 1-d Box, got {act_space}")
 
 
-def make_env(env_id: str, seed: int | None = None, obs_indices: Sequence[int] | None = None) -> gym.Env:
-    """A gymnasium env (only `obs_indices` of its observations, when given) with its spaces checked;
-    `seed` seeds its first reset and action space."""
-    env = envs.make(env_id, obs_indices)
+def make_env(spec: envs.EnvSpec | str, seed: int | None = None) -> gym.Env:
+    """The env of `spec` (an `EnvSpec`, or a gymnasium id) with its spaces checked; `seed` seeds its
+    first reset and action space."""
+    env = envs.make(spec)
     space_info(env)
     if seed is not None:
         env.reset(seed=seed)

@@ -127,6 +127,7 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
                     ActionSpace(kind="box", shape=[space.action_dim], low=space.action_low.tolist(), high=space.action_high.tolist()))
     manifest = Manifest(
         model_version=0, training_step=training_step, phase=phase, env_id=cfg.env_id, obs_indices=cfg.obs_indices,
+        pixels=cfg.pixels, image_size=cfg.image_size, action_repeat=cfg.env_spec.repeat,
         observation_space=ObservationSpace(shape=list(space.obs_shape), dtype="uint8" if space.is_image else "float32"),
         action_space=action_space, state_size=cfg.belief_dim, history_length=cfg.history_length,
         dynamics_context=agent.world_model.dynamics_context, gamma=cfg.gamma, lambda_=cfg.lambda_,
@@ -155,7 +156,7 @@ def export_run(run_dir: Path) -> Path:
     cfg = Config.model_validate_json((run_dir / "config.json").read_text())
     state = load_checkpoint(checkpoint)
     # The checkpoint names its spaces; one written before it did needs the env to learn them.
-    space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_id, obs_indices=cfg.obs_indices))
+    space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_spec))
     agent = Agent(cfg, space)
     agent.load_state_dict(state["agent"])
     step = state["position"]["env_step"]

@@ -25,8 +25,9 @@ KEYS = ("state_error", "obs_error", "reward_error", "continue_accuracy")
 
 def episodes_replay(episodes: list[Episode], space: SpaceInfo) -> Replay:
     """The episodes as a replay (agent actions, as stored in training), to draw sequences from."""
-    steps = sum(len(e.rewards) for e in episodes)
-    replay = Replay(max(steps, 1), space.obs_shape, () if space.discrete else (space.action_dim,))
+    slots = sum(len(e.observations) for e in episodes)  # each step's observation and each episode's last
+    replay = Replay(max(slots, 2), space.obs_shape, () if space.discrete else (space.action_dim,),
+                    np.uint8 if space.is_image else np.float32)
     for e in episodes:
         actions = space.coding.from_env(e.actions)
         for t, reward in enumerate(e.rewards):

@@ -30,7 +30,7 @@ from .config import FIXED_ON_RESUME, Config
 from .diagnostics import diagnose, evidence, solved_return
 from .envs import make_env, space_info
 from .metrics import MetricAverager, MetricsWriter, plot_training_curves, read_metrics
-from .replay import Replay
+from .replay import Replay, available_memory
 from .schedule import Schedule
 
 log = logging.getLogger("reverie.trainer")
@@ -58,12 +58,13 @@ class Parts:
 
     @classmethod
     def build(cls, cfg: Config, run_dir: Path) -> "Parts":
-        env = make_env(cfg.env_id, obs_indices=cfg.obs_indices)
+        env = make_env(cfg.env_spec)
         space = space_info(env)
         agent = Agent(cfg, space).to(resolve_device(cfg.device))
         obs_dtype = np.uint8 if space.is_image else np.float32
         replay = Replay(cfg.replay_capacity, space.obs_shape, () if space.discrete else (space.action_dim,), obs_dtype)
-        return cls(env, make_env(cfg.env_id, obs_indices=cfg.obs_indices), agent, replay, MetricsWriter(run_dir))
+        replay.check_fits(available_memory())
+        return cls(env, make_env(cfg.env_spec), agent, replay, MetricsWriter(run_dir))
 
 
 class Trainer:
@@ -237,7 +238,7 @@ class Trainer:
         """Eval return, plus the critic's value at each episode's first observation beside the
         discounted return that followed: what the critic should have said, and what it said."""
         player = EpisodePlayer(self.agent, deterministic=True)
-        episodes = play_episodes(player, self.cfg.env_id, self.cfg.eval_episodes, self.cfg.seed, self.eval_env,
+        episodes = play_episodes(player, self.cfg.env_spec, self.cfg.eval_episodes, self.cfg.seed, self.eval_env,
                                  self.cfg.gamma, start=player.reset)
         self.last_eval = float(np.mean([e.total for e in episodes]))
         with torch.no_grad():

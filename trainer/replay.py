@@ -1,7 +1,13 @@
-"""Replay of whole episodes, stored step by step in one ring of arrays.
+"""Replay of whole episodes, stored step by step in one ring of slots, each observation once.
 
-Each step keeps its episode id and whether the episode ended there, so the sequence sampler
-(diagram 4) never joins two episodes: what lies past an end is padding, and its mask says so.
+A slot holds an observation and the transition taken from it (action, reward, flags, episode id);
+the transition's next observation is the next slot's. An episode of n steps fills n + 1 slots: its
+last slot holds the final observation and no transition (`valid` is false there), so a frame is
+stored once, not as one step's `next_obs` and the next step's `obs` (half the memory, which for
+84x84x3 frames is what decides how much experience fits).
+
+Each step keeps its episode id, so the sequence sampler (diagram 4) never joins two episodes: what
+lies past an end is padding, and its mask says so.
 """
 
 from __future__ import annotations
@@ -11,62 +17,147 @@ import math
 import numpy as np
 import torch
 
+KEYS = ("obs", "action", "reward", "next_obs", "terminated")  # what a sampled batch holds
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still take: the machine's available memory, within a container's
+    limit when there is one (cgroup v2); None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            limit = f.read().strip()
+            if limit != "max":
+                found.append(int(limit) - int(g.read()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
 
 class Replay:
-    FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "episode_end", "episode")
+    FIELDS = ("obs", "action", "reward", "terminated", "episode_end", "episode", "valid")
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...], obs_dtype=np.float32):
+        if capacity < 2:
+            raise ValueError("a replay needs room for at least 2 slots (an observation and the next)")
         self.capacity = capacity
         self.obs_shape, self.action_shape, self.obs_dtype = obs_shape, action_shape, np.dtype(obs_dtype)
         self.data: dict[str, np.ndarray] = {}
-        self.size = 0
-        self.cursor = 0
+        self.size = 0  # stored transitions (valid slots)
+        self.cursor = 0  # the slot the next transition goes to
+        self.filled = 0  # slots ever written (<= capacity)
         self.episodes = 0  # id of the episode being written
+        self.open = False  # the episode goes on: the cursor slot holds its next observation already
         self._allocated = 0
         self._terminal: set[int] = set()  # slots holding a terminal transition (for `endings`)
         self._terminal_array: np.ndarray | None = None
 
+    @property
+    def bytes_per_slot(self) -> int:
+        """Memory one slot takes once allocated."""
+        return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in self._shapes().values())
+
+    def check_fits(self, available: int | None) -> None:
+        """A ValueError, before anything is stored, when the full replay would not fit in `available`
+        bytes (it grows as it fills: without this, a run too big is killed hours in)."""
+        needed = self.capacity * self.bytes_per_slot
+        if available is not None and needed > available:
+            per = 100_000 * self.bytes_per_slot / 2**30
+            raise ValueError(f"replay_capacity {self.capacity:,} needs {needed / 2**30:.1f} GiB ({per:.2f} GiB per 100k "
+                             f"steps of {'x'.join(map(str, self.obs_shape))} {self.obs_dtype} observations); "
+                             f"{available / 2**30:.1f} GiB is available: lower it, e.g. --set replay_capacity="
+                             f"{int(0.8 * available / self.bytes_per_slot) // 1000 * 1000}")
+
+    def _shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return {"obs": (self.obs_shape, self.obs_dtype), "action": (self.action_shape, np.float32),
+                "reward": ((), np.float32), "terminated": ((), np.float32), "episode_end": ((), np.bool_),
+                "episode": ((), np.int64), "valid": ((), np.bool_)}
+
     def _grow(self, needed: int) -> None:
         """Allocate lazily (doubling) so a small run never reserves the full capacity."""
         new = min(self.capacity, max(needed, 2 * self._allocated, 1024))
-        shapes = {
-            "obs": (self.obs_shape, self.obs_dtype), "next_obs": (self.obs_shape, self.obs_dtype),
-            "action": (self.action_shape, np.float32), "reward": ((), np.float32),
-            "terminated": ((), np.float32), "episode_end": ((), np.bool_), "episode": ((), np.int64),
-        }
-        for name, (shape, dtype) in shapes.items():
+        for name, (shape, dtype) in self._shapes().items():
             arr = np.zeros((new, *shape), dtype=dtype)
             if name in self.data:
                 arr[: self._allocated] = self.data[name]
             self.data[name] = arr
         self._allocated = new
 
-    def add(self, obs, action, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
-        if self.cursor >= self._allocated:
-            self._grow(self.cursor + 1)
-        i = self.cursor
-        d = self.data
-        d["obs"][i], d["action"][i], d["reward"][i], d["next_obs"][i] = obs, action, reward, next_obs
-        d["terminated"][i], d["episode_end"][i], d["episode"][i] = terminated, terminated or truncated, self.episodes
-        if terminated or truncated:
-            self.episodes += 1
-        if terminated or i in self._terminal:  # a new terminal, or a wrapped ring overwriting one
-            self._terminal.discard(i)
-            if terminated:
-                self._terminal.add(i)
+    def _claim(self, slot: int) -> None:
+        """Slot `slot` is about to be overwritten: the transition it held (if any) is gone."""
+        if slot >= self._allocated:
+            self._grow(slot + 2)
+        if self.data["valid"][slot]:
+            self.data["valid"][slot] = False
+            self.size -= 1
+        if slot in self._terminal:
+            self._terminal.discard(slot)
             self._terminal_array = None
-        self.cursor = (self.cursor + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
+        self.filled = max(self.filled, slot + 1)
+
+    def add(self, obs, action, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
+        i, d = self.cursor, self.data
+        if not self.open:  # an episode's first step: its slot is new
+            self._claim(i)
+        d["obs"][i] = obs  # within an episode the slot holds it already (the step before's next_obs)
+        d["action"][i], d["reward"][i], d["terminated"][i] = action, reward, terminated
+        d["episode_end"][i], d["episode"][i], d["valid"][i] = terminated or truncated, self.episodes, True
+        self.size += 1
+        if terminated:
+            self._terminal.add(i)
+            self._terminal_array = None
+        j = (i + 1) % self.capacity  # the next observation: the next step's, or the episode's last
+        self._claim(j)
+        d["obs"][j], d["episode"][j] = next_obs, self.episodes
+        if terminated or truncated:
+            self._end_episode(j)
+        else:
+            self.cursor, self.open = j, True
+
+    def _end_episode(self, last: int) -> None:
+        """The episode's last observation is in slot `last`; the next episode starts after it."""
+        self.episodes += 1
+        self.cursor, self.open = (last + 1) % self.capacity, False
 
     def close_episode(self) -> None:
         """Mark the last stored step as an episode end (an episode cut short by a stop)."""
-        last = (self.cursor - 1) % self.capacity
-        if self.size and not self.data["episode_end"][last]:
-            self.data["episode_end"][last] = True
-            self.episodes += 1
+        if self.open:
+            self.data["episode_end"][(self.cursor - 1) % self.capacity] = True
+            self._end_episode(self.cursor)
 
     def __len__(self) -> int:
         return self.size
+
+    def observations(self) -> np.ndarray:
+        """Every stored observation (final ones included), in slot order: what the normaliser reads."""
+        return self.data["obs"][: self.filled]
+
+    def steps(self) -> dict[str, np.ndarray]:
+        """Every stored transition, oldest first, with its next observation (for tests and benchmarks)."""
+        order = (self.cursor + np.arange(self.filled)) % self.filled if self.filled == self.capacity else np.arange(self.filled)
+        idx = order[self.data["valid"][order]]
+        return {**{k: self.data[k][idx] for k in self.FIELDS}, "next_obs": self.data["obs"][(idx + 1) % self.capacity]}
+
+    def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """`n` transition slots, uniformly (slots holding only an episode's last observation redrawn)."""
+        if not self.size:
+            raise ValueError("the replay holds no transition yet")
+        out = np.empty(0, np.int64)
+        while len(out) < n:
+            idx = rng.integers(0, self.filled, size=2 * (n - len(out)) + 8)
+            out = np.concatenate([out, idx[self.data["valid"][idx]]])
+        return out[:n]
+
+    def _batch(self, idx: np.ndarray, device: torch.device | str) -> dict[str, torch.Tensor]:
+        d = self.data
+        fields = {"obs": d["obs"][idx], "next_obs": d["obs"][(idx + 1) % self.capacity], "action": d["action"][idx],
+                  "reward": d["reward"][idx], "terminated": d["terminated"][idx]}
+        return {k: torch.as_tensor(fields[k]).to(device).float() for k in KEYS}
 
     def extra_endings(self, batch_size: int, floor: float) -> int:
         """How many endings to add to a uniform batch so that they make at least `floor` of it
@@ -86,14 +177,12 @@ class Replay:
         over-representation (`losses.continue_loss`). An episode that ends once in 500 steps would
         otherwise reach the continue head a few times per thousand samples.
         """
-        idx = rng.integers(0, self.size, size=batch_size)
-        batch = {k: torch.as_tensor(self.data[k][idx]).to(device).float()
-                 for k in ("obs", "action", "reward", "next_obs", "terminated")}
+        batch = self._batch(self._draw(batch_size, rng), device)
         if endings and self._terminal:
             if self._terminal_array is None:
                 self._terminal_array = np.sort(np.fromiter(self._terminal, np.int64, len(self._terminal)))  # set order aside
             picked = self._terminal_array[rng.integers(0, len(self._terminal_array), size=endings)]
-            batch["ending_next_obs"] = torch.as_tensor(self.data["next_obs"][picked]).to(device).float()
+            batch["ending_next_obs"] = torch.as_tensor(self.data["obs"][(picked + 1) % self.capacity]).to(device).float()
             batch["ending_share"] = torch.tensor(len(self._terminal_array) / self.size, device=device)
         return batch
 
@@ -106,32 +195,41 @@ class Replay:
         the ring's newest step; the cut-off positions repeat the last valid step (finite numbers,
         never another episode's) and are false in `mask`, so every loss can ignore them.
         """
-        start = rng.integers(0, self.size, size=batch_size)
-        offset = np.arange(length)
-        full = self.size == self.capacity
-        idx = (start[:, None] + offset) % self.capacity if full else np.minimum(start[:, None] + offset, self.size - 1)
-        # Slots written after the start, in ring order: the stretch ends at the newest step (cursor - 1).
-        newest = (self.cursor - 1 - start) % self.capacity if full else self.size - 1 - start
-        stored = offset[None, :] <= newest[:, None]
-        same_episode = self.data["episode"][idx] == self.data["episode"][start][:, None]  # ids change after each end
-        mask = stored & same_episode
-        last_valid = mask.sum(1) - 1  # the mask is a prefix: step 0 is always valid
+        start = self._draw(batch_size, rng)
+        idx = (start[:, None] + np.arange(length)) % self.capacity
+        inside = idx < self.filled  # before the ring wraps, slots past the newest were never written
+        idx = np.where(inside, idx, start[:, None])
+        d = self.data
+        # A transition of the same episode, every step since the start: the mask is a prefix.
+        mask = np.cumprod(inside & d["valid"][idx] & (d["episode"][idx] == d["episode"][start][:, None]), 1).astype(bool)
+        last_valid = mask.sum(1) - 1  # step 0 is always valid
         idx = np.where(mask, idx, idx[np.arange(batch_size), last_valid][:, None])
-        batch = {k: torch.as_tensor(self.data[k][idx]).to(device).float()
-                 for k in ("obs", "action", "reward", "next_obs", "terminated")}
+        batch = self._batch(idx, device)
         batch["mask"] = torch.as_tensor(mask).to(device)
         return batch
 
     def state_dict(self) -> dict:
-        return {"size": self.size, "cursor": self.cursor, "episodes": self.episodes,
-                "data": {k: v[: max(self.size, self.cursor)].copy() for k, v in self.data.items()}}
+        return {"size": self.size, "cursor": self.cursor, "filled": self.filled, "episodes": self.episodes,
+                "open": self.open, "data": {k: v[: self.filled].copy() for k, v in self.data.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        n = len(state["data"]["obs"]) if state["data"] else 0
+        if "next_obs" in state["data"]:  # a checkpoint from before frames were stored once
+            return self._load_transitions(state)
+        n = state["filled"]
         if n:
             self._grow(n)
             for k, v in state["data"].items():
                 self.data[k][:n] = v
-        self.size, self.cursor, self.episodes = state["size"], state["cursor"], state["episodes"]
-        self._terminal = set(np.flatnonzero(self.data["terminated"][: self.size]).tolist()) if n else set()
+        self.size, self.cursor, self.filled = state["size"], state["cursor"], n
+        self.episodes, self.open = state["episodes"], state["open"]
+        self._terminal = set(np.flatnonzero(self.data["valid"][:n] & (self.data["terminated"][:n] > 0)).tolist()) if n else set()
         self._terminal_array = None
+
+    def _load_transitions(self, state: dict) -> None:
+        """The older layout (each transition with its own next_obs), re-added oldest first."""
+        d, size, cursor = state["data"], state["size"], state["cursor"]
+        order = (cursor + np.arange(size)) % size  # a full ring's oldest step is at the cursor; else cursor == size
+        for i in order:
+            end, terminated = bool(d["episode_end"][i]), bool(d["terminated"][i])
+            self.add(d["obs"][i], d["action"][i], d["reward"][i], d["next_obs"][i], terminated, end and not terminated)
+        self.episodes = max(self.episodes, state["episodes"])
