@@ -41,9 +41,9 @@ def measure(threads: int, updates: int, overrides: list[str]) -> dict[str, float
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = build_config(None, overrides, threads=threads)
-    env = make_env(cfg.env_id)
+    env = make_env(cfg.env_spec) if hasattr(cfg, "env_spec") else make_env(cfg.env_id)  # older trees: no EnvSpec
     space = space_info(env)
-    replay, rng = Replay(5000, space.obs_shape, ()), np.random.default_rng(0)
+    replay, rng = Replay(5000, space.obs_shape, (), env.observation_space.dtype), np.random.default_rng(0)
     obs, _ = env.reset(seed=0)
     for _ in range(2000):
         action = int(rng.integers(space.action_dim))

@@ -3,12 +3,15 @@
     python -m clients.game_loop --url http://127.0.0.1:8000 --episodes 10
     python -m clients.game_loop --memory session                                         # the server keeps the history
     python -m clients.game_loop --transport grpc --target 127.0.0.1:50051 --stream    # one ActStream
+    python -m clients.game_loop --image-format raw                                      # frames as raw pixels, not PNG
 
 The env id comes from the served model unless given. Episodes use evaluation seeds of their
 own (`--seed`), so they are not the trainer's evaluation episodes replayed. An agent with memory
 (the manifest's history_length > 0) is sent each episode's last steps (`--memory history`, the
 default: stateless, any replica can answer), or keeps them in a server `session` (`--memory
-session`); an ActStream keeps its own and is told when an episode starts.
+session`); an ActStream keeps its own and is told when an episode starts. A model that sees frames
+(the manifest's `pixels`, or an Atari game) is played from the same frames the trainer saw: sent
+as PNG files over REST (`--image-format`), as raw uint8 bytes over gRPC.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class Player:
         else:  # "none": each observation alone, as a client that ignores the model's memory would ask
             step = self.act(obs)
         self.first = False
-        self.recent.record(np.asarray(obs, np.float32), step.action)
+        self.recent.record(np.asarray(obs), step.action)  # frames stay uint8 (PNG or raw bytes on the wire)
         return step
 
 
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", choices=("history", "session", "none"), default="history",
                         help="for an agent with memory: send each episode's last steps, let the server keep them, "
                              "or send neither (each observation alone)")
+    parser.add_argument("--image-format", choices=("png", "raw", "json"), default="png",
+                        help="REST: how frames travel (a PNG file, raw pixels, or numbers), base64 in JSON")
     parser.add_argument("--env", default=None, help="default: the served model's env")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=7, help="episode seeds (the trainer evaluates with the run's seed)")
@@ -103,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stream and args.transport != "grpc":
         parser.error("--stream needs --transport grpc")
     deterministic = not args.sample
-    client = RestClient(args.url, token=args.token) if args.transport == "rest" else GrpcClient(args.target, token=args.token)
+    client = (RestClient(args.url, token=args.token, image_format=args.image_format) if args.transport == "rest"
+              else GrpcClient(args.target, token=args.token))
     with client:
         client.wait_ready()
         manifest = client.model()["manifest"]

@@ -36,6 +36,12 @@ def _actions(response: agent_pb2.ActResponse) -> list[Action]:
             for i, (a, v) in enumerate(zip(actions, values))]
 
 
+def _observations(obs) -> agent_pb2.Tensor:
+    """Observations as a Tensor: frames (uint8) as their raw bytes, a quarter of float32's; else float32."""
+    array = np.asarray(obs)
+    return to_tensor(array if array.dtype == np.uint8 else array.astype(np.float32))
+
+
 def _history(history) -> agent_pb2.History | None:
     """A `Recent` or an (observations, actions) pair as a History message."""
     steps = steps_of(history)
@@ -45,13 +51,13 @@ def _history(history) -> agent_pb2.History | None:
     if not observations:
         return agent_pb2.History()
     actions = np.asarray(actions)
-    return agent_pb2.History(observations=to_tensor(np.asarray(observations, np.float32)),
+    return agent_pb2.History(observations=_observations(np.stack(observations)),
                              actions=to_tensor(actions.astype(np.int64 if actions.dtype.kind in "iu" else np.float32)))
 
 
 def _request(obs, deterministic: bool, seed: int | None, history=None, session: str | None = None,
              reset: bool = False) -> agent_pb2.ActRequest:
-    request = agent_pb2.ActRequest(obs=to_tensor(np.asarray(obs, np.float32)), deterministic=deterministic,
+    request = agent_pb2.ActRequest(obs=_observations(obs), deterministic=deterministic,
                                    history=_history(history), session=session or "", reset=reset)
     if seed is not None:
         request.seed = seed
@@ -123,7 +129,7 @@ class GrpcClient:
         return values[0], version
 
     def values(self, observations, history=None, session: str | None = None) -> tuple[list[float], int]:
-        request = agent_pb2.ValueRequest(obs=to_tensor(np.asarray(np.stack(observations), np.float32)),
+        request = agent_pb2.ValueRequest(obs=_observations(np.stack(observations)),
                                          history=_history(history), session=session or "")
         response = self._call(self.stub.Value, request)
         return from_tensor(response.values, "values").tolist(), response.model_version
@@ -131,7 +137,7 @@ class GrpcClient:
     def imagine(self, obs, horizon: int | None = None, samples: int = 1, deterministic: bool = False,
                 seed: int | None = None, actions: list | None = None, history=None,
                 session: str | None = None) -> Imagination:
-        request = agent_pb2.ImagineRequest(obs=to_tensor(np.asarray(obs, np.float32)), horizon=horizon or 0,
+        request = agent_pb2.ImagineRequest(obs=_observations(obs), horizon=horizon or 0,
                                            samples=samples, deterministic=deterministic, history=_history(history),
                                            session=session or "")
         if seed is not None:

@@ -11,6 +11,8 @@ An agent with memory (the manifest's `history_length` > 0) reads the steps befor
 
 from __future__ import annotations
 
+import base64
+import io
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -61,8 +63,23 @@ def _given(**fields) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def _listed(obs) -> list:
+def _listed(obs, image_format: str = "png"):
+    """An observation as the request carries it: JSON numbers, or a frame (uint8 [H, W, C]) as a
+    base64 PNG file (`image_format` "png"), raw pixels ("raw") or numbers ("json")."""
+    if isinstance(obs, np.ndarray) and obs.dtype == np.uint8 and obs.ndim == 3 and image_format != "json":
+        if image_format == "raw":
+            return {"data": base64.b64encode(np.ascontiguousarray(obs).tobytes()).decode("ascii"), "shape": list(obs.shape)}
+        return {"image": png_base64(obs)}
     return np.asarray(obs, dtype=np.float64).tolist() if isinstance(obs, np.ndarray) else list(obs)
+
+
+def png_base64(frame: np.ndarray) -> str:
+    """uint8 [H, W, 3] -> base64 of a PNG file (lossless, so the server sees the frame exactly)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame)).save(buffer, format="PNG", compress_level=1)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def steps_of(history) -> tuple[list, list] | None:
@@ -73,15 +90,22 @@ def steps_of(history) -> tuple[list, list] | None:
     return list(observations), [a.tolist() if isinstance(a, np.ndarray) else a for a in actions]
 
 
-def _history(history) -> dict | None:
-    steps = steps_of(history)
-    return None if steps is None else {"observations": [_listed(o) for o in steps[0]], "actions": steps[1]}
-
-
 class RestClient:
-    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 10.0):
+    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 10.0,
+                 image_format: str = "png"):
+        """`image_format`: how frames (uint8 [H, W, C] arrays) travel: "png", "raw" (base64 pixels) or "json"."""
+        if image_format not in ("png", "raw", "json"):
+            raise ValueError(f"image_format must be png, raw or json, not {image_format!r}")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self.image_format = image_format
+
+    def _obs(self, obs):
+        return _listed(obs, self.image_format)
+
+    def _history(self, history) -> dict | None:
+        steps = steps_of(history)
+        return None if steps is None else {"observations": [self._obs(o) for o in steps[0]], "actions": steps[1]}
 
     def close(self) -> None:
         self.http.close()
@@ -105,29 +129,29 @@ class RestClient:
     # ------------------------------------------------------------------ agent
     def act(self, obs, deterministic: bool = False, seed: int | None = None, history=None,
             session: str | None = None, reset: bool = False) -> Action:
-        body = _given(obs=_listed(obs), deterministic=deterministic, seed=seed, history=_history(history),
+        body = _given(obs=self._obs(obs), deterministic=deterministic, seed=seed, history=self._history(history),
                       session=session, reset=reset or None)
         return Action(**self._call("POST", "/act", json=body).json())
 
     def act_batch(self, observations: Sequence, deterministic: bool = False, seed: int | None = None) -> list[Action]:
-        body = _given(observations=[_listed(o) for o in observations], deterministic=deterministic, seed=seed)
+        body = _given(observations=[self._obs(o) for o in observations], deterministic=deterministic, seed=seed)
         answer = self._call("POST", "/act", json=body).json()
         params = {k: answer[k] for k in ("probs", "mean", "std") if k in answer}
         return [Action(a, v, answer["model_version"], **{k: p[i] for k, p in params.items()})
                 for i, (a, v) in enumerate(zip(answer["actions"], answer["values"]))]
 
     def value(self, obs, history=None, session: str | None = None) -> tuple[float, int]:
-        body = _given(obs=_listed(obs), history=_history(history), session=session)
+        body = _given(obs=self._obs(obs), history=self._history(history), session=session)
         answer = self._call("POST", "/value", json=body).json()
         return answer["value"], answer["model_version"]
 
     def values(self, observations: Sequence) -> tuple[list[float], int]:
-        answer = self._call("POST", "/value", json={"observations": [_listed(o) for o in observations]}).json()
+        answer = self._call("POST", "/value", json={"observations": [self._obs(o) for o in observations]}).json()
         return answer["values"], answer["model_version"]
 
     def _imagine_body(self, obs, horizon, samples, deterministic, seed, actions, fmt, history=None) -> dict:
-        return _given(obs=_listed(obs), horizon=horizon, samples=samples, deterministic=deterministic, seed=seed,
-                      actions=actions, format=fmt, history=_history(history))
+        return _given(obs=self._obs(obs), horizon=horizon, samples=samples, deterministic=deterministic, seed=seed,
+                      actions=actions, format=fmt, history=self._history(history))
 
     def imagine(self, obs, horizon: int | None = None, samples: int = 1, deterministic: bool = False,
                 seed: int | None = None, actions: list | None = None, history=None,

@@ -10,6 +10,7 @@ Atari games, always seen from frames, with the usual Atari preprocessing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,7 @@ def resize(frame: np.ndarray, size: int) -> np.ndarray:
     """An RGB frame [H, W, 3] uint8 -> [size, size, 3] uint8, area-averaged (a thin pole stays visible)."""
     from PIL import Image
 
-    return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BOX))
+    return np.array(Image.fromarray(frame).resize((size, size), Image.Resampling.BOX))  # a writable copy
 
 
 class ActionRepeat(gym.Wrapper):
@@ -124,6 +125,8 @@ class EnvSpec:
         try:
             if self.atari:
                 return self._atari()
+            if self.pixels:  # pygame renders the classic-control frames: no sound card needed (nor its warning)
+                os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
             env = gym.make(self.env_id, **({"render_mode": "rgb_array"} if self.pixels else {}))
         except (gym.error.Error, ImportError) as err:
             raise ValueError(f"cannot make env {self.env_id!r}: {err}") from err

@@ -32,7 +32,7 @@ from .inputs import InputError
 from .metrics import ServiceMetrics
 from .requests import failure_status, imagination_args, json_observations, model_info, request_memory
 from .runtime import Runtime
-from .schemas import (SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ImagineRequest, ImagineResponse,
+from .schemas import (OBSERVATION_FORMS, SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ImagineRequest, ImagineResponse,
                       ObservationRequest, ValueBatchResponse, ValueResponse)
 from .sessions import Sessions
 from .settings import ServiceSettings
@@ -42,7 +42,8 @@ log = logging.getLogger("reverie.service")
 ERRORS = {code: {"model": Error} for code in (401, 413, 422, 503)}
 BODIES = {model.__name__: model for model in (ActRequest, ObservationRequest, ImagineRequest)}
 METRICS = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}}
-PNG = {200: {"content": {"application/json": {}, "image/png": {}}, "description": "JSON trajectories, or the PNG preview"}}
+PNG = {200: {"content": {"application/json": {}, "image/png": {}, "image/gif": {}},
+             "description": "JSON trajectories, or the preview: PNG (an image model's filmstrip), GIF (its animation)"}}
 
 
 def body_of(model: type[BaseModel]) -> dict:
@@ -74,7 +75,7 @@ def pair(history) -> tuple | None:
 
 def field_name(loc: tuple) -> str:
     """('body', 'observations', 3, 1) -> 'observations[3][1]'."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    parts = [p for p in loc if p not in ("body", "query", "path", "header") and p not in OBSERVATION_FORMS]
     name = ""
     for p in parts:
         name += f"[{p}]" if isinstance(p, int) else (f".{p}" if name else str(p))
@@ -188,12 +189,14 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
     async def imagine(runtime: Runtime, obs, horizon, samples, deterministic, seed, actions, fmt,
                       history: tuple | None, session: str | None) -> Response:
         horizon, samples, plan = imagination_args(runtime, settings, horizon, samples, actions)
+        if fmt == "gif" and len(runtime.manifest.observation_space.shape) != 3:
+            raise InputError("format", "gif animates an image model's imagined frames; this model's preview is png")
         batch = inputs.observation_batch(obs, runtime.manifest.observation_space, "obs", batched=False)
         remembered, _ = request_memory(runtime, sessions, False, history, session, False, acting=False)
         result = runtime.imagine(batch, horizon, samples, deterministic, seed, plan, remembered)
-        if fmt == "png":
-            png = await anyio.to_thread.run_sync(preview.render, runtime, result)
-            return Response(png, media_type="image/png", headers={"X-Model-Version": str(runtime.version)})
+        if fmt != "json":
+            picture = await anyio.to_thread.run_sync(preview.render, runtime, result, fmt)
+            return Response(picture, media_type=f"image/{fmt}", headers={"X-Model-Version": str(runtime.version)})
         trajectories = [{"states": result.states[i], "actions": result.actions[i], "rewards": result.rewards[i],
                          "continues": result.continues[i], "values": result.values[i],
                          "lambda_return": result.lambda_return[i], "disagreement": result.disagreement[i]}
@@ -207,7 +210,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         samples: int = Query(1, ge=1),
         deterministic: bool = False,
         seed: int = Query(None, ge=0, le=SEED_MAX),
-        format: Literal["json", "png"] = "json",
+        format: Literal["json", "png"] = "json",  # (gif: image models, whose observations only POST takes)
         session: str = Query(None, pattern=r"^[A-Za-z0-9._-]{1,128}$", description="imagine after this session's steps"),
     ):
         """Imagined rollouts of the policy through the world model (`format=png`: the preview picture)."""

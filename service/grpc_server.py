@@ -97,7 +97,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             stream = None
             for request in request_iterator:  # each message takes the newest runtime: versions only move forward
                 if stream is None:
-                    stream = Session(Recent(self.store.require().history_length))
+                    manifest = self.store.require().manifest
+                    stream = Session(Recent(manifest.history_length), dtype=manifest.observation_space.dtype)
                 yield self._act(request, stream)
 
     def Value(self, request, context):

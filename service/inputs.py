@@ -14,6 +14,8 @@ import numpy as np
 from reverie.actions import ActionCoding
 from reverie.bundle import ActionSpace, ObservationSpace
 
+from .schemas import EncodedImage, RawImage
+
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # One number in a comma-separated query observation: plain decimal notation, bounded so that
 # anything it matches fits float32 (no nan, inf, underscores or 1e99).
@@ -63,16 +65,37 @@ def check_finite(array: np.ndarray, field: str) -> np.ndarray:
 
 
 def observation_batch(value, space: ObservationSpace, field: str, batched: bool) -> np.ndarray:
-    """JSON: one observation (or a non-empty list of them when `batched`) -> float32 batch [B, *shape]."""
+    """JSON: one observation (or a non-empty list of them when `batched`) -> float32 batch [B, *shape].
+
+    An observation is nested lists of numbers, or for an image model (dtype uint8) an image form
+    (`schemas.EncodedImage`, `schemas.RawImage`), decoded by `images`."""
     shape = tuple(space.shape)
     if not batched:
+        if isinstance(value, (EncodedImage, RawImage)):
+            return _image(value, space, field)[None].astype(np.float32)
         _numbers(value, shape, field)
         return _within_space(np.asarray(value, dtype=np.float64), space, field)[None]
     if not isinstance(value, (list, tuple)) or len(value) == 0:
         raise InputError(field, "expected a non-empty list of observations")
+    if any(isinstance(item, (EncodedImage, RawImage)) for item in value):
+        return np.stack([_image(item, space, f"{field}[{i}]") for i, item in enumerate(value)]).astype(np.float32)
     for i, item in enumerate(value):
         _numbers(item, shape, f"{field}[{i}]")
     return _within_space(np.asarray(value, dtype=np.float64), space, field)
+
+
+def _image(item, space: ObservationSpace, field: str) -> np.ndarray:
+    """One observation of an image model, in any form -> uint8 [H, W, C]."""
+    if not isinstance(item, (EncodedImage, RawImage)):
+        _numbers(item, tuple(space.shape), field)
+        return _within_space(np.asarray(item, dtype=np.float64), space, field).astype(np.uint8)
+    if space.dtype != "uint8" or len(space.shape) != 3:
+        raise InputError(field, f"this model takes vector observations of shape {list(space.shape)}, not images")
+    from . import images  # Pillow, imported when the first image arrives
+
+    if isinstance(item, EncodedImage):
+        return images.decode_file(item.image, tuple(space.shape), f"{field}.image")
+    return images.decode_raw(item.data, item.shape, tuple(space.shape), field)
 
 
 def check_observation_array(array: np.ndarray, space: ObservationSpace, field: str) -> np.ndarray:

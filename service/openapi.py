@@ -9,6 +9,7 @@ that everything the document allows is accepted and everything it forbids is ref
 from __future__ import annotations
 
 import copy
+import math
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -45,14 +46,23 @@ def install(app: FastAPI, store: ModelStore, settings: ServiceSettings, bodies: 
 
 
 def observation_schema(manifest: Manifest) -> dict:
+    """One observation: nested arrays of the bundle's shape; for an image model also a PNG or JPEG file
+    or the raw pixels, base64 (`schemas.EncodedImage`, `schemas.RawImage`)."""
     space = manifest.observation_space
-    if space.dtype == "uint8":
-        schema: dict = {"type": "integer", "minimum": 0, "maximum": 255}
-    else:
-        schema = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    image = space.dtype == "uint8"
+    schema: dict = ({"type": "integer", "minimum": 0, "maximum": 255} if image
+                    else {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX})
     for size in reversed(space.shape):
         schema = {"type": "array", "items": schema, "minItems": size, "maxItems": size}
-    return schema | {"description": f"one observation of shape {space.shape} ({manifest.env_id})"}
+    description = f"one observation of shape {space.shape} ({manifest.env_id})"
+    if not image:
+        return schema | {"description": description}
+    raw = {"type": "object", "required": ["data", "shape"], "additionalProperties": False,
+           "properties": {"data": {"type": "string", "contentEncoding": "base64",
+                                   "description": f"base64 of {math.prod(space.shape)} uint8 pixels, row-major"},
+                          "shape": {"const": list(space.shape)}}}
+    return {"anyOf": [schema, {"$ref": "#/components/schemas/EncodedImage"}, raw],
+            "description": description + ": uint8 numbers (small images), a PNG or JPEG file, or the raw pixels"}
 
 
 def action_schema(manifest: Manifest) -> dict:

@@ -1,7 +1,10 @@
-"""The picture of an imagined rollout that a person previewing a plan looks at (PNG).
+"""The pictures of an imagined rollout that a person previewing a plan looks at.
 
-Vector models: the decoded observation dimensions, the predicted rewards and continues, and the
-values with their lambda-returns, one thin line per sample. Image models: the decoded frames.
+Image models: a filmstrip of the decoder's frames (PNG), one row per sample and one column per
+imagined state, the reward that led to each state and its value written under it; or the same
+animated, one GIF frame per imagined step (all samples side by side). Vector models: the decoded
+observation dimensions, the predicted rewards and continues, and the values with their
+lambda-returns, one thin line per sample (PNG).
 """
 
 from __future__ import annotations
@@ -12,42 +15,72 @@ import numpy as np
 
 from .runtime import Imagination, Runtime
 
-MAX_FRAME_ROWS = 4  # samples shown as frame strips
-MAX_FRAME_COLS = 16  # steps shown per strip
+SCALE = 2  # frames are drawn at twice their size
+GAP = 4  # pixels between frames and around the strip
+HEADER = 16  # the title line above the strip
+CAPTION = 24  # two text lines under each frame: reward, value
+GIF_MS = 250  # each imagined step's time on screen in the animation
 
 
-def render(runtime: Runtime, imagination: Imagination) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure  # a Figure per call, no pyplot state: safe across threads
-
+def render(runtime: Runtime, imagination: Imagination, fmt: str = "png") -> bytes:
+    """The preview in `fmt` ("png"; "gif" for image models only, checked by the caller)."""
     samples, steps = imagination.states.shape[:2]
     decoded = runtime.decode(imagination.states.reshape(samples * steps, -1))
     decoded = decoded.reshape(samples, steps, *decoded.shape[1:])
     title = f"{runtime.manifest.env_id} · model v{runtime.version} · horizon {imagination.horizon} · {samples} sample(s)"
     if decoded.ndim == 5:  # images [S, T, H, W, C]
-        fig = _frames(Figure, decoded)
-    else:
-        fig = _curves(Figure, decoded, imagination)
+        strip = filmstrip(decoded, imagination, title)
+        buffer = io.BytesIO()
+        if fmt == "gif":
+            frames = [strip.crop(column_box(strip, decoded.shape[2:4], t)) for t in range(steps)]
+            frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=GIF_MS, loop=0)
+        else:
+            strip.save(buffer, format="PNG")
+        return buffer.getvalue()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure  # a Figure per call, no pyplot state: safe across threads
+
+    fig = _curves(Figure, decoded, imagination)
     fig.suptitle(title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     return buffer.getvalue()
 
 
-def _frames(Figure, decoded: np.ndarray):
-    rows, cols = min(len(decoded), MAX_FRAME_ROWS), min(decoded.shape[1], MAX_FRAME_COLS)
-    fig = Figure(figsize=(1.2 * cols, 1.3 * rows + 0.6), layout="constrained")
-    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
-    for r in range(rows):
-        for c in range(cols):
-            axes[r, c].imshow(np.clip(decoded[r, c], 0, 255).astype(np.uint8))
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            if r == 0:
-                axes[r, c].set_title(f"t={c}", fontsize=8)
-    return fig
+def cell_size(frame_hw: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of one frame with its caption and gap."""
+    height, width = frame_hw
+    return SCALE * width + GAP, SCALE * height + CAPTION + GAP
+
+
+def column_box(strip, frame_hw: tuple[int, int], t: int) -> tuple[int, int, int, int]:
+    """The strip's column of imagined state t (all samples), with the title: one animation frame."""
+    width, _ = cell_size(frame_hw)
+    return GAP + t * width - GAP // 2, 0, GAP + (t + 1) * width - GAP // 2, strip.height
+
+
+def filmstrip(decoded: np.ndarray, imagination: Imagination, title: str):
+    """decoded [S, T, H, W, C] frames -> a Pillow image: row s is sample s, column t state t, captioned
+    with the reward predicted on the step into it ("start" for the first) and its value."""
+    from PIL import Image, ImageDraw
+
+    samples, steps, height, width = decoded.shape[:4]
+    cell_w, cell_h = cell_size((height, width))
+    strip = Image.new("RGB", (GAP + steps * cell_w, HEADER + GAP + samples * cell_h), "white")
+    draw = ImageDraw.Draw(strip)
+    draw.text((GAP, 2), title, fill="black")
+    frames = np.clip(decoded, 0, 255).astype(np.uint8)
+    for s in range(samples):
+        for t in range(steps):
+            x, y = GAP + t * cell_w, HEADER + GAP + s * cell_h
+            frame = Image.fromarray(frames[s, t].squeeze(-1) if frames.shape[-1] == 1 else frames[s, t])
+            strip.paste(frame.resize((SCALE * width, SCALE * height), Image.Resampling.NEAREST), (x, y))
+            reward = "start" if t == 0 else f"r {imagination.rewards[s, t - 1]:.2f}"
+            draw.text((x, y + SCALE * height + 1), reward, fill="black")
+            draw.text((x, y + SCALE * height + 12), f"v {imagination.values[s, t]:.2f}", fill="dimgray")
+    return strip
 
 
 def _curves(Figure, decoded: np.ndarray, imagination: Imagination):

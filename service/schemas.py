@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 SEED_MAX = 2**32 - 1  # exact as a JSON number in every client
 
@@ -15,7 +15,6 @@ def _integral(value):
 
 
 Integer = Annotated[int, BeforeValidator(_integral)]
-Observation = list[Any]  # nested lists of numbers; the shape comes from the served manifest
 Action = int | list[float]  # env form: an index for Discrete, a vector for Box
 PlanAction = Any  # checked against the served action space by inputs.plan, which names the bad element
 
@@ -25,6 +24,33 @@ class Strict(BaseModel):
     """Unknown fields, explicit nulls and lax coercions ("true" for true, 1.0 for 1) are refused."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class EncodedImage(Strict):
+    """An image observation as a file: for a model that sees frames (observation dtype uint8)."""
+
+    image: str = Field(description="base64 of a PNG or JPEG file of exactly the model's height x width, in colour (RGB)")
+
+
+class RawImage(Strict):
+    """An image observation as its raw pixels: for a model that sees frames (observation dtype uint8)."""
+
+    data: str = Field(description="base64 of the uint8 pixels, row-major [height, width, channels]")
+    shape: list[int] = Field(description="[height, width, channels]: the model's observation shape")
+
+
+def _observation_form(value) -> str:
+    """Which form an observation takes, so that a bad one is told what is wrong with that form."""
+    if isinstance(value, dict):
+        return "file" if "image" in value else "pixels"
+    return "numbers"
+
+
+# Nested lists of numbers (the shape comes from the served manifest), or for image models a file or raw
+# pixels. The tags appear in pydantic's error locations; app.field_name leaves them out.
+OBSERVATION_FORMS = ("numbers", "file", "pixels")
+Observation = Annotated[Annotated[list[Any], Tag("numbers")] | Annotated[EncodedImage, Tag("file")]
+                        | Annotated[RawImage, Tag("pixels")], Discriminator(_observation_form)]
 
 
 class History(Strict):
@@ -63,7 +89,8 @@ class ImagineRequest(Strict):
     deterministic: bool = False
     seed: Integer = Field(None, ge=0, le=SEED_MAX)
     actions: list[PlanAction] = Field(None, description="an action plan to evaluate instead of the policy")
-    format: Literal["json", "png"] = "json"
+    format: Literal["json", "png", "gif"] = Field("json", description="json; png: the preview picture (an image model's "
+                                                  "filmstrip, one row per sample); gif: an image model's filmstrip animated")
     history: History = HISTORY  # (a session's steps: GET /imagine?session=; the body's rules leave no room for both)
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from math import prod
 
+import numpy as np
 from cachetools import TTLCache
 
 from reverie.history import Recent
@@ -39,11 +40,12 @@ class Session:
     nbytes: int = 0  # what it may hold at most: a full history and its overhead
     step: int = 0  # steps acted in the current episode
     lock: threading.Lock = field(default_factory=threading.Lock)
+    dtype: str = "float32"  # the model's observations: frames keep as uint8, a quarter of float32
 
     def record(self, obs, action) -> int:
         """One acted step (its observation and agent action); returns the step's index in the episode."""
         with self.lock:
-            self.recent.record(obs, action)
+            self.recent.record(np.asarray(obs, self.dtype), action)
             self.step += 1
             return self.step - 1
 
@@ -66,7 +68,8 @@ class Sessions:
 
     @staticmethod
     def _size(runtime: Runtime) -> int:
-        obs = 4 * prod(runtime.manifest.observation_space.shape)
+        space = runtime.manifest.observation_space
+        obs = np.dtype(space.dtype).itemsize * prod(space.shape)
         action = 8 if runtime.discrete else 4 * runtime.action_dim
         return OVERHEAD_BYTES + runtime.history_length * (obs + action)
 
@@ -76,7 +79,8 @@ class Sessions:
         with self.lock:
             session = None if reset else self.cache.get(session_id)
             if session is None:
-                session = Session(Recent(runtime.history_length), self._size(runtime))
+                session = Session(Recent(runtime.history_length), self._size(runtime),
+                                  dtype=runtime.manifest.observation_space.dtype)
                 if session.nbytes > self.cache.maxsize:
                     raise InputError("session", "this server's session memory cannot hold one history of this model")
                 self.cache[session_id] = session

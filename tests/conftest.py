@@ -123,6 +123,31 @@ def memory_agent(tmp_path_factory):
     return agent, export_dir
 
 
+def pixel_run(run_dir, size: int):
+    """A trainer that saw frames of `size` for 40 CartPole steps (sequence mode, history_length 3), its
+    bundle published once at the end."""
+    from trainer.loop import Trainer
+
+    cfg = small_config(pixels=True, image_size=size, cnn_depth=8, sequence_length=4, total_steps=40, learning_starts=16,
+                       warmup_steps=20, transition_steps=10, eval_every=40, eval_episodes=1, log_every=20)
+    trainer = Trainer(cfg, run_dir)
+    trainer.run()
+    return trainer
+
+
+@pytest.fixture(scope="session")
+def pixel_agent(tmp_path_factory):
+    """(agent, export dir, run dir): 64x64 frames of CartPole, `pixel_run`, with its policy then moved far
+    from uniform (so that answers differ by frame) and published."""
+    torch.manual_seed(0)
+    run_dir = tmp_path_factory.mktemp("pixels")
+    trainer = pixel_run(run_dir, 64)
+    with torch.no_grad():
+        trainer.agent.policy.net[-1].weight.normal_(0.0, 0.5)
+    trainer.publish_bundle()
+    return trainer.agent, run_dir / "export", run_dir
+
+
 @pytest.fixture(scope="session")
 def trained_cartpole(tmp_path_factory):
     """A run dir holding a CartPole agent trained by the real CLI until its eval reached 475.

@@ -44,6 +44,22 @@ def sequences(replay, batch_size: int = 8, length: int = 12, seed: int = 0) -> d
     return replay[0].sample_sequences(batch_size, length, np.random.default_rng(seed))
 
 
+def test_a_sequences_frames_are_encoded_once_and_each_step_gets_its_own(replay):
+    """`observe` encodes a sequence's T + 1 frames, not obs and next_obs apart: on every real step the
+    states are those of the step's own observation and of its next one, runs cut by an episode's end
+    (whose last observation is no later step's) included."""
+    wm, batch = world_model(replay[1]), sequences(replay, batch_size=64)
+    mask = batch["mask"]
+    assert (~mask[:, -1]).sum() > 10  # many runs end early
+    encoded = []
+    wm.encode = lambda obs, encode=wm.encode: encoded.append(obs.shape) or encode(obs)  # noqa: E731
+    states, next_states, _, _ = wm.observe(batch)
+    assert encoded == [(64, 13, 4)]
+    del wm.encode
+    torch.testing.assert_close(states[mask], wm.encode(batch["obs"])[mask], rtol=0, atol=1e-6)
+    torch.testing.assert_close(next_states[mask], wm.encode(batch["next_obs"])[mask], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("fields", VARIANTS, ids=IDS)
 def test_a_later_step_cannot_change_an_earlier_prediction(replay, fields):
     """The causal mask (and the memory): position t sees steps <= t only, so changing the observations

@@ -145,8 +145,10 @@ class CNNDecoder(nn.Module):
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        x = self.fc(state).view(-1, *self.shape)
-        return self.deconv(x).movedim(-3, -1)
+        """[..., state_dim] -> [..., H, W, C] (sequences [B, T, ...] decode flattened, as they encode)."""
+        x = self.fc(state).reshape(-1, *self.shape)
+        image = self.deconv(x).movedim(-3, -1)
+        return image.reshape(*state.shape[:-1], *image.shape[1:])
 
 
 class RepresentationLearner(nn.Module):

@@ -60,10 +60,10 @@ class Parts:
     def build(cls, cfg: Config, run_dir: Path) -> "Parts":
         env = make_env(cfg.env_spec)
         space = space_info(env)
-        agent = Agent(cfg, space).to(resolve_device(cfg.device))
         obs_dtype = np.uint8 if space.is_image else np.float32
         replay = Replay(cfg.replay_capacity, space.obs_shape, () if space.discrete else (space.action_dim,), obs_dtype)
-        replay.check_fits(available_memory())
+        replay.check_fits(available_memory())  # before anything is built
+        agent = Agent(cfg, space).to(resolve_device(cfg.device))
         return cls(env, make_env(cfg.env_spec), agent, replay, MetricsWriter(run_dir))
 
 

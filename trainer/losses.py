@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .components import symexp, symlog
-from .sequence import context_of, masked_mean
+from .sequence import context_of, masked_mean, sequence_frames
 from .world_model import WorldModel
 
 
@@ -80,9 +80,12 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
     else:
         cont = continue_loss(continue_logits, batch["terminated"], mask=mask)
 
-    both = None if mask is None else torch.cat([mask, mask])
-    decoder = masked_mean((wm.repr_learner.decode(torch.cat([states, next_states]))
-                           - wm.prepare_obs(torch.cat([obs, next_obs]))).pow(2), both)
+    if mask is None:
+        encoded, observed, real = torch.cat([states, next_states]), torch.cat([obs, next_obs]), None
+    else:  # each of a sequence's frames once
+        (observed, real), encoded = sequence_frames(batch), torch.cat([states, next_states[:, -1:]], 1)
+    # Per entry (for images, per pixel and channel, on [0, 1]): the `decoder_loss` metric's unit.
+    decoder = masked_mean((wm.repr_learner.decode(encoded) - wm.prepare_obs(observed)).pow(2), real)
 
     total = (
         weights["dynamics"] * dynamics + weights["reward"] * reward

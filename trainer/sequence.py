@@ -51,3 +51,17 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return x.mean()
     weight = mask.to(x.dtype).reshape(*mask.shape, *(1,) * (x.dim() - mask.dim())).expand_as(x)
     return (x * weight).sum() / weight.sum().clamp(min=1)
+
+
+def sequence_frames(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sequence batch's observations once each, and which are real: [B, T + 1, ...], [B, T + 1].
+
+    Frame t < T is the observation before step t's action, frame T the one after the last step's;
+    where a run ends early (its episode's end, the replay's newest step), the observation after its
+    last step sits right after it, and padding follows. Step t's next observation is frame t + 1 for
+    every real step, so a sequence's frames are encoded (and decoded) once, not as `obs` and again as
+    `next_obs`: half the CNN work for images."""
+    obs, next_obs, mask = batch["obs"], batch["next_obs"], batch["mask"]
+    ends = (mask[:, :-1] & ~mask[:, 1:]).reshape(*mask[:, 1:].shape, *(1,) * (obs.dim() - 2))
+    frames = torch.cat([obs[:, :1], torch.where(ends, next_obs[:, :-1], obs[:, 1:]), next_obs[:, -1:]], 1)
+    return frames, torch.cat([mask[:, :1], mask], 1)

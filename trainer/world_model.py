@@ -35,6 +35,7 @@ from .components import (
 )
 from .config import Config
 from .envs import SpaceInfo
+from .sequence import sequence_frames
 
 
 class WorldModel(nn.Module):
@@ -115,8 +116,11 @@ class WorldModel(nn.Module):
         Without a memory the beliefs are the states. Sequence batches [B, T]: the memory runs over
         the sequence from zero, so step t's belief remembers steps 0..t-1 of it; a flat batch is a
         batch of sequences of one step."""
-        obs, next_obs = batch["obs"], batch["next_obs"]
-        states, next_states = self.encode(torch.cat([obs, next_obs])).chunk(2)
+        if "mask" in batch:  # each frame once (`sequence_frames`)
+            encoded = self.encode(sequence_frames(batch)[0])
+            states, next_states = encoded[:, :-1], encoded[:, 1:]
+        else:
+            states, next_states = self.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
         if self.memory is None:
             return states, next_states, states, next_states
         action = self.encode_action(batch["action"])
