@@ -25,10 +25,13 @@ from clients.rest import ApiError, RestClient, png_base64
 from conftest import pixel_run
 from reverie.bundle import latest_bundle
 from reverie.cli import main
+from reverie.runs import latest_checkpoint
 from reverie.envs import EnvSpec
 from serving import ThreadServer
 from service import preview
 from service.runtime import Runtime
+from trainer.checkpoint import load_checkpoint
+from trainer.config import build_config
 from trainer.replay import Replay
 
 SPEC = EnvSpec("CartPole-v1", pixels=True, image_size=64)
@@ -108,6 +111,16 @@ def test_the_replay_stores_each_frame_once():
     assert batch["obs"].shape == (8, 6, 64, 64, 3)
 
 
+@pytest.mark.parametrize("env_id, pixels", [("CartPole-v1", True), ("ALE/Pong-v5", False)])
+def test_frames_bring_their_defaults_and_a_run_may_set_its_own(env_id, pixels):
+    """With frames: sequence mode (memory), a 100k replay kept out of checkpoints; what a run sets stays."""
+    cfg = build_config(None, [f"env_id={env_id}", f"pixels={json.dumps(pixels)}"])
+    assert (cfg.sequence_mode, cfg.replay_capacity, cfg.checkpoint_replay) == (True, 100_000, False)
+    cfg = build_config(None, ["pixels=true", "sequence_mode=false", "checkpoint_replay=true", "replay_capacity=5000"])
+    assert (cfg.sequence_mode, cfg.replay_capacity, cfg.checkpoint_replay) == (False, 5000, True)
+    assert (build_config().sequence_mode, build_config().checkpoint_replay) == (False, True)
+
+
 def test_a_replay_that_would_not_fit_is_refused_before_training(tmp_path, capsys):
     code = main(["train", "--preset", "smoke", "--steps", "10", "--run-dir", str(tmp_path), "--set", "pixels=true",
                  "--set", "replay_capacity=100000000"])
@@ -131,6 +144,8 @@ def test_pixel_models_of_any_size_train_and_export(size, pixel_agent, tmp_path):
     assert rows[-1]["updates"] > 0 and rows[-1]["eval_return"] > 0
     # per pixel and channel on [0, 1] (summed over a frame it would be thousands)
     assert all(0 < row["decoder_loss"] < 5 for row in rows if "decoder_loss" in row)
+    saved = load_checkpoint(latest_checkpoint(run_dir))
+    assert saved.get("replay") is None and latest_checkpoint(run_dir).stat().st_size < 5e6  # frames stay out
     runtime = Runtime.load(latest_bundle(run_dir / "export"))
     assert runtime.manifest.observation_space.shape == [size, size, 3] and runtime.manifest.pixels
     shown = np.stack(frames(EnvSpec("CartPole-v1", pixels=True, image_size=size), 3)[:4]).astype(np.float32)

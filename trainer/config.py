@@ -146,7 +146,8 @@ class Config(BaseModel):
                                         "(default: the env's reward_threshold; Pendulum-v1 and most custom envs have none)")
     target_return: float | None = Field(None, description="stop once an evaluation reaches this return")
     checkpoint_every: int = Field(2500, ge=1, description="env steps between checkpoints")
-    checkpoint_replay: bool = Field(True, description="keep the replay in checkpoints (exact resume)")
+    checkpoint_replay: bool = Field(True, description="keep the replay in checkpoints (exact resume; with frames off by "
+                                    "default: 21 KB per stored 84x84x3 frame, 2 GB per checkpoint at 100k)")
     export_every: int = Field(1000, ge=1, description="env steps between ONNX bundle exports")
     export_keep: int = Field(5, ge=1, description="bundle versions kept (plus the best)")
     diagnostics_window: int = Field(8, ge=3, description="metric rows the failure-mode detectors look at")
@@ -173,9 +174,9 @@ class Config(BaseModel):
     @model_validator(mode="after")
     def _frame_defaults(self) -> "Config":
         """Frames hide velocities (memory: sequence mode) and cost 21 KB each (a 100k-frame replay,
-        2.1 GB); what the run set itself stays."""
+        2 GB, kept out of checkpoints); what the run set itself stays."""
         if self.env_spec.frames:
-            for key, value in (("sequence_mode", True), ("replay_capacity", FRAME_REPLAY_CAPACITY)):
+            for key, value in (("sequence_mode", True), ("replay_capacity", FRAME_REPLAY_CAPACITY), ("checkpoint_replay", False)):
                 if key not in self.model_fields_set:
                     object.__setattr__(self, key, value)  # no re-validation loop
         return self
