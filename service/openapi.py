@@ -127,6 +127,9 @@ def refine(document: dict, manifest: Manifest, settings: ServiceSettings) -> dic
         for h in range(1, manifest.max_horizon + 1)
     ]
 
+    if len(manifest.observation_space.shape) != 1:  # a frame is no query string: POST /imagine takes it
+        del document["paths"]["/imagine"]["get"]
+        return document
     for parameter in document["paths"]["/imagine"]["get"]["parameters"]:
         name = parameter["name"]
         if name == "obs" and len(manifest.observation_space.shape) == 1:

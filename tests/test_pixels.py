@@ -225,9 +225,20 @@ def test_bad_images_are_422_naming_the_field_and_the_server_keeps_serving(server
         assert client.act(frame).model_version == 1
 
 
-def test_a_vector_model_refuses_images_naming_the_field(exported_agents):
-    with ThreadServer(exported_agents["CartPole-v1"][1]) as server:
-        answer = httpx.post(f"{server.url}/act", json={"obs": {"image": png(np.zeros((8, 8, 3), np.uint8))}})
+def observation_forms(document: dict) -> list:
+    return document["components"]["schemas"]["ActRequest"]["properties"]["obs"].get("anyOf", ["numbers"])
+
+
+def test_the_document_states_the_image_forms_for_image_models_only(server, exported_agents):
+    """An image model's OpenAPI document offers numbers, a file and raw pixels of its shape, and no GET
+    /imagine (a frame is no query string); a vector model's offers numbers, and refuses an image."""
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    numbers, file, raw = observation_forms(document)
+    assert numbers["maxItems"] == 64 and file == {"$ref": "#/components/schemas/EncodedImage"}
+    assert raw["properties"]["shape"] == {"const": [64, 64, 3]} and "get" not in document["paths"]["/imagine"]
+    with ThreadServer(exported_agents["CartPole-v1"][1]) as vector:
+        assert observation_forms(httpx.get(f"{vector.url}/openapi.json").json()) == ["numbers"]
+        answer = httpx.post(f"{vector.url}/act", json={"obs": {"image": png(np.zeros((8, 8, 3), np.uint8))}})
     assert answer.status_code == 422 and answer.json()["field"] == "obs" and "vector observations" in answer.json()["detail"]
 
 
