@@ -3,7 +3,9 @@
     python -m clients.preview --url http://127.0.0.1:8000 --horizon 15 --samples 8 --out preview.png
     python -m clients.preview --actions 0,1,1,0,1 --out plan.png     # judge a plan of your own
 
-Without `--obs`, the rollout starts from a fresh reset of the served model's env.
+Without `--obs`, the rollout starts from a fresh reset of the served model's env. For a model that
+sees frames the picture is a filmstrip of its imagined frames, and its animation is saved beside it
+(`preview.gif`).
 """
 
 from __future__ import annotations
@@ -40,10 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.actions is not None:
             actions = json.loads(args.actions) if args.actions.lstrip().startswith("[") else [int(a) for a in args.actions.split(",")]
         summary = client.imagine(obs, args.horizon, args.samples, seed=args.seed, actions=actions)
-        Path(args.out).write_bytes(client.preview_png(obs, args.horizon, args.samples, seed=args.seed, actions=actions))
+        picture = lambda fmt: client.preview(obs, args.horizon, args.samples, seed=args.seed, actions=actions, fmt=fmt)  # noqa: E731
+        Path(args.out).write_bytes(picture("png"))
+        saved = [args.out]
+        if getattr(obs, "ndim", 1) == 3:  # frames: the filmstrip's animation too
+            saved.append(str(Path(args.out).with_suffix(".gif")))
+            Path(saved[-1]).write_bytes(picture("gif"))
     first = [float(t.lambda_return[0]) for t in summary.trajectories]
     print(f"model version {summary.model_version}: {len(first)} imagined trajectories of {summary.horizon} steps, "
-          f"lambda-return {min(first):.2f} .. {max(first):.2f}; picture saved to {args.out}")
+          f"lambda-return {min(first):.2f} .. {max(first):.2f}; saved {' and '.join(saved)}")
     return 0
 
 

@@ -173,10 +173,10 @@ class RestClient:
                         for t in answer["trajectories"]]
         return Imagination(answer["model_version"], answer["horizon"], trajectories)
 
-    def preview_png(self, obs, horizon: int | None = None, samples: int = 4, seed: int | None = None,
-                    actions: list | None = None) -> bytes:
-        """The PNG a person looks at to judge a plan."""
-        body = self._imagine_body(obs, horizon, samples, False, seed, actions, "png")
+    def preview(self, obs, horizon: int | None = None, samples: int = 4, seed: int | None = None,
+                    actions: list | None = None, fmt: str = "png") -> bytes:
+        """The PNG a person looks at to judge a plan (an image model's filmstrip); `fmt="gif"`: its animation."""
+        body = self._imagine_body(obs, horizon, samples, False, seed, actions, fmt)
         return self._call("POST", "/imagine", json=body).content
 
     # ------------------------------------------------------------------ status

@@ -67,7 +67,7 @@ def test_imagine_get_post_plan_and_png(cartpole):
         assert plan.horizon == 4 and all(tr.actions == [1, 1, 0, 1] for tr in plan.trajectories)
         np.testing.assert_allclose(plan.trajectories[0].rewards, plan.trajectories[1].rewards)
         assert client.imagine(OBS, horizon=4, actions=[1, 1, 0, 1]).horizon == 4  # an agreeing horizon is fine
-        png = client.preview_png(OBS, horizon=10, samples=4)
+        png = client.preview(OBS, horizon=10, samples=4)
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
         response = httpx.get(f"{cartpole.url}/imagine", params={"obs": ",".join(map(str, OBS)), "format": "png"})
         assert response.headers["content-type"] == "image/png" and response.headers["x-model-version"] == "1"

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from clients import game_loop
+from clients import preview as preview_client
 from clients.grpc_client import GrpcClient
 from clients.rest import ApiError, RestClient, png_base64
 from conftest import pixel_run
@@ -256,6 +257,13 @@ def test_the_filmstrip_has_a_row_per_sample_and_its_frames_move(server):
     assert cells[0].std() > 0  # a picture, not a blank cell
     gif = Image.open(io.BytesIO(httpx.post(f"{server.url}/imagine", json=body | {"format": "gif"}).content))
     assert gif.format == "GIF" and gif.n_frames == 6 and gif.size[1] == strip.size[1]
+
+
+def test_the_preview_client_saves_the_filmstrip_and_its_animation(server, tmp_path, capsys):
+    out = tmp_path / "preview.png"
+    assert preview_client.main(["--url", server.url, "--samples", "2", "--horizon", "4", "--out", str(out)]) == 0
+    assert Image.open(out).format == "PNG" and Image.open(tmp_path / "preview.gif").n_frames == 5
+    assert "preview.gif" in capsys.readouterr().out
 
 
 def test_the_game_loop_plays_frames_as_reverie_eval_does(pixel_agent, server, capsys):
