@@ -4,6 +4,8 @@
     python benchmarks/learning.py --envs cartpole --presets none seed --steps 10000  # the defaults beside the seed's settings
     python benchmarks/learning.py --envs cartpole --presets actor_lr=3e-5 entropy_coef=0.01  # one seed value at a time
     python benchmarks/learning.py --baselines          # + stable-baselines3 PPO and DQN rows on CartPole
+    python benchmarks/learning.py --envs cartpole --set pixels=true --set replay_ratio=0.25 --threshold 200 --steps 50000
+                                                       # CartPole from 84x84x3 frames
 
 Prints env, seed, steps to threshold (first eval mean >= threshold) and the training wall seconds
 to it, final eval return, wall seconds, updates per second and the time of one full update split
@@ -20,6 +22,7 @@ import multiprocessing
 import os
 import platform
 import re
+import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -32,7 +35,7 @@ from trainer.loop import Trainer
 from trainer.metrics import read_metrics
 from update_speed import time_parts  # benchmarks/, the folder of this script, is on sys.path
 
-THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -200.0)}
+THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -200.0), "pong": ("ALE/Pong-v5", 0.0)}
 
 
 def time_update(trainer: Trainer) -> dict[str, float]:
@@ -63,7 +66,8 @@ def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, 
     parts = time_update(trainer)
     return {"agent": f"reverie ({' '.join([*common, preset])})", "env": env_id, "seed": seed, "steps_to_threshold": reached,
             "final_eval": evals[-1][1] if evals else None, "wall_s": wall,
-            "updates_per_s": trainer.updates / wall, "update_ms": parts, "evals": evals,
+            "updates_per_s": trainer.updates / wall, "env_steps_per_s": trainer.env_step / wall, "update_ms": parts,
+            "evals": evals, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process's, so far
             "threshold": threshold, "wall_to_threshold": _wall_at(run_dir, reached)}
 
 
@@ -114,8 +118,8 @@ def run_sb3(algo: str, seed: int, eval_every: int = 2000) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = ("agent", "env", "seed", "steps to thr.", "wall s to thr.", "final eval", "wall s", "upd/s", "WM ms",
-              "imag ms", "actor ms", "critic ms")
+    header = ("agent", "env", "seed", "steps to thr.", "wall s to thr.", "final eval", "wall s", "upd/s", "env steps/s",
+              "peak MB", "WM ms", "imag ms", "actor ms", "critic ms")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     fmt = lambda v, spec="": "–" if v is None else format(v, spec)  # noqa: E731
@@ -124,6 +128,7 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join([
             r["agent"], r["env"], str(r["seed"]), fmt(r["steps_to_threshold"], ","), fmt(r.get("wall_to_threshold"), ".0f"),
             fmt(r["final_eval"], ".1f"), fmt(r["wall_s"], ".0f"), fmt(r["updates_per_s"], ".1f"),
+            fmt(r.get("env_steps_per_s"), ".1f"), fmt(r.get("peak_mb"), ",.0f"),
             fmt(ms.get("world_model"), ".1f"), fmt(ms.get("imagination"), ".1f"), fmt(ms.get("actor"), ".1f"),
             fmt(ms.get("critic"), ".1f"),
         ]) + " |")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import resource
 import threading
 import time
 from collections import deque
@@ -257,7 +258,9 @@ class Trainer:
         evaluated = evaluation is not None
         elapsed = self.wall_offset + time.perf_counter() - self.started
         row: dict = {"env_step": self.env_step, "phase": self.phase.value, "updates": self.updates,
-                     "episodes": self.episodes, "wall_s": round(elapsed, 2), **self.averager.pop()}
+                     "episodes": self.episodes, "wall_s": round(elapsed, 2),
+                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # frames weigh
+                     **self.averager.pop()}
         if self.episode_returns:
             row["episode_return"] = float(np.mean(self.episode_returns))
             self.episode_returns.clear()
