@@ -38,10 +38,11 @@ WORKDIR /app
 
 # The dependencies of the project and its serve extra, plus its build requirements (the editable
 # installs below run without build isolation, hence offline). /tmp/build/{serve,train}.txt are the
-# requirement lists read from pyproject.toml, the self-references `reverie[...]` left out.
+# requirement lists read from pyproject.toml, the self-references `reverie[...]` left out (train's
+# `reverie[games]`, the pixel and Atari envs, spelled out instead).
 FROM base AS serve-deps
 COPY pyproject.toml .docker-wheels/*.crt /tmp/build/
-RUN python -c "import tomllib; t = tomllib.load(open('/tmp/build/pyproject.toml', 'rb')); p = t['project']; x = p['optional-dependencies']; [open(f'/tmp/build/{e}.txt', 'w').write('\n'.join(t['build-system']['requires'] + p['dependencies'] + [r for k in ('client', 'serve', e) for r in x[k] if not r.startswith('reverie')]) + '\n') for e in ('serve', 'train')]" \
+RUN python -c "import tomllib; t = tomllib.load(open('/tmp/build/pyproject.toml', 'rb')); p = t['project']; x = p['optional-dependencies']; [open(f'/tmp/build/{e}.txt', 'w').write('\n'.join(t['build-system']['requires'] + p['dependencies'] + [r for k in ('client', 'serve', *(('games',) if e == 'train' else ()), e) for r in x[k] if not r.startswith('reverie')]) + '\n') for e in ('serve', 'train')]" \
     && if [ -f /tmp/build/ca-certificates.crt ]; then export PIP_CERT=/tmp/build/ca-certificates.crt; fi \
     && pip install --no-cache-dir -r /tmp/build/serve.txt
 
