@@ -7,11 +7,14 @@ value; a 5xx means a bug, never a client's mistake.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
 import logging
 from typing import Literal
 
 import anyio
+import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -19,6 +22,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp
 
 import reverie
@@ -39,6 +44,7 @@ from .settings import ServiceSettings
 from .store import ModelStore, NotReady
 
 log = logging.getLogger("reverie.service")
+MAX_FORM_PARTS = 64  # files and fields of one multipart upload (a batch of frames, with its options)
 ERRORS = {code: {"model": Error} for code in (401, 413, 422, 503)}
 BODIES = {model.__name__: model for model in (ActRequest, ObservationRequest, ImagineRequest)}
 METRICS = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}}
@@ -54,11 +60,38 @@ def body_of(model: type[BaseModel]) -> dict:
 
 async def parse(request: Request, model: type[BaseModel]):
     """Body bytes -> model in one pass of pydantic's JSON parser (which also reads NaN and Infinity,
-    so that the observation checks can name them); a failure is the same 422 as FastAPI's own."""
+    so that the observation checks can name them); a failure is the same 422 as FastAPI's own.
+    A multipart/form-data body (`curl -F obs=@frame.png`) is read by `form_body` first."""
     try:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return model.model_validate(await form_body(request))
         return model.model_validate_json(await request.body())
     except ValidationError as err:
         raise RequestValidationError(err.errors()) from None
+
+
+async def form_body(request: Request) -> dict:
+    """A multipart upload as the JSON body it stands for: each file part an image file observation
+    (`{"image": base64}`; `observations` and `history` parts repeat), each other part's value read
+    as JSON where it parses (`true`, `3`, an object), else as the string it is (a session id)."""
+    try:
+        form = await request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS)
+    except MultiPartException as err:
+        raise FieldError(422, "body", f"malformed multipart/form-data: {err.message}") from None
+    body: dict = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            value = {"image": base64.b64encode(await value.read()).decode("ascii")}
+        else:
+            with contextlib.suppress(ValueError):
+                value = orjson.loads(value)
+        if key == "observations":
+            body.setdefault(key, []).append(value)
+        elif key in body:
+            raise FieldError(422, key, "given twice")
+        else:
+            body[key] = value
+    return body
 
 
 class FieldError(HTTPException):

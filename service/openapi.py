@@ -129,6 +129,8 @@ def refine(document: dict, manifest: Manifest, settings: ServiceSettings) -> dic
 
     if len(manifest.observation_space.shape) != 1:  # a frame is no query string: POST /imagine takes it
         del document["paths"]["/imagine"]["get"]
+        for path, name in (("/act", "ActRequest"), ("/value", "ObservationRequest"), ("/imagine", "ImagineRequest")):
+            document["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"] = upload_schema(schemas[name])
         return document
     for parameter in document["paths"]["/imagine"]["get"]["parameters"]:
         name = parameter["name"]
@@ -140,6 +142,19 @@ def refine(document: dict, manifest: Manifest, settings: ServiceSettings) -> dic
         elif name == "samples":
             parameter["schema"] = parameter["schema"] | {"maximum": settings.max_samples}
     return document
+
+
+def upload_schema(body: dict) -> dict:
+    """An image model's request as a multipart upload (`curl -F obs=@frame.png -F deterministic=true`):
+    `obs` (or each `observations` part) a PNG or JPEG file, every other field its JSON value as text."""
+    properties = {name: {"type": "string", "description": "this field's JSON value, as text"}
+                  for name in body["properties"] if name not in ("obs", "observations")}
+    image = {"type": "string", "format": "binary", "description": "a PNG or JPEG file of the model's size"}
+    properties["obs"] = image
+    if "observations" in body["properties"]:
+        properties["observations"] = {"type": "array", "items": image}
+    return {"schema": {"type": "object", "properties": properties},
+            "encoding": {"obs": {"contentType": "image/png, image/jpeg"}}}
 
 
 def _integer_or_null(schema: dict, maximum: int) -> dict:

@@ -189,6 +189,11 @@ def test_every_image_form_gives_the_torch_agents_answer(pixel_agent, server):
         np.testing.assert_allclose(answer["probs"], torch_probs(agent, decoded), atol=1e-4)
         batch = httpx.post(f"{server.url}/value", json={"observations": [{"image": png_base64(f)} for f in shown]}).json()
         assert len(batch["values"]) == len(shown)
+        upload = httpx.post(f"{server.url}/act", files={"obs": ("frame.png", base64.b64decode(png(shown[1])), "image/png")},
+                            data={"deterministic": "true", "seed": "3"}).json()  # curl -F obs=@frame.png
+        np.testing.assert_allclose(upload["probs"], torch_probs(agent, shown[1]), atol=1e-4)
+        uploads = [("observations", (f"{i}.png", base64.b64decode(png(f)), "image/png")) for i, f in enumerate(shown)]
+        assert httpx.post(f"{server.url}/value", files=uploads).json()["values"] == pytest.approx(batch["values"], abs=1e-5)
 
 
 def bad_images(frame: np.ndarray) -> list[tuple[dict, str, str]]:
@@ -215,6 +220,13 @@ def test_bad_images_are_422_naming_the_field_and_the_server_keeps_serving(server
         assert answer.status_code == 422 and answer.json()["field"] == field, (field, answer.text)
         assert message in answer.json()["detail"], (message, answer.text)
         assert httpx.post(f"{server.url}/act", json={"obs": {"image": png(frame)}}).status_code == 200
+    uploads = [({"files": {"obs": ("f.png", b"GIF89a", "image/gif")}}, "obs.image", "not a PNG or JPEG"),
+               ({"files": {"obs": ("f.png", base64.b64decode(png(frame)), "image/png")}, "data": {"reset": "yes"}},
+                "reset", "valid boolean"),
+               ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, "body", "malformed")]
+    for request, field, message in uploads:
+        answer = httpx.post(f"{server.url}/act", **request)
+        assert answer.status_code == 422 and answer.json()["field"] == field and message in answer.json()["detail"], answer.text
     history = httpx.post(f"{server.url}/act", json={"obs": {"image": png(frame)},
                                                      "history": {"observations": [{"image": "x"}], "actions": [0]}})
     assert history.status_code == 422 and history.json()["field"] == "history.observations[0].image"
@@ -237,8 +249,12 @@ def test_the_document_states_the_image_forms_for_image_models_only(server, expor
     numbers, file, raw = observation_forms(document)
     assert numbers["maxItems"] == 64 and file == {"$ref": "#/components/schemas/EncodedImage"}
     assert raw["properties"]["shape"] == {"const": [64, 64, 3]} and "get" not in document["paths"]["/imagine"]
+    upload = document["paths"]["/act"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert upload["properties"]["obs"]["format"] == "binary" and "session" in upload["properties"]
     with ThreadServer(exported_agents["CartPole-v1"][1]) as vector:
-        assert observation_forms(httpx.get(f"{vector.url}/openapi.json").json()) == ["numbers"]
+        vector_document = httpx.get(f"{vector.url}/openapi.json").json()
+        assert observation_forms(vector_document) == ["numbers"]
+        assert list(vector_document["paths"]["/act"]["post"]["requestBody"]["content"]) == ["application/json"]
         answer = httpx.post(f"{vector.url}/act", json={"obs": {"image": png(np.zeros((8, 8, 3), np.uint8))}})
     assert answer.status_code == 422 and answer.json()["field"] == "obs" and "vector observations" in answer.json()["detail"]
 
