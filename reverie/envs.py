@@ -125,8 +125,9 @@ class EnvSpec:
         try:
             if self.atari:
                 return self._atari()
-            if self.pixels:  # pygame renders the classic-control frames: no sound card needed (nor its warning)
+            if self.pixels:  # pygame renders the classic-control frames off screen: no display, no sound card
                 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+                os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
             env = gym.make(self.env_id, **({"render_mode": "rgb_array"} if self.pixels else {}))
         except (gym.error.Error, ImportError) as err:
             raise ValueError(f"cannot make env {self.env_id!r}: {err}") from err
