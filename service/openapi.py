@@ -119,6 +119,8 @@ def refine(document: dict, manifest: Manifest, settings: ServiceSettings) -> dic
     properties["obs"] = obs
     properties["horizon"] = properties["horizon"] | {"maximum": manifest.max_horizon}
     properties["samples"] = properties["samples"] | {"maximum": settings.max_samples}
+    if len(manifest.observation_space.shape) == 1:  # gif animates frames: an image model's only
+        properties["format"] = properties["format"] | {"enum": ["json", "png"]}
     properties["actions"] = properties["actions"] | {"items": action_schema(manifest), "minItems": 1,
                                                         "maxItems": manifest.max_horizon}
     # A plan's length is its horizon: a request that gives both must make them agree.
