@@ -152,17 +152,17 @@ def pixel_agent(tmp_path_factory):
 def trained_cartpole(tmp_path_factory):
     """A run dir holding a CartPole agent trained by the real CLI until its eval reached 475.
 
-    Seed 2 of the cartpole preset gets there in about 1,250 env steps (about a minute on 2 cores);
-    the run stops at the first evaluation >= 475 and publishes that exact agent as its last bundle.
-    Should another CPU's rounding lead seed 2 elsewhere, the next seeds are tried (all three reach
-    475 within the preset's 2,500 steps in benchmarks/learning.py).
+    Seed 0 of the cartpole preset gets there in 1,500 env steps (about 1.5 minutes on 2 cores); the
+    run stops at the first evaluation >= 475 and publishes that exact agent as its last bundle. Should
+    another CPU's rounding lead seed 0 elsewhere, seed 2 is tried (475 at 2,500 steps), then seed 1
+    (not by 2,500 since the replay stores each observation once and draws other batches).
     """
     import subprocess
     import sys
 
     from reverie.bundle import latest_bundle, load_manifest
 
-    for seed in (2, 1, 0):
+    for seed in (0, 2, 1):
         run_dir = tmp_path_factory.mktemp("trained") / f"cartpole-{seed}"
         subprocess.run([sys.executable, "-m", "reverie.cli", "train", "--preset", "cartpole", "--seed", str(seed),
                         "--run-dir", str(run_dir), "--set", "target_return=475", "--set", "threads=1"],

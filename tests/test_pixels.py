@@ -243,8 +243,9 @@ def observation_forms(document: dict) -> list:
 
 
 def test_the_document_states_the_image_forms_for_image_models_only(server, exported_agents):
-    """An image model's OpenAPI document offers numbers, a file and raw pixels of its shape, and no GET
-    /imagine (a frame is no query string); a vector model's offers numbers, and refuses an image."""
+    """An image model's OpenAPI document offers numbers, a file and raw pixels of its shape (or an upload),
+    and no GET /imagine (a frame is no query string); a vector model's offers numbers and no GIF preview,
+    and refuses an image and a GIF."""
     document = httpx.get(f"{server.url}/openapi.json").json()
     numbers, file, raw = observation_forms(document)
     assert numbers["maxItems"] == 64 and file == {"$ref": "#/components/schemas/EncodedImage"}
@@ -255,6 +256,9 @@ def test_the_document_states_the_image_forms_for_image_models_only(server, expor
         vector_document = httpx.get(f"{vector.url}/openapi.json").json()
         assert observation_forms(vector_document) == ["numbers"]
         assert list(vector_document["paths"]["/act"]["post"]["requestBody"]["content"]) == ["application/json"]
+        assert vector_document["components"]["schemas"]["ImagineRequest"]["properties"]["format"]["enum"] == ["json", "png"]
+        gif = httpx.post(f"{vector.url}/imagine", json={"obs": [0.0] * 4, "format": "gif"})
+        assert gif.status_code == 422 and gif.json()["field"] == "format"
         answer = httpx.post(f"{vector.url}/act", json={"obs": {"image": png(np.zeros((8, 8, 3), np.uint8))}})
     assert answer.status_code == 422 and answer.json()["field"] == "obs" and "vector observations" in answer.json()["detail"]
 
