@@ -25,7 +25,7 @@ def test_schemathesis_finds_no_failure(bundle, token, exported_agents, memory_ag
     """CartPole and Pendulum agents, and an agent with memory (its histories and sessions) behind a token."""
     export_dir = memory_agent[1] if bundle == "memory" else exported_agents[bundle][1]
     with ThreadServer(export_dir, api_token=token) as server:
-        command = [ST, "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "20", "--seed", "1",
+        command = [ST, "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "10", "--seed", "1",
                    "--request-timeout", "10", "--max-failures", "5"]
         if token:
             command += ["-H", f"Authorization: Bearer {token}"]
