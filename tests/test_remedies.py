@@ -74,6 +74,22 @@ def test_actor_gradient_normalisation_applies_a_gradient_of_norm_clip_whatever_i
     assert (weight.detach() - 1.0).norm().item() < 1e-5  # plain clipping leaves a small gradient small
 
 
+def test_the_optimizer_gets_each_gradient_in_its_parameters_layout():
+    """A convolution fed channels-last frames (the encoder's HWC images) gets its weight gradient back
+    channels-last from autograd.grad; fused Adam on CUDA refuses strides that differ from the parameter's."""
+    conv = torch.nn.Conv2d(3, 8, 3)
+    frames = torch.rand(2, 9, 9, 3).permute(0, 3, 1, 2)  # HWC images as NCHW: channels-last strides
+    seen = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.extend((p.grad.stride(), p.stride()) for p in conv.parameters())
+            return super().step(closure)
+
+    own_gradient_step(conv(frames).square().mean(), list(conv.parameters()), Recording(conv.parameters(), lr=0.1), clip=1.0)
+    assert len(seen) == 2 and all(grad == param for grad, param in seen)
+
+
 def test_world_model_layers_each_report_their_gradient_norm():
     """Failure 1's check, built in: a grad_norm/<layer> metric per world-model layer, and they add up."""
     batch, space = real_batch("CartPole-v1", batch_size=16)

@@ -35,7 +35,9 @@ def own_gradient_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer:
     """
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     for p, g in zip(params, grads):
-        p.grad = torch.zeros_like(p) if g is None else g
+        # autograd.grad keeps the layout backward chose (a convolution's weight gradient comes back
+        # channels-last); the fused Adam kernel on CUDA refuses a gradient whose strides differ from its parameter's.
+        p.grad = torch.zeros_like(p) if g is None else g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
     if layers:
         norms = torch._foreach_norm([p.grad for p in params])
         for name, index in layers.items():
