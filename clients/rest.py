@@ -179,6 +179,24 @@ class RestClient:
         body = self._imagine_body(obs, horizon, samples, False, seed, actions, fmt)
         return self._call("POST", "/imagine", json=body).content
 
+    # ------------------------------------------------------------------ experience
+    def upload(self, fragments: Sequence[dict]) -> list[dict]:
+        """Episode fragments acted here (e.g. with the bundle's ONNX graphs), for the trainer: each a dict
+        of `episode`, `index`, `observations` (steps + 1: each step's, then the one after the last),
+        `actions` (as `act` gives them), `rewards`, and optionally `model_versions`, `terminated`,
+        `truncated`. Returns each fragment's `{episode, index, seq, stored}`: durable on the server by
+        then; a retried fragment is stored once (`stored` false)."""
+        def body(f: dict) -> dict:
+            observations, n = f["observations"], len(f["rewards"])
+            versions = f.get("model_versions", [-1] * n)
+            steps = [{"obs": self._obs(observations[i]), "reward": float(f["rewards"][i]), "model_version": int(versions[i]),
+                      "action": f["actions"][i].tolist() if isinstance(f["actions"][i], np.ndarray) else f["actions"][i]}
+                     for i in range(n)]
+            return _given(episode=f["episode"], index=f["index"], steps=steps, next_obs=self._obs(observations[n]),
+                          terminated=f.get("terminated"), truncated=f.get("truncated"))
+
+        return self._call("POST", "/experience", json={"fragments": [body(f) for f in fragments]}).json()["fragments"]
+
     # ------------------------------------------------------------------ status
     def model(self) -> dict:
         return self._call("GET", "/model").json()

@@ -86,7 +86,7 @@ def _settings(args: argparse.Namespace, models: Path):
     from service.settings import ServiceSettings
 
     return ServiceSettings(models=models, host=args.host, port=args.port, grpc_port=args.grpc_port,
-                           poll_interval=args.poll_interval, follow=args.follow)
+                           poll_interval=args.poll_interval, follow=args.follow, experience=getattr(args, "experience", None))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the newest bundle over REST and gRPC, following new ones")
     serve.add_argument("--models", required=True, help="a run dir, its export folder, or one bundle")
+    serve.add_argument("--experience", default=None, metavar="DIR",
+                       help="take clients' experience (POST /experience) into the log in DIR; default: none")
     _server_flags(serve)
     serve.set_defaults(func=cmd_serve)
 

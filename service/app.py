@@ -30,6 +30,7 @@ import reverie
 
 from . import inputs, openapi, preview
 from .batching import ActBatcher
+from .experience import ExperienceLog, check_fragment
 from .guard import Guard
 from .hot import HotPaths, HotRoute
 from .responses import error_response, json_response
@@ -37,8 +38,8 @@ from .inputs import InputError
 from .metrics import ServiceMetrics
 from .requests import failure_status, imagination_args, json_observations, model_info, request_memory
 from .runtime import Runtime
-from .schemas import (OBSERVATION_FORMS, SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ImagineRequest, ImagineResponse,
-                      ObservationRequest, ValueBatchResponse, ValueResponse)
+from .schemas import (OBSERVATION_FORMS, SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ExperienceResponse,
+                      ExperienceUpload, ImagineRequest, ImagineResponse, ObservationRequest, ValueBatchResponse, ValueResponse)
 from .sessions import Sessions
 from .settings import ServiceSettings
 from .store import ModelStore, NotReady
@@ -46,7 +47,8 @@ from .store import ModelStore, NotReady
 log = logging.getLogger("reverie.service")
 MAX_FORM_PARTS = 64  # files and fields of one multipart upload (a batch of frames, with its options)
 ERRORS = {code: {"model": Error} for code in (401, 413, 422, 503)}
-BODIES = {model.__name__: model for model in (ActRequest, ObservationRequest, ImagineRequest)}
+WRITE_ERRORS = {code: {"model": Error} for code in (401, 403, 404, 413, 422, 503)}
+BODIES = {model.__name__: model for model in (ActRequest, ObservationRequest, ImagineRequest, ExperienceUpload)}
 METRICS = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}}
 PNG = {200: {"content": {"application/json": {}, "image/png": {}, "image/gif": {}},
              "description": "JSON trajectories, or the preview: PNG (an image model's filmstrip), GIF (its animation)"}}
@@ -171,6 +173,18 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
 
     guarded = [Depends(authorized)] if settings.api_token else []  # the document asks for a token only when one is needed
 
+    def may_write(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """Writing experience takes the experience token when the server has one: 401 without any
+        token, 403 with one that may only read."""
+        header = request.headers.get("authorization")
+        if settings.writer_accepts(header):
+            return
+        if header is None or not settings.token_accepts(header):
+            raise FieldError(401, "Authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        raise FieldError(403, "Authorization", "this token may act but not write experience: send the experience token")
+
+    experience = ExperienceLog(settings.experience) if settings.experience is not None else None
+
     def hot_post(path: str, model: type[BaseModel], **doc):
         """A POST route on every client's per-step path (see hot.py): its body is parsed by `parse`,
         its token checked here, since the hot paths skip FastAPI's dependencies."""
@@ -261,6 +275,25 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         return await imagine(runtime, request.obs, request.horizon, request.samples, request.deterministic,
                              request.seed, request.actions, request.format, pair(request.history), None)
 
+    # -------------------------------------------------------------- experience
+    writer = [Depends(may_write)] if settings.api_token or settings.experience_token else []
+
+    @app.post("/experience", response_model=ExperienceResponse, dependencies=writer, responses=WRITE_ERRORS,
+              openapi_extra=body_of(ExperienceUpload))
+    async def upload(raw: Request):
+        """Episode fragments acted by the client, for the trainer: durable in the experience log when
+        the answer comes; a retried fragment (same episode and index) is stored once."""
+        body = await parse(raw, ExperienceUpload)
+        if experience is None:
+            raise FieldError(404, "fragments", "this server keeps no experience log (start it with --experience DIR)")
+        runtime = store.require()
+        fragments = [check_fragment(f, runtime, settings, f"fragments[{i}]") for i, f in enumerate(body.fragments)]
+        results = await experience.store(fragments)
+        return json_response({
+            "fragments": [{"episode": f.episode, "index": f.index, "seq": seq, "stored": stored}
+                          for f, (seq, stored) in zip(fragments, results)],
+            "steps": sum(f.steps for f, (_, stored) in zip(fragments, results) if stored)})
+
     # -------------------------------------------------------------- status
     @app.get("/model", dependencies=guarded, responses=ERRORS)
     async def model():
@@ -284,4 +317,5 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
 
     openapi.install(app, store, settings, BODIES)
     app.state.store, app.state.metrics, app.state.settings, app.state.sessions = store, metrics, settings, sessions
+    app.state.experience = experience
     return app

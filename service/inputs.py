@@ -142,21 +142,23 @@ def plan(value, space: ActionSpace, field: str = "actions") -> np.ndarray:
     """A client's action plan in env form -> agent actions [H] (indices) or [H, dim] in [-1, 1]."""
     if not isinstance(value, (list, tuple)) or len(value) == 0:
         raise InputError(field, "expected a non-empty list of actions")
+    return np.stack([action(a, space, f"{field}[{i}]") for i, a in enumerate(value)])
+
+
+def action(value, space: ActionSpace, field: str) -> np.ndarray:
+    """One action in env form -> the agent's: an index, or a vector in [-1, 1]."""
     if space.kind == "discrete":
-        value = [int(a) if type(a) is float and a.is_integer() else a for a in value]  # 1.0 is an integer in JSON
-        for i, a in enumerate(value):
-            if type(a) is not int:
-                raise InputError(f"{field}[{i}]", f"expected an integer action in [0, {space.n - 1}]")
-            if not 0 <= a < space.n:
-                raise InputError(f"{field}[{i}]", f"action out of range [0, {space.n - 1}]")
+        value = int(value) if type(value) is float and value.is_integer() else value  # 1.0 is an integer in JSON
+        if type(value) is not int:
+            raise InputError(field, f"expected an integer action in [0, {space.n - 1}]")
+        if not 0 <= value < space.n:
+            raise InputError(field, f"action out of range [0, {space.n - 1}]")
         return np.asarray(value, dtype=np.int64)
-    dim = space.shape[0]
-    for i, a in enumerate(value):
-        _numbers(a, (dim,), f"{field}[{i}]")
-    actions = check_finite(np.asarray(value, dtype=np.float64), field)
+    _numbers(value, (space.shape[0],), field)
+    vector = check_finite(np.asarray(value, dtype=np.float64), field)
     coding = ActionCoding(False, space.low, space.high)
-    outside = (actions < coding.low) | (actions > coding.high)
+    outside = (vector < coding.low) | (vector > coding.high)
     if outside.any():
-        i, j = (int(k) for k in np.argwhere(outside)[0])
-        raise InputError(f"{field}[{i}][{j}]", f"outside the action bounds [{coding.low[j]}, {coding.high[j]}]")
-    return coding.from_env(actions)
+        j = int(np.argmax(outside))
+        raise InputError(f"{field}[{j}]", f"outside the action bounds [{coding.low[j]}, {coding.high[j]}]")
+    return coding.from_env(vector)

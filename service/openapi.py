@@ -114,6 +114,13 @@ def refine(document: dict, manifest: Manifest, settings: ServiceSettings) -> dic
         _exactly_one_observation_form(schemas[name])
         schemas[name]["allOf"] = MEMORY_RULES + ([RESET_NEEDS_SESSION] if name == "ActRequest" else [])
 
+    step = schemas["Step"]["properties"]
+    step["obs"], step["action"] = obs, action_schema(manifest)
+    step["reward"] = step["reward"] | {"minimum": -settings.reward_bound, "maximum": settings.reward_bound}
+    fragment = schemas["FragmentBody"]["properties"]
+    fragment["next_obs"] = obs
+    fragment["steps"] = fragment["steps"] | {"maxItems": settings.max_fragment_steps}
+
     imagine = schemas["ImagineRequest"]
     properties = imagine["properties"]
     properties["obs"] = obs

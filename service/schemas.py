@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 SEED_MAX = 2**32 - 1  # exact as a JSON number in every client
+COUNT_MAX = 2**53 - 1  # the largest integer every JSON client reads exactly
 
 def _integral(value):
     """JSON Schema counts 579.0 as an integer; so do we (but not "579" or true)."""
@@ -92,6 +93,42 @@ class ImagineRequest(Strict):
     format: Literal["json", "png", "gif"] = Field("json", description="json; png: the preview picture (an image model's "
                                                   "filmstrip, one row per sample); gif: an image model's filmstrip animated")
     history: History = HISTORY  # (a session's steps: GET /imagine?session=; the body's rules leave no room for both)
+
+
+class Step(Strict):
+    """One step a client acted: the observation it acted on, the action, and what the env gave back."""
+
+    obs: Observation = Field(description="the observation the action was chosen on, in the same forms as `/act`'s `obs`")
+    action: PlanAction = Field(description="the action taken, in the form `/act` answers give")
+    reward: float = Field(description="the reward that followed")
+    model_version: Integer = Field(-1, ge=-1, le=COUNT_MAX, description="the model version that chose the action (-1: not known)")
+
+
+class FragmentBody(Strict):
+    """Consecutive steps of one episode, acted by the client (e.g. with the bundle's ONNX graphs)."""
+
+    episode: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="the episode's id, unique to it (a UUID, say)")
+    index: Integer = Field(ge=0, le=COUNT_MAX, description="the fragment's index in its episode: a retried (episode, index) is stored once")
+    steps: list[Step] = Field(min_length=1, description="the steps, in the order they were played")
+    next_obs: Observation = Field(description="the observation after the last step")
+    terminated: bool = Field(False, description="the last step ended the episode")
+    truncated: bool = Field(False, description="the last step cut the episode short (a time limit, the client stopped)")
+
+
+class ExperienceUpload(Strict):
+    fragments: list[FragmentBody] = Field(min_length=1)
+
+
+class StoredFragment(BaseModel):
+    episode: str
+    index: int
+    seq: int = Field(description="the fragment's position in the experience log")
+    stored: bool = Field(description="false for a retry of a fragment the log holds already")
+
+
+class ExperienceResponse(BaseModel):
+    fragments: list[StoredFragment]
+    steps: int = Field(description="steps newly stored; durable when this answer is sent")
 
 
 class ActResponse(BaseModel):

@@ -21,6 +21,7 @@ class Service:
         self.settings = settings
         self.store = ModelStore(settings.models, settings.poll_interval, settings.follow)
         app = create_app(self.store, settings)
+        self.experience = app.state.experience
         config = uvicorn.Config(served(app), host=settings.host, port=settings.port, access_log=False, log_level="warning",
                                 lifespan="off", timeout_graceful_shutdown=5)
         self.http = uvicorn.Server(config)
@@ -38,6 +39,8 @@ class Service:
         finally:
             self.grpc.stop(grace=2).wait()
             self.store.stop()
+            if self.experience is not None:
+                self.experience.close()
 
     def stop(self) -> None:
         self.http.should_exit = True

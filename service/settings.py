@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 TOKEN_ENV = "REVERIE_API_TOKEN"
+EXPERIENCE_TOKEN_ENV = "REVERIE_EXPERIENCE_TOKEN"
 
 
 class ServiceSettings(BaseModel):
@@ -27,10 +28,27 @@ class ServiceSettings(BaseModel):
     session_memory_mb: float = Field(64.0, gt=0, description="all sessions' histories together stay within this; "
                                      "the least recently used session leaves first")
     session_ttl_s: float = Field(600.0, gt=0, description="a session unused this long is forgotten")
+    experience: Path | None = Field(None, description="the experience log's folder (clients' episodes for the trainer); "
+                                    "None: this server takes no experience")
+    experience_token: str | None = Field(default_factory=lambda: os.environ.get(EXPERIENCE_TOKEN_ENV) or None,
+                                         description=f"bearer token required to write experience (env {EXPERIENCE_TOKEN_ENV}); "
+                                         "without one, writing needs what reading does")
+    max_fragment_steps: int = Field(1000, ge=1, description="steps in one uploaded fragment")
+    reward_bound: float = Field(1e6, gt=0, description="a reported reward's largest magnitude")
 
     def token_accepts(self, authorization: str | None) -> bool:
-        """Whether an `Authorization` header (REST) or metadata value (gRPC) carries the token."""
-        if self.api_token is None:
-            return True
-        scheme, _, given = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), self.api_token.encode())
+        """Whether an `Authorization` header (REST) or metadata value (gRPC) carries the token (or the
+        experience token: a client that may teach may act)."""
+        return (self.api_token is None or _bearer(authorization, self.api_token)
+                or (self.experience_token is not None and _bearer(authorization, self.experience_token)))
+
+    def writer_accepts(self, authorization: str | None) -> bool:
+        """Whether it may write experience: the experience token when there is one, else what reading takes."""
+        if self.experience_token is None:
+            return self.token_accepts(authorization)
+        return _bearer(authorization, self.experience_token)
+
+
+def _bearer(authorization: str | None, token: str) -> bool:
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())

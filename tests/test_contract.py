@@ -22,9 +22,10 @@ ST = shutil.which("st") or str(Path(sys.executable).with_name("st"))
 
 @pytest.mark.parametrize("bundle, token", [("CartPole-v1", None), ("Pendulum-v1", None), ("memory", "s3cret")])
 def test_schemathesis_finds_no_failure(bundle, token, exported_agents, memory_agent, tmp_path):
-    """CartPole and Pendulum agents, and an agent with memory (its histories and sessions) behind a token."""
+    """CartPole and Pendulum agents, and an agent with memory (its histories and sessions) behind a token;
+    each takes experience into a log."""
     export_dir = memory_agent[1] if bundle == "memory" else exported_agents[bundle][1]
-    with ThreadServer(export_dir, api_token=token) as server:
+    with ThreadServer(export_dir, api_token=token, experience=tmp_path / "experience") as server:
         command = [ST, "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "10", "--seed", "1",
                    "--request-timeout", "10", "--max-failures", "5"]
         if token:

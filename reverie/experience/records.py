@@ -19,7 +19,7 @@ _FORMAT = 1
 _HEADER_LENGTH = struct.Struct("<I")
 _DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ("float32", "uint8", "int64")}
 # The arrays in payload order, with the dtypes each may have: actions are int64 [n] (discrete)
-# or float32 [n, dim] (box), as the env takes them.
+# or float32 [n, dim] (box, scaled to [-1, 1]): the agent's form, as the replay holds them.
 _ARRAYS = {
     "observations": ("float32", "uint8"),
     "actions": ("int64", "float32"),

@@ -1,0 +1,122 @@
+"""POST /experience against a real server: episodes played in the real env by the real client reach the
+log exactly, retries are stored once, and every bad upload is a 4xx naming its field that stores nothing."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import httpx
+import numpy as np
+import pytest
+
+from clients.rest import ApiError, RestClient
+from reverie.experience import SegmentReader, decode
+from serving import ThreadServer
+
+
+def played(client: RestClient, env_id: str, episode: str, steps: int, seed: int) -> dict:
+    """One fragment of `steps` steps from a reset, acted by the served agent in the real env."""
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=seed)
+    fragment = {"episode": episode, "index": 0, "observations": [obs], "actions": [], "rewards": [], "model_versions": []}
+    for _ in range(steps):
+        step = client.act(obs, seed=seed)
+        obs, reward, terminated, truncated, _ = env.step(step.action)
+        for key, value in (("observations", obs), ("actions", step.action), ("rewards", reward),
+                           ("model_versions", step.model_version)):
+            fragment[key].append(value)
+        if terminated or truncated:
+            return {**fragment, "terminated": terminated, "truncated": truncated}
+    return fragment
+
+
+def logged(folder) -> list:
+    return [decode(payload) for _, _, payload in SegmentReader(folder).read(0).records]
+
+
+@pytest.fixture(scope="module")
+def cartpole(exported_agents, tmp_path_factory):
+    log = tmp_path_factory.mktemp("experience") / "log"
+    with ThreadServer(exported_agents["CartPole-v1"][1], experience=log, max_fragment_steps=50) as server:
+        yield server
+
+
+def test_uploaded_fragments_reach_the_log_exactly_and_a_retry_is_stored_once(cartpole):
+    with RestClient(cartpole.url) as client:
+        fragments = [played(client, "CartPole-v1", f"ep-{seed}", 40, seed) for seed in range(3)]
+        first = len(logged(cartpole.settings.experience))
+        answers = client.upload(fragments)
+        assert [(a["seq"], a["stored"]) for a in answers] == [(first, True), (first + 1, True), (first + 2, True)]
+        again = client.upload(fragments[1:2])  # a retry after a lost answer
+        assert again == [{"episode": "ep-1", "index": 0, "seq": first + 1, "stored": False}]
+    stored = logged(cartpole.settings.experience)[first:]
+    assert len(stored) == 3
+    for sent, got in zip(fragments, stored):
+        assert (got.episode, got.index, got.source) == (sent["episode"], 0, "upload")
+        np.testing.assert_array_equal(got.observations, np.asarray(sent["observations"], np.float32))
+        np.testing.assert_array_equal(got.actions, sent["actions"])
+        np.testing.assert_array_equal(got.rewards, sent["rewards"])
+        assert got.model_versions.tolist() == [1] * got.steps
+        assert (got.terminated, got.truncated) == (sent.get("terminated", False), sent.get("truncated", False))
+
+
+def test_box_actions_are_logged_in_the_agents_scaled_form(exported_agents, tmp_path):
+    with ThreadServer(exported_agents["Pendulum-v1"][1], experience=tmp_path / "log") as server, RestClient(server.url) as client:
+        fragment = played(client, "Pendulum-v1", "swing", 5, seed=0)
+        fragment["actions"][0] = [2.0]  # the Box's upper bound: 1 in the agent's form
+        client.upload([fragment])
+    (got,) = logged(tmp_path / "log")
+    assert got.actions.dtype == np.float32 and got.actions.shape == (5, 1)
+    assert got.actions[0, 0] == pytest.approx(1.0)
+    np.testing.assert_allclose(got.actions[1:, 0], np.asarray(fragment["actions"][1:])[:, 0] / 2.0, atol=1e-6)
+
+
+STEP = {"obs": [0.0] * 4, "action": 0, "reward": 1.0, "model_version": 1}
+GOOD = {"episode": "e", "index": 0, "steps": [STEP, STEP], "next_obs": [0.0] * 4}  # as the wire carries it
+PLAYED = {"episode": "e", "index": 0, "observations": [[0.0] * 4] * 3, "actions": [0, 1], "rewards": [1.0, 1.0]}  # as a client keeps it
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"next_obs": [0.0] * 3}, "fragments[1].next_obs"),
+    ({"steps": [STEP, {**STEP, "obs": [0.0, 0.0, float("inf"), 0.0]}]}, "fragments[1].steps[1].obs[2]"),
+    ({"steps": [STEP, {**STEP, "action": 2}]}, "fragments[1].steps[1].action"),
+    ({"steps": [STEP, {**STEP, "reward": float("nan")}]}, "fragments[1].steps[1].reward"),
+    ({"steps": [STEP, {**STEP, "reward": 1e7}]}, "fragments[1].steps[1].reward"),
+    ({"steps": [STEP, {**STEP, "model_version": -2}]}, "fragments[1].steps[1].model_version"),
+    ({"steps": []}, "fragments[1].steps"),
+    ({"steps": [STEP] * 51}, "fragments[1].steps"),
+    ({"episode": "no spaces"}, "fragments[1].episode"),
+    ({"index": -1}, "fragments[1].index"),
+    ({"index": 2**64}, "fragments[1].index"),  # (schemathesis found it a 500: no JSON writer takes it back)
+])
+def test_a_bad_fragment_is_a_422_naming_its_field_and_nothing_of_the_upload_is_stored(cartpole, change, field):
+    before = len(logged(cartpole.settings.experience))
+    body = {"fragments": [{**GOOD, "episode": f"good-{before}"}, {**GOOD, "episode": "f", **change}]}
+    answer = httpx.post(f"{cartpole.url}/experience", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == field
+    assert len(logged(cartpole.settings.experience)) == before  # the good fragment beside it is not stored either
+    with RestClient(cartpole.url) as client:  # and the server goes on taking good ones
+        assert client.upload([{**PLAYED, "episode": f"after-{before}"}])[0]["stored"]
+
+
+def test_writing_takes_the_experience_token_and_a_read_token_may_not(exported_agents, tmp_path):
+    models = exported_agents["CartPole-v1"][1]
+    with ThreadServer(models, experience=tmp_path / "log", api_token="reader", experience_token="writer") as server:
+        with pytest.raises(ApiError) as missing, RestClient(server.url) as client:
+            client.upload([PLAYED])
+        with pytest.raises(ApiError) as reader, RestClient(server.url, token="reader") as client:
+            client.upload([PLAYED])
+        assert (missing.value.status, reader.value.status) == (401, 403)
+        assert logged(tmp_path / "log") == []
+        with RestClient(server.url, token="writer") as client:
+            assert client.upload([PLAYED])[0]["stored"]
+            assert client.act([0.0] * 4).model_version == 1  # a client that may teach may act
+
+
+def test_a_server_without_a_log_refuses_experience(exported_agents):
+    with ThreadServer(exported_agents["CartPole-v1"][1]) as server, RestClient(server.url) as client:
+        with pytest.raises(ApiError) as refused:
+            client.upload([PLAYED])
+        assert refused.value.status == 404 and "experience" in refused.value.detail
