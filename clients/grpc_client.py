@@ -153,6 +153,23 @@ class GrpcClient:
                         for i in range(len(fields["states"]))]
         return Imagination(r.model_version, r.horizon, trajectories)
 
+    # ------------------------------------------------------------------ experience
+    def upload(self, fragments) -> list[dict]:
+        """RestClient.upload's fragments over one UploadExperience stream; the same answer."""
+        def message(f: dict) -> agent_pb2.Fragment:
+            actions = np.asarray(f["actions"])
+            fragment = agent_pb2.Fragment(
+                episode=f["episode"], index=f["index"], observations=_observations(np.stack(f["observations"])),
+                actions=to_tensor(actions.astype(np.int64 if actions.dtype.kind in "iu" else np.float32)),
+                rewards=to_tensor(np.asarray(f["rewards"], np.float32)),
+                terminated=bool(f.get("terminated", False)), truncated=bool(f.get("truncated", False)))
+            if "model_versions" in f:
+                fragment.model_versions.CopyFrom(to_tensor(np.asarray(f["model_versions"], np.int64)))
+            return fragment
+
+        summary = self._call(self.stub.UploadExperience, (message(f) for f in fragments))
+        return [{"episode": s.episode, "index": s.index, "seq": s.seq, "stored": s.stored} for s in summary.fragments]
+
     # ------------------------------------------------------------------ status
     def model(self) -> dict:
         """What REST's GET /model answers, key for key."""

@@ -30,7 +30,7 @@ import reverie
 
 from . import inputs, openapi, preview
 from .batching import ActBatcher
-from .experience import ExperienceLog, check_fragment
+from .experience import ExperienceLog, NoExperience, check_fragment
 from .guard import Guard
 from .hot import HotPaths, HotRoute
 from .responses import error_response, json_response
@@ -138,6 +138,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotReady)
     async def _not_ready(_, exc: NotReady):
         return error_response(failure_status(exc)[0], str(exc), None, {"Retry-After": "1"})
+
+    @app.exception_handler(NoExperience)
+    async def _no_experience(_, exc: NoExperience):
+        return error_response(failure_status(exc)[0], str(exc), "fragments")
 
     @app.exception_handler(HTTPException)
     async def _http(request, exc: HTTPException):
@@ -285,10 +289,10 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         the answer comes; a retried fragment (same episode and index) is stored once."""
         body = await parse(raw, ExperienceUpload)
         if experience is None:
-            raise FieldError(404, "fragments", "this server keeps no experience log (start it with --experience DIR)")
+            raise NoExperience()
         runtime = store.require()
         fragments = [check_fragment(f, runtime, settings, f"fragments[{i}]") for i, f in enumerate(body.fragments)]
-        results = await experience.store(fragments)
+        results = await experience.store_async(fragments)
         return json_response({
             "fragments": [{"episode": f.episode, "index": f.index, "seq": seq, "stored": stored}
                           for f, (seq, stored) in zip(fragments, results)],

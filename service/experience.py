@@ -13,46 +13,99 @@ import anyio
 import numpy as np
 
 from reverie.experience import Fragment, SegmentLog, encode
+from reverie.experience.records import EPISODE
+from reverie.wire import from_tensor
 
 from . import inputs
 from .inputs import InputError
 from .runtime import Runtime
-from .schemas import FragmentBody
+from .schemas import COUNT_MAX, FragmentBody
 from .settings import ServiceSettings
 
 
 def check_fragment(body: FragmentBody, runtime: Runtime, settings: ServiceSettings, field: str) -> Fragment:
-    """One uploaded fragment -> a Fragment of checked arrays; InputError naming the first bad field."""
+    """REST: one uploaded fragment (a list of steps) -> a Fragment of checked arrays; InputError naming
+    the first bad field."""
     steps = body.steps
-    if len(steps) > settings.max_fragment_steps:
-        raise InputError(f"{field}.steps", f"a fragment holds at most {settings.max_fragment_steps} steps, got {len(steps)}")
+    _check_steps(len(steps), settings, f"{field}.steps")
     space = runtime.manifest.observation_space
     observations = np.concatenate(
         [inputs.observation_batch(step.obs, space, f"{field}.steps[{i}].obs", batched=False) for i, step in enumerate(steps)]
         + [inputs.observation_batch(body.next_obs, space, f"{field}.next_obs", batched=False)])
     actions = np.stack([inputs.action(step.action, runtime.manifest.action_space, f"{field}.steps[{i}].action")
                         for i, step in enumerate(steps)])
-    for i, step in enumerate(steps):
-        if not abs(step.reward) <= settings.reward_bound:  # NaN fails the comparison too
-            raise InputError(f"{field}.steps[{i}].reward", f"expected a finite reward within ±{settings.reward_bound:g}")
-    return Fragment(episode=body.episode, index=body.index, observations=observations.astype(space.dtype),
-                    actions=actions.astype(np.int64 if runtime.discrete else np.float32),
-                    rewards=np.asarray([step.reward for step in steps], np.float32),
-                    model_versions=np.asarray([step.model_version for step in steps], np.int64),
-                    terminated=body.terminated, truncated=body.truncated, source="upload")
+    rewards = np.asarray([step.reward for step in steps], np.float64)
+    _check_rewards(rewards, settings, lambda i: f"{field}.steps[{i}].reward")
+    return _fragment(body.episode, body.index, observations, actions, rewards,
+                     np.asarray([step.model_version for step in steps], np.int64), body.terminated, body.truncated, runtime)
+
+
+def check_tensor_fragment(message, runtime: Runtime, settings: ServiceSettings, field: str) -> Fragment:
+    """gRPC: one Fragment message (tensors) -> a Fragment of checked arrays, with the same checks as REST's."""
+    if not EPISODE.fullmatch(message.episode):
+        raise InputError(f"{field}.episode", "1-128 characters of A-Z a-z 0-9 . _ : -")
+    if message.index > COUNT_MAX:
+        raise InputError(f"{field}.index", f"at most {COUNT_MAX}")
+    for name in ("observations", "actions", "rewards"):
+        if not getattr(message, name).dtype:
+            raise InputError(f"{field}.{name}", "required")
+    rewards = from_tensor(message.rewards, f"{field}.rewards").astype(np.float64)
+    n = len(rewards) if rewards.ndim == 1 else 0
+    _check_steps(n, settings, f"{field}.rewards")
+    observations = inputs.check_observation_array(from_tensor(message.observations, f"{field}.observations"),
+                                                  runtime.manifest.observation_space, f"{field}.observations")
+    actions = from_tensor(message.actions, f"{field}.actions").tolist()
+    versions = (from_tensor(message.model_versions, f"{field}.model_versions") if message.model_versions.dtype
+                else np.full(n, -1))
+    for name, array, count in (("observations", observations, n + 1), ("actions", actions, n), ("model_versions", versions, n)):
+        if len(array) != count:
+            raise InputError(f"{field}.{name}", f"expected {count} rows for {n} rewards, got {len(array)}")
+    actions = inputs.plan(actions, runtime.manifest.action_space, f"{field}.actions")
+    _check_rewards(rewards, settings, lambda i: f"{field}.rewards[{i}]")
+    if versions.dtype.kind != "i" or versions.ndim != 1 or (versions < -1).any():
+        raise InputError(f"{field}.model_versions", "expected int64 model versions, or -1")
+    return _fragment(message.episode, message.index, observations, actions, rewards, versions.astype(np.int64),
+                     message.terminated, message.truncated, runtime)
+
+
+def _check_steps(n: int, settings: ServiceSettings, field: str) -> None:
+    if not 1 <= n <= settings.max_fragment_steps:
+        raise InputError(field, f"a fragment holds 1 to {settings.max_fragment_steps} steps, got {n}")
+
+
+def _check_rewards(rewards: np.ndarray, settings: ServiceSettings, field) -> None:
+    bad = ~(np.abs(rewards) <= settings.reward_bound)  # NaN fails the comparison too
+    if bad.any():
+        raise InputError(field(int(np.argmax(bad))), f"expected a finite reward within ±{settings.reward_bound:g}")
+
+
+def _fragment(episode: str, index: int, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+              versions: np.ndarray, terminated: bool, truncated: bool, runtime: Runtime) -> Fragment:
+    return Fragment(episode=episode, index=index, observations=observations.astype(runtime.manifest.observation_space.dtype),
+                    actions=actions.astype(np.int64 if runtime.discrete else np.float32), rewards=rewards.astype(np.float32),
+                    model_versions=versions, terminated=terminated, truncated=truncated, source="upload")
+
+
+class NoExperience(Exception):
+    """This server was started without an experience log."""
+
+    def __init__(self):
+        super().__init__("this server keeps no experience log (start it with --experience DIR)")
 
 
 class ExperienceLog:
-    """The server's side of the log: appends in a worker thread (the event loop goes on serving while
-    the disk syncs; concurrent uploads share one fsync) and counts what was stored."""
+    """The server's side of the log, shared by both front ends: concurrent uploads share one fsync."""
 
     def __init__(self, folder):
         self.log = SegmentLog(folder)
 
-    async def store(self, fragments: list[Fragment]) -> list[tuple[int, bool]]:
+    def store(self, fragments: list[Fragment]) -> list[tuple[int, bool]]:
         """(position, stored) of each fragment, once all are durable."""
-        records = [(fragment.key, encode(fragment)) for fragment in fragments]
-        return await anyio.to_thread.run_sync(self.log.append, records)
+        return self.log.append([(fragment.key, encode(fragment)) for fragment in fragments])
+
+    async def store_async(self, fragments: list[Fragment]) -> list[tuple[int, bool]]:
+        """`store` in a worker thread: the event loop goes on serving while the disk syncs."""
+        return await anyio.to_thread.run_sync(self.store, fragments)
 
     def close(self) -> None:
         self.log.close()

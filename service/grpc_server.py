@@ -23,6 +23,7 @@ from reverie.wire import SERVICE_NAME, agent_pb2, agent_pb2_grpc, from_tensor, t
 from .metrics import ServiceMetrics
 from reverie.history import Recent
 
+from .experience import ExperienceLog, NoExperience, check_tensor_fragment
 from .inputs import InputError
 from .requests import FAILURES, failure_status, imagination_args, model_info, request_memory, tensor_observations
 from .sessions import Session, Sessions
@@ -33,8 +34,10 @@ log = logging.getLogger("reverie.service")
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
-    def __init__(self, store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics, sessions: Sessions):
+    def __init__(self, store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics, sessions: Sessions,
+                 experience: ExperienceLog | None = None):
         self.store, self.settings, self.metrics, self.sessions = store, settings, metrics, sessions
+        self.experience = experience
 
     @contextmanager
     def _call(self, name: str, context: grpc.ServicerContext):
@@ -101,6 +104,23 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     stream = Session(Recent(manifest.history_length), dtype=manifest.observation_space.dtype)
                 yield self._act(request, stream)
 
+    def UploadExperience(self, request_iterator, context):
+        with self._call("UploadExperience", context):
+            if self.experience is None:
+                raise NoExperience()
+            fragments = []
+            for i, message in enumerate(request_iterator):  # checked as they come; stored together at the end
+                if i == self.settings.max_batch:
+                    raise InputError("fragments", f"at most {self.settings.max_batch} fragments per call")
+                fragments.append(check_tensor_fragment(message, self.store.require(), self.settings, f"fragments[{i}]"))
+            if not fragments:
+                raise InputError("fragments", "send at least one fragment")
+            results = self.experience.store(fragments)
+            return agent_pb2.UploadSummary(
+                fragments=[agent_pb2.StoredFragment(episode=f.episode, index=f.index, seq=seq, stored=stored)
+                           for f, (seq, stored) in zip(fragments, results)],
+                steps=sum(f.steps for f, (_, stored) in zip(fragments, results) if stored))
+
     def Value(self, request, context):
         with self._call("Value", context):
             runtime = self.store.require()
@@ -136,32 +156,45 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
-    """`authorization: Bearer <token>` on every Agent call; health and reflection stay open."""
+    """`authorization: Bearer <token>` on every Agent call, the experience token on UploadExperience when
+    the server has one; health and reflection stay open."""
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token")
+        def refusal(code: grpc.StatusCode, message: str):
+            def deny(request, context):
+                context.abort(code, message)
+            return deny
 
-        self.deny_unary = grpc.unary_unary_rpc_method_handler(deny)
-        self.deny_stream = grpc.stream_stream_rpc_method_handler(deny)
+        missing = refusal(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token")
+        self.deny_unary = grpc.unary_unary_rpc_method_handler(missing)
+        self.deny_stream = grpc.stream_stream_rpc_method_handler(missing)
+        self.deny_upload = grpc.stream_unary_rpc_method_handler(missing)
+        self.deny_reader = grpc.stream_unary_rpc_method_handler(refusal(
+            grpc.StatusCode.PERMISSION_DENIED, "authorization: this token may act but not write experience"))
 
     def intercept_service(self, continuation, details):
         if not details.method.startswith(f"/{SERVICE_NAME}/"):
             return continuation(details)
-        if self.settings.token_accepts(dict(details.invocation_metadata).get("authorization")):
+        authorization = dict(details.invocation_metadata).get("authorization")
+        if details.method.endswith("/UploadExperience"):
+            if self.settings.writer_accepts(authorization):
+                return continuation(details)
+            return self.deny_reader if authorization and self.settings.token_accepts(authorization) else self.deny_upload
+        if self.settings.token_accepts(authorization):
             return continuation(details)
         return self.deny_stream if details.method.endswith("/ActStream") else self.deny_unary
 
 
-def build_grpc_server(store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics, sessions: Sessions) -> grpc.Server:
-    interceptors = [TokenInterceptor(settings)] if settings.api_token else []
+def build_grpc_server(store: ModelStore, settings: ServiceSettings, metrics: ServiceMetrics, sessions: Sessions,
+                      experience: ExperienceLog | None = None) -> grpc.Server:
+    interceptors = [TokenInterceptor(settings)] if settings.api_token or settings.experience_token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),
                          interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", settings.max_body_bytes),
                                   ("grpc.max_send_message_length", 64 << 20)])
-    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(store, settings, metrics, sessions), server)
+    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(store, settings, metrics, sessions, experience), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 

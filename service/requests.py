@@ -10,6 +10,7 @@ from reverie.runs import read_status, run_dir_of
 from reverie.wire import TensorError, from_tensor
 
 from . import inputs
+from .experience import NoExperience
 from .inputs import InputError
 from .runtime import History, Runtime
 from .sessions import Session, Sessions
@@ -22,6 +23,7 @@ FAILURES: dict[type[Exception], tuple[int, str]] = {
     InputError: (422, "INVALID_ARGUMENT"),  # bad input; the message names the field
     TensorError: (422, "INVALID_ARGUMENT"),  # a gRPC Tensor that does not decode
     NotReady: (503, "UNAVAILABLE"),  # no bundle loaded yet: try again shortly
+    NoExperience: (404, "UNIMPLEMENTED"),  # experience sent to a server that keeps no log
 }
 
 

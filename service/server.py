@@ -25,7 +25,7 @@ class Service:
         config = uvicorn.Config(served(app), host=settings.host, port=settings.port, access_log=False, log_level="warning",
                                 lifespan="off", timeout_graceful_shutdown=5)
         self.http = uvicorn.Server(config)
-        self.grpc = build_grpc_server(self.store, settings, app.state.metrics, app.state.sessions)
+        self.grpc = build_grpc_server(self.store, settings, app.state.metrics, app.state.sessions, self.experience)
 
     def run(self) -> None:
         """Serve until SIGINT / SIGTERM (or `stop()`); the newest bundle is followed all along."""

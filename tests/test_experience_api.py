@@ -1,5 +1,6 @@
-"""POST /experience against a real server: episodes played in the real env by the real client reach the
-log exactly, retries are stored once, and every bad upload is a 4xx naming its field that stores nothing."""
+"""POST /experience and gRPC UploadExperience against a real server: episodes played in the real env by
+the real clients reach the log exactly, retries are stored once, and every bad upload is a 4xx (or
+INVALID_ARGUMENT) naming its field that stores nothing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from clients.grpc_client import GrpcClient
 from clients.rest import ApiError, RestClient
 from reverie.experience import SegmentReader, decode
 from serving import ThreadServer
@@ -59,6 +61,33 @@ def test_uploaded_fragments_reach_the_log_exactly_and_a_retry_is_stored_once(car
         np.testing.assert_array_equal(got.rewards, sent["rewards"])
         assert got.model_versions.tolist() == [1] * got.steps
         assert (got.terminated, got.truncated) == (sent.get("terminated", False), sent.get("truncated", False))
+
+
+def test_grpc_uploads_log_what_rest_uploads_do(cartpole):
+    with RestClient(cartpole.url) as rest, GrpcClient(cartpole.grpc_target) as grpc:
+        fragment = played(rest, "CartPole-v1", "both", 30, seed=7)
+        first = len(logged(cartpole.settings.experience))
+        rest.upload([fragment])
+        answer = grpc.upload([{**fragment, "episode": "both-grpc"}, {**fragment, "episode": "both", "index": 0}])
+        assert [(a["episode"], a["seq"], a["stored"]) for a in answer] == [("both-grpc", first + 1, True), ("both", first, False)]
+    by_rest, by_grpc = logged(cartpole.settings.experience)[first:]
+    for name in ("observations", "actions", "rewards", "model_versions"):
+        np.testing.assert_array_equal(getattr(by_rest, name), getattr(by_grpc, name))
+        assert getattr(by_rest, name).dtype == getattr(by_grpc, name).dtype
+    assert (by_grpc.terminated, by_grpc.truncated) == (by_rest.terminated, by_rest.truncated)
+
+
+def test_a_bad_grpc_fragment_is_invalid_argument_naming_it_and_nothing_of_the_call_is_stored(cartpole):
+    before = len(logged(cartpole.settings.experience))
+    with GrpcClient(cartpole.grpc_target) as client:
+        for bad, field in (({"actions": [0, 2]}, "fragments[1].actions[1]"),
+                           ({"rewards": [1.0, float("inf")]}, "fragments[1].rewards[1]"),
+                           ({"observations": [[0.0] * 4] * 2}, "fragments[1].observations"),
+                           ({"episode": "no spaces"}, "fragments[1].episode")):
+            with pytest.raises(ApiError) as refused:
+                client.upload([{**PLAYED, "episode": "g-ok"}, {**PLAYED, "episode": "g-bad", **bad}])
+            assert (refused.value.status, refused.value.field) == ("INVALID_ARGUMENT", field)
+    assert len(logged(cartpole.settings.experience)) == before
 
 
 def test_box_actions_are_logged_in_the_agents_scaled_form(exported_agents, tmp_path):
@@ -113,6 +142,15 @@ def test_writing_takes_the_experience_token_and_a_read_token_may_not(exported_ag
         with RestClient(server.url, token="writer") as client:
             assert client.upload([PLAYED])[0]["stored"]
             assert client.act([0.0] * 4).model_version == 1  # a client that may teach may act
+        refusals = []
+        for token in (None, "reader"):
+            with pytest.raises(ApiError) as refused, GrpcClient(server.grpc_target, token=token) as client:
+                client.upload([{**PLAYED, "episode": "by-grpc"}])
+            refusals.append(refused.value.status)
+        assert refusals == ["UNAUTHENTICATED", "PERMISSION_DENIED"]
+        assert len(logged(tmp_path / "log")) == 1
+        with GrpcClient(server.grpc_target, token="writer") as client:
+            assert client.upload([{**PLAYED, "episode": "by-grpc"}])[0]["stored"]
 
 
 def test_a_server_without_a_log_refuses_experience(exported_agents):
@@ -120,3 +158,6 @@ def test_a_server_without_a_log_refuses_experience(exported_agents):
         with pytest.raises(ApiError) as refused:
             client.upload([PLAYED])
         assert refused.value.status == 404 and "experience" in refused.value.detail
+        with pytest.raises(ApiError) as refused, GrpcClient(server.grpc_target) as grpc:
+            grpc.upload([PLAYED])
+        assert refused.value.status == "UNIMPLEMENTED"
