@@ -56,11 +56,14 @@ def _history(history) -> agent_pb2.History | None:
 
 
 def _request(obs, deterministic: bool, seed: int | None, history=None, session: str | None = None,
-             reset: bool = False) -> agent_pb2.ActRequest:
-    request = agent_pb2.ActRequest(obs=_observations(obs), deterministic=deterministic,
-                                   history=_history(history), session=session or "", reset=reset)
+             reset: bool = False, reward: float | None = None, terminated: bool = False,
+             truncated: bool = False) -> agent_pb2.ActRequest:
+    request = agent_pb2.ActRequest(obs=_observations(obs), deterministic=deterministic, history=_history(history),
+                                   session=session or "", reset=reset, terminated=terminated, truncated=truncated)
     if seed is not None:
         request.seed = seed
+    if reward is not None:
+        request.reward = reward
     return request
 
 
@@ -72,9 +75,13 @@ class ActStream:
         self.requests: queue.Queue = queue.Queue()
         self.responses = stub.ActStream(iter(self.requests.get, None), metadata=metadata)
 
-    def act(self, obs, seed: int | None = None, reset: bool = False) -> Action:
-        """`reset` on an episode's first step: the stream keeps the episode's history itself."""
-        self.requests.put(_request(obs, self.deterministic, seed, reset=reset))
+    def act(self, obs, seed: int | None = None, reset: bool = False, reward: float | None = None,
+            terminated: bool = False, truncated: bool = False) -> Action:
+        """`reset` on an episode's first step: the stream keeps the episode's history itself. `reward`
+        (and `terminated` / `truncated`): what followed the previous action, `obs` being what followed
+        it; the server logs that transition for the trainer."""
+        self.requests.put(_request(obs, self.deterministic, seed, reset=reset, reward=reward, terminated=terminated,
+                                   truncated=truncated))
         try:
             return _actions(next(self.responses))[0]
         except grpc.RpcError as err:
@@ -115,8 +122,10 @@ class GrpcClient:
 
     # ------------------------------------------------------------------ agent
     def act(self, obs, deterministic: bool = False, seed: int | None = None, history=None,
-            session: str | None = None, reset: bool = False) -> Action:
-        return _actions(self._call(self.stub.Act, _request(obs, deterministic, seed, history, session, reset)))[0]
+            session: str | None = None, reset: bool = False, reward: float | None = None,
+            terminated: bool = False, truncated: bool = False) -> Action:
+        request = _request(obs, deterministic, seed, history, session, reset, reward, terminated, truncated)
+        return _actions(self._call(self.stub.Act, request))[0]
 
     def act_batch(self, observations, deterministic: bool = False, seed: int | None = None) -> list[Action]:
         return _actions(self._call(self.stub.Act, _request(np.stack(observations), deterministic, seed)))

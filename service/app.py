@@ -36,7 +36,8 @@ from .hot import HotPaths, HotRoute
 from .responses import error_response, json_response
 from .inputs import InputError
 from .metrics import ServiceMetrics
-from .requests import failure_status, imagination_args, json_observations, model_info, request_memory
+from .requests import (WriteDenied, failure_status, imagination_args, json_observations, model_info, outcome,
+                       request_memory)
 from .runtime import Runtime
 from .schemas import (OBSERVATION_FORMS, SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ExperienceResponse,
                       ExperienceUpload, ImagineRequest, ImagineResponse, ObservationRequest, ValueBatchResponse, ValueResponse)
@@ -48,6 +49,7 @@ log = logging.getLogger("reverie.service")
 MAX_FORM_PARTS = 64  # files and fields of one multipart upload (a batch of frames, with its options)
 ERRORS = {code: {"model": Error} for code in (401, 413, 422, 503)}
 WRITE_ERRORS = {code: {"model": Error} for code in (401, 403, 404, 413, 422, 503)}
+ACT_ERRORS = {code: {"model": Error} for code in (401, 403, 404, 409, 413, 422, 503)}  # 403, 404, 409: reported outcomes
 BODIES = {model.__name__: model for model in (ActRequest, ObservationRequest, ImagineRequest, ExperienceUpload)}
 METRICS = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}}
 PNG = {200: {"content": {"application/json": {}, "image/png": {}, "image/gif": {}},
@@ -140,8 +142,12 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(failure_status(exc)[0], str(exc), None, {"Retry-After": "1"})
 
     @app.exception_handler(NoExperience)
-    async def _no_experience(_, exc: NoExperience):
-        return error_response(failure_status(exc)[0], str(exc), "fragments")
+    async def _no_experience(request, exc: NoExperience):
+        return error_response(failure_status(exc)[0], str(exc), "fragments" if request.url.path == "/experience" else "reward")
+
+    @app.exception_handler(WriteDenied)
+    async def _write_denied(_, exc: WriteDenied):
+        return error_response(failure_status(exc)[0], str(exc), "Authorization")
 
     @app.exception_handler(HTTPException)
     async def _http(request, exc: HTTPException):
@@ -206,7 +212,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
     add_error_handlers(app)
 
     # -------------------------------------------------------------- agent
-    @hot_post("/act", ActRequest, response_model=ActResponse | ActBatchResponse, responses=ERRORS)
+    @hot_post("/act", ActRequest, response_model=ActResponse | ActBatchResponse, responses=ACT_ERRORS)
     async def act(raw: Request):
         """An action for one observation (`obs`) or for each of a batch (`observations`)."""
         request = await parse(raw, ActRequest)
@@ -214,6 +220,8 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         obs, batched = json_observations(request.obs, request.observations, runtime, settings.max_batch)
         history, session = request_memory(runtime, sessions, batched, pair(request.history), request.session,
                                           request.reset, acting=True)
+        transition = outcome(session, request.reward, request.terminated, request.truncated, obs, runtime, settings,
+                             settings.writer_accepts(raw.headers.get("authorization")), experience)
         result = await batcher.act(runtime, obs, request.deterministic, request.seed, history)
         params = {k: v for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
         if batched:
@@ -221,8 +229,13 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
                                   "model_version": runtime.version, **params})
         answer = {"action": result.actions[0], "value": float(result.values[0]), "model_version": runtime.version,
                   **{k: v[0] for k, v in params.items()}}
-        if session is not None:
-            answer["session_step"] = sessions.record(request.session, session, obs[0], result.agent_actions[0])
+        if transition is not None:
+            await experience.store_async([transition])  # durable before the answer
+        if session is not None and transition is not None and (transition.terminated or transition.truncated):
+            answer["session_step"] = session.step  # the episode's last observation; the next request starts anew
+            session.reset()
+        elif session is not None:
+            answer["session_step"] = sessions.record(request.session, session, obs[0], result.agent_actions[0], runtime.version)
         return json_response(answer)
 
     @hot_post("/value", ObservationRequest, response_model=ValueResponse | ValueBatchResponse, responses=ERRORS)

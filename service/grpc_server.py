@@ -25,7 +25,8 @@ from reverie.history import Recent
 
 from .experience import ExperienceLog, NoExperience, check_tensor_fragment
 from .inputs import InputError
-from .requests import FAILURES, failure_status, imagination_args, model_info, request_memory, tensor_observations
+from .requests import (FAILURES, failure_status, imagination_args, model_info, outcome, request_memory,
+                       tensor_observations)
 from .sessions import Session, Sessions
 from .settings import ServiceSettings
 from .store import ModelStore
@@ -65,7 +66,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         return request_memory(runtime, self.sessions, batched, self._history(request), request.session or None,
                               acting and request.reset, acting)
 
-    def _act(self, request: agent_pb2.ActRequest, stream: Session | None = None) -> agent_pb2.ActResponse:
+    def _act(self, request: agent_pb2.ActRequest, context: grpc.ServicerContext,
+             stream: Session | None = None) -> agent_pb2.ActResponse:
         """One Act; on a stream, `stream` is its own episode (the memory the stream keeps)."""
         runtime = self.store.require()
         obs = tensor_observations(request.obs, runtime, self.settings.max_batch)
@@ -81,11 +83,19 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             if request.reset:
                 stream.reset()
             history, session = Sessions.history(stream, runtime), stream
+        may_write = self.settings.writer_accepts(dict(context.invocation_metadata()).get("authorization"))
+        transition = outcome(session if len(obs) == 1 else None, request.reward if request.HasField("reward") else None,
+                             request.terminated, request.truncated, obs, runtime, self.settings, may_write, self.experience)
         result = runtime.act(obs, request.deterministic, seed, history)
         actions = np.asarray(result.actions, np.int64 if runtime.discrete else np.float32)
         params = {k: to_tensor(v) for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
-        if session is not None and len(obs) == 1:  # (a batch only ever reaches here on a stream without memory)
-            step = (obs[0], result.agent_actions[0])
+        if transition is not None:
+            self.experience.store([transition])  # durable before the answer
+        if transition is not None and (transition.terminated or transition.truncated):
+            params["session_step"] = session.step  # the episode's last observation; the next message starts anew
+            session.reset()
+        elif session is not None and len(obs) == 1:  # (a batch only ever reaches here on a stream without memory)
+            step = (obs[0], result.agent_actions[0], runtime.version)
             params["session_step"] = (session.record(*step) if session is stream
                                       else self.sessions.record(request.session, session, *step))
         return agent_pb2.ActResponse(actions=to_tensor(actions), values=to_tensor(result.values),
@@ -93,7 +103,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def Act(self, request, context):
         with self._call("Act", context):
-            return self._act(request)
+            return self._act(request, context)
 
     def ActStream(self, request_iterator, context):
         with self._call("ActStream", context):
@@ -102,7 +112,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 if stream is None:
                     manifest = self.store.require().manifest
                     stream = Session(Recent(manifest.history_length), dtype=manifest.observation_space.dtype)
-                yield self._act(request, stream)
+                yield self._act(request, context, stream)
 
     def UploadExperience(self, request_iterator, context):
         with self._call("UploadExperience", context):

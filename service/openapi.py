@@ -87,6 +87,11 @@ MEMORY_RULES = [{"not": {"required": ["history", "session"]}},
                 {"not": {"required": ["observations", "session"]}}]
 RESET_NEEDS_SESSION = {"anyOf": [{"required": ["session"]},
                                  {"not": {"required": ["reset"], "properties": {"reset": {"const": True}}}}]}
+# An outcome completes a session's last step (a reset has none), and an episode's end comes with its reward.
+OUTCOME_RULES = [{"anyOf": [{"required": ["session"]}, {"not": {"required": ["reward"]}}]},
+                 {"not": {"required": ["reward", "reset"], "properties": {"reset": {"const": True}}}},
+                 {"anyOf": [{"required": ["reward"]},
+                            {"properties": {"terminated": {"const": False}, "truncated": {"const": False}}}]}]
 
 
 def history_schema(schema: dict, manifest: Manifest) -> dict:
@@ -112,7 +117,9 @@ def refine(document: dict, manifest: Manifest, settings: ServiceSettings) -> dic
         properties["obs"] = obs
         properties["observations"] = batch
         _exactly_one_observation_form(schemas[name])
-        schemas[name]["allOf"] = MEMORY_RULES + ([RESET_NEEDS_SESSION] if name == "ActRequest" else [])
+        schemas[name]["allOf"] = MEMORY_RULES + ([RESET_NEEDS_SESSION, *OUTCOME_RULES] if name == "ActRequest" else [])
+    act = schemas["ActRequest"]["properties"]
+    act["reward"] = act["reward"] | {"minimum": -settings.reward_bound, "maximum": settings.reward_bound}
 
     step = schemas["Step"]["properties"]
     step["obs"], step["action"] = obs, action_schema(manifest)

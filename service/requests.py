@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from reverie.experience import Fragment
 from reverie.runs import read_status, run_dir_of
 from reverie.wire import TensorError, from_tensor
 
 from . import inputs
-from .experience import NoExperience
+from .experience import ExperienceLog, NoExperience
 from .inputs import InputError
 from .runtime import History, Runtime
 from .sessions import Session, Sessions
@@ -18,8 +19,26 @@ from .settings import ServiceSettings
 from .store import ModelStore, NotReady
 
 
+class NothingToComplete(InputError):
+    """An outcome reported in a session whose episode has no step awaiting one: the request is well
+    formed, the session's state refuses it (409; the client restarts the episode with `reset`)."""
+
+    def __init__(self):
+        super().__init__("session", "no action of this session's episode awaits an outcome (a new, reset or expired "
+                                    "session): start the episode again with `reset`")
+
+
+class WriteDenied(Exception):
+    """Experience sent with a token that may act but not write it."""
+
+    def __init__(self):
+        super().__init__("this token may act but not write experience: send the experience token")
+
+
 # How each failure of a request reaches its client, on each front end: (HTTP status, gRPC status).
-FAILURES: dict[type[Exception], tuple[int, str]] = {
+FAILURES: dict[type[Exception], tuple[int, str]] = {  # the first that matches, in this order
+    NothingToComplete: (409, "FAILED_PRECONDITION"),
+    WriteDenied: (403, "PERMISSION_DENIED"),
     InputError: (422, "INVALID_ARGUMENT"),  # bad input; the message names the field
     TensorError: (422, "INVALID_ARGUMENT"),  # a gRPC Tensor that does not decode
     NotReady: (503, "UNAVAILABLE"),  # no bundle loaded yet: try again shortly
@@ -87,6 +106,36 @@ def request_memory(runtime: Runtime, sessions: Sessions, batched: bool, history:
         session = sessions.open(session_id, runtime, reset) if acting else sessions.peek(session_id)
         return sessions.history(session, runtime), session
     return (history_of(runtime, *history) if history is not None else None), None
+
+
+def outcome(session: Session | None, reward: float | None, terminated: bool, truncated: bool, obs: np.ndarray,
+            runtime: Runtime, settings: ServiceSettings, may_write: bool, experience: ExperienceLog | None) -> Fragment | None:
+    """The transition a request's reported outcome completes: the session's last step (observation,
+    action, the version that chose it), the `reward` and end flags that followed, and `obs`, what
+    followed. None when the request reports nothing. Checked before the request acts, so a refused
+    report changes nothing."""
+    if reward is None:
+        if terminated or truncated:
+            raise InputError("terminated" if terminated else "truncated", "an episode's end comes with its last reward: send `reward`")
+        return None
+    if session is None:
+        raise InputError("reward", "an outcome is reported in a `session` (or on an ActStream): give one")
+    if experience is None:
+        raise NoExperience()
+    if not may_write:
+        raise WriteDenied()
+    if not abs(reward) <= settings.reward_bound:  # NaN fails the comparison too
+        raise InputError("reward", f"expected a finite reward within ±{settings.reward_bound:g}")
+    with session.lock:
+        last, episode, step = session.last, session.episode, session.step
+    if last is None:
+        raise NothingToComplete()
+    previous, action, version = last
+    space = runtime.manifest.observation_space
+    return Fragment(episode=episode, index=step - 1, observations=np.stack([previous, obs[0].astype(space.dtype)]),
+                    actions=action[None].astype(np.int64 if runtime.discrete else np.float32),
+                    rewards=np.asarray([reward], np.float32), model_versions=np.asarray([version], np.int64),
+                    terminated=terminated, truncated=truncated, source="session")
 
 
 def imagination_args(runtime: Runtime, settings: ServiceSettings, horizon: int | None, samples: int,

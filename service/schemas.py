@@ -81,6 +81,11 @@ class ActRequest(ObservationRequest):
     deterministic: bool = Field(False, description="the most likely action instead of a sample")
     seed: Integer = Field(None, ge=0, le=SEED_MAX, description="makes a sampled action reproducible")
     reset: bool = Field(False, description="a new episode in `session`: forget its steps before this one")
+    reward: float = Field(None, description="in a `session`: the reward that followed the session's previous action, "
+                          "`obs` being what followed it; the server logs the transition for the trainer before answering")
+    terminated: bool = Field(False, description="with `reward`: the previous action ended the episode (`obs` is its last); "
+                             "the session's next request starts a new one")
+    truncated: bool = Field(False, description="with `reward`: the episode was cut short after the previous action")
 
 
 class ImagineRequest(Strict):

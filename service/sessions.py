@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from math import prod
 
@@ -32,20 +33,30 @@ SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 OVERHEAD_BYTES = 1024  # a session's objects and its id, beside its arrays
 
 
+def _episode_id() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass
 class Session:
     """One client's episode so far (a REST session, or a gRPC stream's own)."""
 
     recent: Recent
-    nbytes: int = 0  # what it may hold at most: a full history and its overhead
+    nbytes: int = 0  # what it may hold at most: a full history, the last step, and its overhead
     step: int = 0  # steps acted in the current episode
     lock: threading.Lock = field(default_factory=threading.Lock)
     dtype: str = "float32"  # the model's observations: frames keep as uint8, a quarter of float32
+    episode: str = field(default_factory=_episode_id)  # the current episode's id in the experience log
+    # The last step acted (observation, agent action, model version): what a reported outcome completes.
+    last: tuple[np.ndarray, np.ndarray, int] | None = None
 
-    def record(self, obs, action) -> int:
-        """One acted step (its observation and agent action); returns the step's index in the episode."""
+    def record(self, obs, action, version: int) -> int:
+        """One acted step (its observation, agent action and the model version that chose it); returns
+        the step's index in the episode."""
         with self.lock:
-            self.recent.record(np.asarray(obs, self.dtype), action)
+            obs = np.asarray(obs, self.dtype)
+            self.recent.record(obs, action)
+            self.last = (obs, np.asarray(action), version)
             self.step += 1
             return self.step - 1
 
@@ -53,6 +64,7 @@ class Session:
         with self.lock:
             self.recent.clear()
             self.step = 0
+            self.episode, self.last = _episode_id(), None
 
 
 def check_session_id(session_id: str, field_name: str = "session") -> str:
@@ -71,7 +83,7 @@ class Sessions:
         space = runtime.manifest.observation_space
         obs = np.dtype(space.dtype).itemsize * prod(space.shape)
         action = 8 if runtime.discrete else 4 * runtime.action_dim
-        return OVERHEAD_BYTES + runtime.history_length * (obs + action)
+        return OVERHEAD_BYTES + (runtime.history_length + 1) * (obs + action)
 
     def open(self, session_id: str, runtime: Runtime, reset: bool) -> Session:
         """The session `session_id`, new when unknown, expired, or `reset` (a new episode)."""
@@ -104,9 +116,9 @@ class Sessions:
             observations, actions = list(session.recent.observations), list(session.recent.actions)
         return runtime.history(observations[-length:], actions[-length:])
 
-    def record(self, session_id: str, session: Session, obs, action) -> int:
+    def record(self, session_id: str, session: Session, obs, action, version: int) -> int:
         """`Session.record`; using a session restarts its expiry."""
-        step = session.record(obs, action)
+        step = session.record(obs, action, version)
         with self.lock:
             self.cache[session_id] = session
         return step

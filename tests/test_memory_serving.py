@@ -189,16 +189,16 @@ def test_sessions_stay_within_their_budget_and_expire(memory_agent):
     one = Sessions._size(runtime)
     sessions = Sessions(budget_bytes=10 * one, ttl_s=60, timer=lambda: clock[0])
     kept = sessions.open("kept", runtime, reset=False)
-    sessions.record("kept", kept, np.zeros(2, np.float32), 0)
+    sessions.record("kept", kept, np.zeros(2, np.float32), 0, 1)
     for i in range(1000):
-        sessions.record(f"flood-{i}", sessions.open(f"flood-{i}", runtime, reset=False), np.zeros(2, np.float32), 1)
+        sessions.record(f"flood-{i}", sessions.open(f"flood-{i}", runtime, reset=False), np.zeros(2, np.float32), 1, 1)
         if i % 3 == 0:  # the kept session stays in use
-            sessions.record("kept", sessions.open("kept", runtime, reset=False), np.zeros(2, np.float32), 0)
+            sessions.record("kept", sessions.open("kept", runtime, reset=False), np.zeros(2, np.float32), 0, 1)
     assert len(sessions) == 10 and sessions.nbytes <= 10 * one
     assert sessions.peek("flood-0") is None and sessions.peek("flood-999") is not None
     assert sessions.peek("kept").step == 1 + 334
     clock[0] += 59
-    sessions.record("flood-999", sessions.peek("flood-999"), np.zeros(2, np.float32), 1)
+    sessions.record("flood-999", sessions.peek("flood-999"), np.zeros(2, np.float32), 1, 1)
     clock[0] += 2
     assert sessions.peek("kept") is None and sessions.peek("flood-999") is not None and len(sessions) == 1
     assert sessions.open("kept", runtime, reset=False).step == 0  # back as a new episode

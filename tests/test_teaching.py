@@ -1,0 +1,137 @@
+"""Teaching in a session: clients that play CartPole with the served agent over a REST session or a gRPC
+ActStream report each step's outcome, and the server logs exactly the transitions they played, before it
+answers; reports it cannot place are refused and log nothing."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import httpx
+import numpy as np
+import pytest
+
+from clients.grpc_client import GrpcClient
+from clients.rest import ApiError, RestClient
+from reverie.experience import SegmentReader, decode
+from serving import ThreadServer
+
+
+def logged(folder) -> list:
+    return [decode(payload) for _, _, payload in SegmentReader(folder).read(0).records]
+
+
+@pytest.fixture(scope="module")
+def server(exported_agents, tmp_path_factory):
+    log = tmp_path_factory.mktemp("teaching") / "log"
+    with ThreadServer(exported_agents["CartPole-v1"][1], experience=log) as server:
+        yield server
+
+
+def play(act, episodes: int, seed: int) -> list[list[tuple]]:
+    """Episodes of (obs, action, reward, next_obs, terminated, truncated) played in the real env, each step
+    acted by `act(obs, first, outcome)` where `outcome` is (reward, terminated, truncated) of the step before."""
+    played = []
+    for e in range(episodes):
+        env = gym.make("CartPole-v1", max_episode_steps=5 if e % 2 else 500)  # every other episode is cut short
+        obs, _ = env.reset(seed=seed + e)
+        steps, outcome = [], None
+        while True:
+            action = act(obs, not steps, outcome)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            steps.append((obs, action, reward, next_obs, terminated, truncated))
+            obs, outcome = next_obs, (reward, terminated, truncated)
+            if terminated or truncated:
+                act(obs, False, outcome)  # the episode's last observation, with its last outcome
+                break
+        played.append(steps)
+    return played
+
+
+def check_logged(records: list, played: list[list[tuple]]) -> None:
+    """The log holds each played step once, in order, as the transition the client saw."""
+    assert len(records) == sum(map(len, played))
+    episodes = []
+    for steps in played:
+        mine, records = records[:len(steps)], records[len(steps):]
+        assert len({r.episode for r in mine}) == 1 and [r.index for r in mine] == list(range(len(steps)))
+        episodes.append(mine[0].episode)
+        for r, (obs, action, reward, next_obs, terminated, truncated) in zip(mine, steps):
+            np.testing.assert_array_equal(r.observations, np.stack([obs, next_obs]).astype(np.float32))
+            assert (r.actions.tolist(), r.rewards.tolist(), r.model_versions.tolist()) == ([action], [reward], [1])
+            assert (r.terminated, r.truncated, r.source) == (terminated, truncated, "session")
+    assert len(set(episodes)) == len(episodes)  # a new episode id after each end
+
+
+def test_a_rest_session_logs_the_transitions_its_client_played(server):
+    before = len(logged(server.settings.experience))
+    with RestClient(server.url) as client:
+        def act(obs, first, outcome):
+            reward, terminated, truncated = outcome or (None, False, False)
+            step = client.act(obs, seed=3, session="player", reset=first, reward=reward, terminated=terminated,
+                              truncated=truncated)
+            assert step.session_step is not None
+            return step.action
+
+        played = play(act, 4, seed=10)
+    assert any(steps[-1][5] for steps in played) and any(steps[-1][4] for steps in played)  # both ends seen
+    check_logged(logged(server.settings.experience)[before:], played)
+
+
+def test_an_actstream_logs_the_transitions_its_client_played(server):
+    before = len(logged(server.settings.experience))
+    with GrpcClient(server.grpc_target) as client, client.stream() as stream:
+        def act(obs, first, outcome):  # no reset after an end: the stream starts the next episode by itself
+            reward, terminated, truncated = outcome or (None, False, False)
+            step = stream.act(obs, seed=3, reward=reward, terminated=terminated, truncated=truncated)
+            assert first == (step.session_step == 0) or terminated or truncated
+            return step.action
+
+        played = play(act, 2, seed=20)
+    check_logged(logged(server.settings.experience)[before:], played)
+
+
+OBS = [0.01, 0.02, 0.03, 0.04]
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"reward": 1.0}, 422, "reward"),  # no session
+    ({"session": "fresh", "reward": 1.0}, 409, "session"),  # nothing acted yet: the session's state refuses it
+    ({"session": "played", "reward": float("nan")}, 422, "reward"),
+    ({"session": "played", "reward": 1e9}, 422, "reward"),
+    ({"session": "played", "terminated": True}, 422, "terminated"),  # an end without its reward
+    ({"session": "played", "reward": 1.0, "reset": True}, 409, "session"),  # a reset starts anew: nothing to complete
+])
+def test_a_report_the_server_cannot_place_is_refused_and_logs_nothing(server, body, status, field):
+    with RestClient(server.url) as client:
+        client.act(OBS, session="played", reset=True)
+    before = len(logged(server.settings.experience))
+    answer = httpx.post(f"{server.url}/act", content=json.dumps({"obs": OBS, **body}), headers={"content-type": "application/json"})
+    assert (answer.status_code, answer.json()["field"]) == (status, field), answer.text
+    assert len(logged(server.settings.experience)) == before
+
+
+def test_reports_take_the_experience_token_and_a_server_without_a_log_refuses_them(exported_agents, tmp_path):
+    models = exported_agents["CartPole-v1"][1]
+    with ThreadServer(models, experience=tmp_path / "log", api_token="reader", experience_token="writer") as server:
+        with RestClient(server.url, token="reader") as client:
+            client.act(OBS, session="s", reset=True)
+            with pytest.raises(ApiError) as denied:
+                client.act(OBS, session="s", reward=1.0)
+            assert (denied.value.status, denied.value.field) == (403, "Authorization")
+            assert client.act(OBS, session="s").session_step == 1  # acting alone is still allowed
+        with GrpcClient(server.grpc_target, token="reader") as client, client.stream() as stream:
+            stream.act(OBS, reset=True)
+            with pytest.raises(ApiError) as denied:
+                stream.act(OBS, reward=1.0)
+            assert denied.value.status == "PERMISSION_DENIED"
+        assert logged(tmp_path / "log") == []
+        with RestClient(server.url, token="writer") as client:
+            client.act(OBS, session="w", reset=True)
+            client.act(OBS, session="w", reward=1.0)
+        assert len(logged(tmp_path / "log")) == 1
+    with ThreadServer(models) as server, RestClient(server.url) as client:
+        client.act(OBS, session="s", reset=True)
+        with pytest.raises(ApiError) as refused:
+            client.act(OBS, session="s", reward=1.0)
+        assert (refused.value.status, refused.value.field) == (404, "reward")
