@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_EPISODE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+EPISODE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _FORMAT = 1
 _HEADER_LENGTH = struct.Struct("<I")
 _DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ("float32", "uint8", "int64")}
@@ -60,7 +60,7 @@ class Fragment:
 
 def _check(fragment: Fragment) -> None:
     """Internal consistency only: every malformed fragment fails here, whether built or decoded."""
-    if not isinstance(fragment.episode, str) or not _EPISODE.fullmatch(fragment.episode):
+    if not isinstance(fragment.episode, str) or not EPISODE.fullmatch(fragment.episode):
         raise ValueError(f"episode must be 1-128 characters of [A-Za-z0-9._:-], got {fragment.episode!r}")
     if not isinstance(fragment.index, int) or isinstance(fragment.index, bool) or fragment.index < 0:
         raise ValueError(f"index must be an int >= 0, got {fragment.index!r}")
