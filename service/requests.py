@@ -135,7 +135,7 @@ def outcome(session: Session | None, reward: float | None, terminated: bool, tru
     return Fragment(episode=episode, index=step - 1, observations=np.stack([previous, obs[0].astype(space.dtype)]),
                     actions=action[None].astype(np.int64 if runtime.discrete else np.float32),
                     rewards=np.asarray([reward], np.float32), model_versions=np.asarray([version], np.int64),
-                    terminated=terminated, truncated=truncated, source="session")
+                    terminated=terminated, truncated=truncated, source=session.source)
 
 
 def imagination_args(runtime: Runtime, settings: ServiceSettings, horizon: int | None, samples: int,

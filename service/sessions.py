@@ -47,6 +47,7 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
     dtype: str = "float32"  # the model's observations: frames keep as uint8, a quarter of float32
     episode: str = field(default_factory=_episode_id)  # the current episode's id in the experience log
+    source: str = "stream"  # who reports its outcomes, in the log: "session:<id>", or an ActStream
     # The last step acted (observation, agent action, model version): what a reported outcome completes.
     last: tuple[np.ndarray, np.ndarray, int] | None = None
 
@@ -92,7 +93,7 @@ class Sessions:
             session = None if reset else self.cache.get(session_id)
             if session is None:
                 session = Session(Recent(runtime.history_length), self._size(runtime),
-                                  dtype=runtime.manifest.observation_space.dtype)
+                                  dtype=runtime.manifest.observation_space.dtype, source=f"session:{session_id}")
                 if session.nbytes > self.cache.maxsize:
                     raise InputError("session", "this server's session memory cannot hold one history of this model")
                 self.cache[session_id] = session

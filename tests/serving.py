@@ -67,7 +67,7 @@ class ThreadServer:
 class ProcessServer:
     """`reverie serve` in its own process; its log is kept for the assertions."""
 
-    def __init__(self, models: Path, env: dict | None = None, poll_interval: float | None = None):
+    def __init__(self, models: Path, env: dict | None = None, poll_interval: float | None = None, args: tuple = ()):
         self.port, self.grpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False)
@@ -76,6 +76,7 @@ class ProcessServer:
                    "--grpc-port", str(self.grpc_port)]
         if poll_interval is not None:
             command += ["--poll-interval", str(poll_interval)]
+        command += list(args)
         self.env = {**os.environ, **(env or {})}
         self.command = command
 

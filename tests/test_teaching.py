@@ -4,7 +4,10 @@ answers; reports it cannot place are refused and log nothing."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
+from collections import Counter
 
 import gymnasium as gym
 import httpx
@@ -14,7 +17,7 @@ import pytest
 from clients.grpc_client import GrpcClient
 from clients.rest import ApiError, RestClient
 from reverie.experience import SegmentReader, decode
-from serving import ThreadServer
+from serving import ProcessServer, ThreadServer, wait_until
 
 
 def logged(folder) -> list:
@@ -48,7 +51,7 @@ def play(act, episodes: int, seed: int) -> list[list[tuple]]:
     return played
 
 
-def check_logged(records: list, played: list[list[tuple]]) -> None:
+def check_logged(records: list, played: list[list[tuple]], source: str) -> None:
     """The log holds each played step once, in order, as the transition the client saw."""
     assert len(records) == sum(map(len, played))
     episodes = []
@@ -59,7 +62,7 @@ def check_logged(records: list, played: list[list[tuple]]) -> None:
         for r, (obs, action, reward, next_obs, terminated, truncated) in zip(mine, steps):
             np.testing.assert_array_equal(r.observations, np.stack([obs, next_obs]).astype(np.float32))
             assert (r.actions.tolist(), r.rewards.tolist(), r.model_versions.tolist()) == ([action], [reward], [1])
-            assert (r.terminated, r.truncated, r.source) == (terminated, truncated, "session")
+            assert (r.terminated, r.truncated, r.source) == (terminated, truncated, source)
     assert len(set(episodes)) == len(episodes)  # a new episode id after each end
 
 
@@ -75,7 +78,7 @@ def test_a_rest_session_logs_the_transitions_its_client_played(server):
 
         played = play(act, 4, seed=10)
     assert any(steps[-1][5] for steps in played) and any(steps[-1][4] for steps in played)  # both ends seen
-    check_logged(logged(server.settings.experience)[before:], played)
+    check_logged(logged(server.settings.experience)[before:], played, "session:player")
 
 
 def test_an_actstream_logs_the_transitions_its_client_played(server):
@@ -88,7 +91,7 @@ def test_an_actstream_logs_the_transitions_its_client_played(server):
             return step.action
 
         played = play(act, 2, seed=20)
-    check_logged(logged(server.settings.experience)[before:], played)
+    check_logged(logged(server.settings.experience)[before:], played, "stream")
 
 
 OBS = [0.01, 0.02, 0.03, 0.04]
@@ -135,3 +138,53 @@ def test_reports_take_the_experience_token_and_a_server_without_a_log_refuses_th
         with pytest.raises(ApiError) as refused:
             client.act(OBS, session="s", reward=1.0)
         assert (refused.value.status, refused.value.field) == (404, "reward")
+
+
+def test_nothing_acknowledged_is_lost_when_the_server_is_killed(exported_agents, tmp_path):
+    """`kill -9` of `reverie serve` while four clients send experience (two uploading fragments, two
+    reporting outcomes in sessions): after a restart the log holds every fragment and transition that
+    was acknowledged, and takes more."""
+    models, log = exported_agents["CartPole-v1"][1], tmp_path / "log"
+    uploaded: dict[bytes, int] = {}  # fragment key -> the seq its acknowledgement gave
+    reported: Counter = Counter()  # session -> outcome reports acknowledged
+    stop = threading.Event()
+
+    def uploader(k: int, url: str) -> None:
+        with RestClient(url, timeout=5) as client:
+            for i in itertools.count():
+                fragment = {"episode": f"client-{k}", "index": i, "observations": [OBS] * 3, "actions": [0, 1],
+                            "rewards": [1.0, 1.0]}
+                try:
+                    answer = client.upload([fragment])[0]
+                except (ApiError, httpx.TransportError):
+                    return
+                uploaded[f"client-{k}\x00{i}".encode()] = answer["seq"]
+
+    def player(k: int, url: str) -> None:
+        with RestClient(url, timeout=5) as client:
+            try:
+                client.act(OBS, session=f"player-{k}", reset=True)
+                while not stop.is_set():
+                    client.act(OBS, session=f"player-{k}", reward=1.0)
+                    reported[f"session:player-{k}"] += 1
+            except (ApiError, httpx.TransportError):
+                return
+
+    with ProcessServer(models, args=("--experience", str(log))) as server:
+        threads = [threading.Thread(target=f, args=(k, server.url)) for k, f in enumerate((uploader, uploader, player, player))]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(uploaded) >= 100 and sum(reported.values()) >= 100, 60, "acknowledged experience")
+        server.process.kill()  # SIGKILL: no flush, no close, mid-write for some request
+        server.process.wait(timeout=10)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    with ProcessServer(models, args=("--experience", str(log))) as server, RestClient(server.url) as client:
+        assert client.upload([{"episode": "after", "index": 0, "observations": [OBS] * 2, "actions": [1],
+                               "rewards": [1.0]}])[0]["stored"]
+    records = SegmentReader(log).read(0, max_records=10**6).records
+    seqs = {key: seq for seq, key, _ in records}
+    assert all(seqs.get(key) == seq for key, seq in uploaded.items()), "an acknowledged upload is missing"
+    stored = Counter(decode(payload).source for _, _, payload in records)
+    assert all(stored[source] >= n for source, n in reported.items()), (stored, reported)
