@@ -8,7 +8,10 @@ Side by side, in one run, each server in its own process on 127.0.0.1:
 - gRPC `Act` and `ActStream` (Reverie) against a bare grpcio echo of the same methods, with a
   sequential Python client sending identical bytes (responses are not decoded, so the client's
   cost is the same on both sides);
-- REST `POST /imagine` at horizon 15 with 1 and 16 samples, with wrk at 1 connection.
+- REST `POST /imagine` at horizon 15 with 1 and 16 samples, with wrk at 1 connection;
+- what experience costs: `/act` in sessions that report each step's outcome (a transition logged and
+  fsynced before each answer) beside plain `/act`, and `POST /experience` of new 10-step fragments
+  (the acknowledgement latency of a durable upload), with wrk at 1 and 16 connections.
 
 Without `--models`, a CartPole agent of the default sizes (`reverie train`'s) is exported to a
 temporary folder; serving cost does not depend on how well it is trained.
@@ -93,11 +96,17 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(url: str, body: dict, connections: int, seconds: int) -> dict:
-    """wrk POSTing `body` as JSON: p50, p99 (ms) and requests/s; refuses a run with any non-2xx answer."""
+def wrk(url: str, body: dict, connections: int, seconds: int, cycle: int = 0) -> dict:
+    """wrk POSTing `body` as JSON: p50, p99 (ms) and requests/s; refuses a run with any non-2xx answer.
+    With `cycle`, each request's body has "__N__" replaced by a counter: modulo `cycle` when positive
+    (a pool of sessions), ever new when negative (fragments never sent before)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
                      'wrk.headers["Content-Type"] = "application/json"\n')
+        if cycle:
+            script.write(f'local n, template = 0, wrk.body\nrequest = function()\n  n = n + 1\n'
+                         f'  local body = template:gsub("__N__", tostring({"n % " + str(cycle) if cycle > 0 else "n"}))\n'
+                         '  return wrk.format(nil, nil, nil, body)\nend\n')
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
                          capture_output=True, text=True, check=True).stdout
     os.unlink(script.name)
@@ -151,6 +160,27 @@ def requests_per_call(url: str) -> float:
     return total["sum"] / total["count"]
 
 
+def teaching(rest: str, seconds: int) -> list[tuple]:
+    """What experience costs: /act in sessions that report each step's outcome (every request logs a
+    transition, fsynced before the answer; 16 sessions, one per connection's share), and uploads of
+    new 10-step fragments, each acknowledged once durable."""
+    import httpx
+
+    rows = []
+    for connections in (1, 16):
+        for k in range(16):  # each session has acted once: every later request completes a step
+            httpx.post(f"{rest}/act", json={"obs": OBS, "session": f"bench-{connections}-{k}", "reset": True}).raise_for_status()
+        body = {"obs": OBS, "deterministic": True, "session": f"bench-{connections}-__N__", "reward": 1.0}
+        rows.append(("Reverie /act, reporting outcomes", "POST /act + reward", f"wrk c={connections}",
+                     wrk(f"{rest}/act", body, connections, seconds, cycle=16)))
+    step = {"obs": OBS, "action": 1, "reward": 1.0, "model_version": 1}
+    for connections in (1, 16):
+        upload = {"fragments": [{"episode": f"bench-{connections}-__N__", "index": 0, "steps": [step] * 10, "next_obs": OBS}]}
+        rows.append(("Reverie /experience", "POST /experience, 10 steps", f"wrk c={connections}",
+                     wrk(f"{rest}/experience", upload, connections, seconds, cycle=-1)))
+    return rows
+
+
 # ---------------------------------------------------------------------------- run
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     servers = [
         Process([py, "-m", "reverie.cli", "serve", "--models", str(models), "--port", str(ports["rest"]),
-                 "--grpc-port", str(ports["grpc"])], http_ready(f"http://127.0.0.1:{ports['rest']}/readyz")),
+                 "--grpc-port", str(ports["grpc"]), "--experience", tempfile.mkdtemp(prefix="reverie-bench-log-")],
+                http_ready(f"http://127.0.0.1:{ports['rest']}/readyz")),
         Process([py, "benchmarks/bare.py", "http", "--port", str(ports["bare_http"])],
                 http_ready(f"http://127.0.0.1:{ports['bare_http']}/docs")),
         Process([py, "benchmarks/bare.py", "grpc", "--port", str(ports["bare_grpc"])],
@@ -178,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             for connections in (1, 16):
                 rows.append((name, "POST /act", f"wrk c={connections}", wrk(f"{url}/act", act, connections, args.seconds)))
         per_call = requests_per_call(rest)
+        rows += teaching(rest, args.seconds)
         for name, target in (("bare gRPC echo", ports["bare_grpc"]), ("Reverie gRPC", ports["grpc"])):
             for stream in (False, True):
                 rows.append((name, "ActStream" if stream else "Act", "python, sequential",
@@ -200,10 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     act_ratio = by[("Reverie gRPC", "Act", "python, sequential")]["p50"] / by[("bare gRPC echo", "Act", "python, sequential")]["p50"]
     stream_ratio = by[("Reverie gRPC", "ActStream", "python, sequential")]["p50"] / by[("bare gRPC echo", "ActStream", "python, sequential")]["p50"]
     imagine = [r["p50"] for (name, call, _), r in by.items() if name == "Reverie /imagine"]
+    reporting = by[("Reverie /act, reporting outcomes", "POST /act + reward", "wrk c=16")]["rps"] / by[("Reverie /act", "POST /act", "wrk c=16")]["rps"]
     print(f"\n/act throughput vs bare: {throughput:.0%} (goal >= 80%); /act requests per act-graph call "
           f"over both wrk runs: {per_call:.2f}")
     print(f"gRPC Act p50 vs echo: {act_ratio:.2f}x (goal <= 1.4x); ActStream p50 vs echo: {stream_ratio:.2f}x")
     print(f"/imagine H=15 p50: {imagine[0]:.2f} ms (1 sample), {imagine[1]:.2f} ms (16 samples) (goal < 5 ms)")
+    print(f"/act reporting outcomes (a logged, fsynced transition each) vs plain /act throughput at c=16: "
+          f"{reporting:.0%} (goal >= 80%)")
     return 0
 
 
