@@ -71,9 +71,10 @@ def test_values_carry_the_bounds_into_every_served_graph():
 def test_the_critic_of_a_solved_cartpole_learns_the_returns_observed(trained_cartpole):
     """The moment CartPole is first solved the critic still lags the new policy (the benchmark: 0.35-0.45x of
     the observed return at 1,500 steps, 0.64-1.28x from 2,000 on). Hold that policy fixed, let it play 2,000
-    steps into the run's replay, and train world model and critic on it: after 800 updates the critic's
+    steps into the run's replay, and train world model and critic on it: after 400 updates the critic's
     value at 20 start states is within 2x of the discounted return that followed them under that policy
-    (sampling, as in training: the critic values the policy it imagines with). Measured here: 0.80x."""
+    (sampling, as in training: the critic values the policy it imagines with). Measured here: 0.74x at
+    400 updates, 0.75x at 600, 0.82x at 800."""
     from reverie.evaluation import play_episodes
     from reverie.runs import latest_checkpoint
     from trainer.checkpoint import load_checkpoint
@@ -100,7 +101,7 @@ def test_the_critic_of_a_solved_cartpole_learns_the_returns_observed(trained_car
     observed = float(np.mean([e.discounted for e in episodes]))
     first = torch.as_tensor(np.stack([e.observations[0] for e in episodes]))
     rng = np.random.default_rng(0)
-    for _ in range(800):
+    for _ in range(400):
         agent.update(replay.sample(cfg.batch_size, rng), UpdateCounts(world_model=1, actor=0, critic=1), 0.0)
     with torch.no_grad():
         value = agent.value(agent.world_model.encode(first)).mean().item()
