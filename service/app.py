@@ -36,8 +36,8 @@ from .hot import HotPaths, HotRoute
 from .responses import error_response, json_response
 from .inputs import InputError
 from .metrics import ServiceMetrics
-from .requests import (WriteDenied, failure_status, imagination_args, json_observations, model_info, outcome,
-                       request_memory)
+from .requests import (WriteDenied, failure_status, finish_step, imagination_args, json_observations, model_info,
+                       outcome, request_memory)
 from .runtime import Runtime
 from .schemas import (OBSERVATION_FORMS, SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ExperienceResponse,
                       ExperienceUpload, ImagineRequest, ImagineResponse, ObservationRequest, ValueBatchResponse, ValueResponse)
@@ -231,11 +231,9 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
                   **{k: v[0] for k, v in params.items()}}
         if transition is not None:
             await experience.store_async([transition])  # durable before the answer
-        if session is not None and transition is not None and (transition.terminated or transition.truncated):
-            answer["session_step"] = session.step  # the episode's last observation; the next request starts anew
-            session.reset()
-        elif session is not None:
-            answer["session_step"] = sessions.record(request.session, session, obs[0], result.agent_actions[0], runtime.version)
+        if session is not None:
+            answer["session_step"] = finish_step(session, transition, lambda: sessions.record(
+                request.session, session, obs[0], result.agent_actions[0], runtime.version))
         return json_response(answer)
 
     @hot_post("/value", ObservationRequest, response_model=ValueResponse | ValueBatchResponse, responses=ERRORS)

@@ -35,7 +35,7 @@ def check_fragment(body: FragmentBody, runtime: Runtime, settings: ServiceSettin
     actions = np.stack([inputs.action(step.action, runtime.manifest.action_space, f"{field}.steps[{i}].action")
                         for i, step in enumerate(steps)])
     rewards = np.asarray([step.reward for step in steps], np.float64)
-    _check_rewards(rewards, settings, lambda i: f"{field}.steps[{i}].reward")
+    check_rewards(rewards, settings, lambda i: f"{field}.steps[{i}].reward")
     return _fragment(body.episode, body.index, observations, actions, rewards,
                      np.asarray([step.model_version for step in steps], np.int64), body.terminated, body.truncated, runtime)
 
@@ -61,7 +61,7 @@ def check_tensor_fragment(message, runtime: Runtime, settings: ServiceSettings, 
         if len(array) != count:
             raise InputError(f"{field}.{name}", f"expected {count} rows for {n} rewards, got {len(array)}")
     actions = inputs.plan(actions, runtime.manifest.action_space, f"{field}.actions")
-    _check_rewards(rewards, settings, lambda i: f"{field}.rewards[{i}]")
+    check_rewards(rewards, settings, lambda i: f"{field}.rewards[{i}]")
     if versions.dtype.kind != "i" or versions.ndim != 1 or (versions < -1).any():
         raise InputError(f"{field}.model_versions", "expected int64 model versions, or -1")
     return _fragment(message.episode, message.index, observations, actions, rewards, versions.astype(np.int64),
@@ -73,7 +73,8 @@ def _check_steps(n: int, settings: ServiceSettings, field: str) -> None:
         raise InputError(field, f"a fragment holds 1 to {settings.max_fragment_steps} steps, got {n}")
 
 
-def _check_rewards(rewards: np.ndarray, settings: ServiceSettings, field) -> None:
+def check_rewards(rewards: np.ndarray, settings: ServiceSettings, field) -> None:
+    """Finite and within `reward_bound`, or InputError naming the first bad one (`field(i)`)."""
     bad = ~(np.abs(rewards) <= settings.reward_bound)  # NaN fails the comparison too
     if bad.any():
         raise InputError(field(int(np.argmax(bad))), f"expected a finite reward within ±{settings.reward_bound:g}")

@@ -25,7 +25,7 @@ from reverie.history import Recent
 
 from .experience import ExperienceLog, NoExperience, check_tensor_fragment
 from .inputs import InputError
-from .requests import (FAILURES, failure_status, imagination_args, model_info, outcome, request_memory,
+from .requests import (FAILURES, failure_status, finish_step, imagination_args, model_info, outcome, request_memory,
                        tensor_observations)
 from .sessions import Session, Sessions
 from .settings import ServiceSettings
@@ -91,13 +91,10 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         params = {k: to_tensor(v) for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
         if transition is not None:
             self.experience.store([transition])  # durable before the answer
-        if transition is not None and (transition.terminated or transition.truncated):
-            params["session_step"] = session.step  # the episode's last observation; the next message starts anew
-            session.reset()
-        elif session is not None and len(obs) == 1:  # (a batch only ever reaches here on a stream without memory)
+        if session is not None and len(obs) == 1:  # (a batch only ever reaches here on a stream without memory)
             step = (obs[0], result.agent_actions[0], runtime.version)
-            params["session_step"] = (session.record(*step) if session is stream
-                                      else self.sessions.record(request.session, session, *step))
+            params["session_step"] = finish_step(session, transition, lambda: session.record(*step) if session is stream
+                                                 else self.sessions.record(request.session, session, *step))
         return agent_pb2.ActResponse(actions=to_tensor(actions), values=to_tensor(result.values),
                                      model_version=runtime.version, **params)
 

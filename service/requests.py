@@ -11,7 +11,7 @@ from reverie.runs import read_status, run_dir_of
 from reverie.wire import TensorError, from_tensor
 
 from . import inputs
-from .experience import ExperienceLog, NoExperience
+from .experience import ExperienceLog, NoExperience, check_rewards
 from .inputs import InputError
 from .runtime import History, Runtime
 from .sessions import Session, Sessions
@@ -124,8 +124,7 @@ def outcome(session: Session | None, reward: float | None, terminated: bool, tru
         raise NoExperience()
     if not may_write:
         raise WriteDenied()
-    if not abs(reward) <= settings.reward_bound:  # NaN fails the comparison too
-        raise InputError("reward", f"expected a finite reward within ±{settings.reward_bound:g}")
+    check_rewards(np.asarray([reward]), settings, lambda _: "reward")
     with session.lock:
         last, episode, step = session.last, session.episode, session.step
     if last is None:
@@ -136,6 +135,16 @@ def outcome(session: Session | None, reward: float | None, terminated: bool, tru
                     actions=action[None].astype(np.int64 if runtime.discrete else np.float32),
                     rewards=np.asarray([reward], np.float32), model_versions=np.asarray([version], np.int64),
                     terminated=terminated, truncated=truncated, source=session.source)
+
+
+def finish_step(session: Session, transition: Fragment | None, record) -> int:
+    """After an answer: the session's step index. An episode's end (the transition says so) starts the
+    session's next episode and records nothing; any other step is recorded (`record()`)."""
+    if transition is not None and (transition.terminated or transition.truncated):
+        step = session.step  # the episode's last observation
+        session.reset()
+        return step
+    return record()
 
 
 def imagination_args(runtime: Runtime, settings: ServiceSettings, horizon: int | None, samples: int,
