@@ -221,7 +221,7 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
         history, session = request_memory(runtime, sessions, batched, pair(request.history), request.session,
                                           request.reset, acting=True)
         transition = outcome(session, request.reward, request.terminated, request.truncated, obs, runtime, settings,
-                             settings.writer_accepts(raw.headers.get("authorization")), experience)
+                             lambda: settings.writer_accepts(raw.headers.get("authorization")), experience)
         result = await batcher.act(runtime, obs, request.deterministic, request.seed, history)
         params = {k: v for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
         if batched:

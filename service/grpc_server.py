@@ -83,7 +83,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             if request.reset:
                 stream.reset()
             history, session = Sessions.history(stream, runtime), stream
-        may_write = self.settings.writer_accepts(dict(context.invocation_metadata()).get("authorization"))
+        may_write = lambda: self.settings.writer_accepts(dict(context.invocation_metadata()).get("authorization"))  # noqa: E731
         transition = outcome(session if len(obs) == 1 else None, request.reward if request.HasField("reward") else None,
                              request.terminated, request.truncated, obs, runtime, self.settings, may_write, self.experience)
         result = runtime.act(obs, request.deterministic, seed, history)

@@ -109,11 +109,11 @@ def request_memory(runtime: Runtime, sessions: Sessions, batched: bool, history:
 
 
 def outcome(session: Session | None, reward: float | None, terminated: bool, truncated: bool, obs: np.ndarray,
-            runtime: Runtime, settings: ServiceSettings, may_write: bool, experience: ExperienceLog | None) -> Fragment | None:
+            runtime: Runtime, settings: ServiceSettings, may_write, experience: ExperienceLog | None) -> Fragment | None:
     """The transition a request's reported outcome completes: the session's last step (observation,
     action, the version that chose it), the `reward` and end flags that followed, and `obs`, what
     followed. None when the request reports nothing. Checked before the request acts, so a refused
-    report changes nothing."""
+    report changes nothing. `may_write()` (the token check) is asked only of a report."""
     if reward is None:
         if terminated or truncated:
             raise InputError("terminated" if terminated else "truncated", "an episode's end comes with its last reward: send `reward`")
@@ -122,7 +122,7 @@ def outcome(session: Session | None, reward: float | None, terminated: bool, tru
         raise InputError("reward", "an outcome is reported in a `session` (or on an ActStream): give one")
     if experience is None:
         raise NoExperience()
-    if not may_write:
+    if not may_write():
         raise WriteDenied()
     check_rewards(np.asarray([reward]), settings, lambda _: "reward")
     with session.lock:
