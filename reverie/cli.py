@@ -11,12 +11,17 @@ from pathlib import Path
 from reverie.bundle import BundleError
 from reverie.signals import on_stop_signals
 
+SOURCES = ("env", "clients", "both")
+SOURCE_HELP = ("what the trainer learns from: its own env (default), the served clients' experience (the env only "
+               "evaluates and gives the spaces), or both")
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from trainer.config import resolve_config
     from trainer.loop import Trainer
 
-    cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps)
+    cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps,
+                                  source=args.source)
     stop = threading.Event()
     on_stop_signals(stop.set)
     given = frozenset(key for key, source in sources.items() if source != "default")
@@ -105,8 +110,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .up import up
 
     train_args = (["--env", args.env] if args.env else []) + (["--preset", args.preset] if args.preset else [])
+    train_args += ["--source", args.source] if args.source else []
     train_args += [arg for item in args.set for arg in ("--set", item)]
-    return up(Path(args.run_dir), train_args, _settings(args, Path(args.run_dir)))
+    run_dir = Path(args.run_dir)
+    # Clients that teach: the server logs their experience where the trainer tails it.
+    args.experience = run_dir / "experience" if args.source in ("clients", "both") else None
+    return up(run_dir, train_args, _settings(args, run_dir))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -166,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=None, help="named overrides: cartpole, pendulum, smoke, seed (the seed's stated values)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
+    train.add_argument("--source", choices=SOURCES, default=None, help=SOURCE_HELP)
     train.set_defaults(func=cmd_train)
 
     config = sub.add_parser("config", help="print the resolved configuration: values, sources, descriptions, the seed's values")
@@ -197,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--env", default=None, help="gymnasium env id (default CartPole-v1)")
     up.add_argument("--preset", default=None, help="trainer preset (see reverie train)")
     up.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="trainer config override")
+    up.add_argument("--source", choices=SOURCES, default=None,
+                    help=SOURCE_HELP + "; with clients or both the server takes experience into RUN_DIR/experience")
     _server_flags(up)
     up.set_defaults(func=cmd_up)
 

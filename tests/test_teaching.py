@@ -14,8 +14,10 @@ import httpx
 import numpy as np
 import pytest
 
+from clients.game_loop import LocalTeacher, Player, teach
 from clients.grpc_client import GrpcClient
 from clients.rest import ApiError, RestClient
+from reverie import envs
 from reverie.experience import SegmentReader, decode
 from serving import ProcessServer, ThreadServer, wait_until
 
@@ -95,6 +97,28 @@ def test_an_actstream_logs_the_transitions_its_client_played(server):
 
 
 OBS = [0.01, 0.02, 0.03, 0.04]
+
+
+def test_the_game_loops_teachers_log_every_step_they_play(server, exported_agents):
+    """`game_loop --teach`: over a session every step becomes a logged transition; acting locally with the
+    bundle's ONNX graphs, the steps arrive as uploaded fragments of at most --fragment-steps, in order."""
+    spec = envs.EnvSpec.of({"env_id": "CartPole-v1"})
+    folder = server.settings.experience
+    with RestClient(server.url) as client:
+        before = len(logged(folder))
+        summary = teach(Player(lambda obs, **m: client.act(obs, **m), "session", 0), spec, 40, seed=3, rate=None)
+        session = logged(folder)[before:]
+        assert len(session) == summary["steps"] >= 40 and {r.steps for r in session} == {1}
+        teacher = LocalTeacher(exported_agents["CartPole-v1"][1], client.upload, fragment_steps=7)
+        summary = teach(teacher, spec, 40, seed=4, rate=None)
+    uploaded = logged(folder)[before + len(session):]
+    assert sum(r.steps for r in uploaded) == summary["steps"] and max(r.steps for r in uploaded) == 7
+    for episode, played in zip(dict.fromkeys(r.episode for r in uploaded), summary["played"]):
+        mine = [r for r in uploaded if r.episode == episode]
+        assert [r.index for r in mine] == list(range(len(mine)))
+        assert all(np.array_equal(a.observations[-1], b.observations[0]) for a, b in zip(mine, mine[1:]))
+        assert mine[-1].terminated or mine[-1].truncated
+        assert sum(r.rewards.sum() for r in mine) == played["return"]
 
 
 @pytest.mark.parametrize("body, status, field", [

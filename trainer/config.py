@@ -54,6 +54,15 @@ class Config(BaseModel):
                                       "2 for other frames, 1 for vectors); the trainer counts agent steps")
     seed: int = Field(0, description="seeds torch, numpy, the env resets and the exploration draws")
     total_steps: int = Field(50_000, ge=1, description="env steps to train for")
+    source: Literal["env", "clients", "both"] = Field(
+        "env", description="where the replay's experience comes from: the trainer's own env, the served clients' "
+        "experience log (the env only evaluates), or both; total_steps and every cadence count transitions from either")
+    experience: str | None = Field(None, description="the experience log's folder that source=clients|both tails "
+                                   "(None: RUN_DIR/experience, where `reverie up` has the server write it)")
+    max_policy_lag: int | None = Field(10, ge=0, description="client steps chosen by a model more than this many "
+                                       "exported versions older than the newest are dropped, not learned from (None: keep all)")
+    client_run_steps: int = Field(64, ge=1, description="an unfinished client episode's steps reach the replay in runs of "
+                                  "this many (each cut stored as a truncation), so long episodes are learned from before they end")
     threads: int = Field(2, ge=1, description="torch intra-op threads")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="where the networks train: auto takes CUDA when there is one, else the CPU")

@@ -1,7 +1,9 @@
-"""The phased training loop: env -> replay -> update -> metrics, evaluation, checkpoint, export.
+"""The phased training loop: env or clients -> replay -> update -> metrics, evaluation, checkpoint, export.
 
 Updates are paid for by env steps (`replay_ratio` rounds per step) from a credit that is part
 of the checkpoint, so a resumed run neither repeats warmup nor catches up on missed updates.
+With `source=clients` the steps are the served clients' (`feed.ClientFeed`), and the loop waits
+while none has arrived; with `both`, a client's run goes in between two of the env's episodes.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from .fidelity import imagination_fidelity
 from .config import FIXED_ON_RESUME, Config
 from .diagnostics import diagnose, evidence, solved_return
 from .envs import make_env, space_info
+from .feed import ClientFeed
 from .metrics import MetricAverager, MetricsWriter, plot_training_curves, read_metrics
 from .replay import Replay, available_memory
 from .schedule import Schedule
 
 log = logging.getLogger("reverie.trainer")
+IDLE_WAIT_S = 0.05  # source=clients: how long the loop waits for the log when it has nothing to learn from
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,10 +52,11 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class Parts:
-    """What the loop drives: the envs it plays and evaluates in, the agent, the replay, the metric writer.
-    Built from the config by default; a caller may bring its own (another env, a prepared replay)."""
+    """What the loop drives: the envs it plays (none with source=clients) and evaluates in, the agent,
+    the replay, the metric writer. Built from the config by default; a caller may bring its own
+    (another env, a prepared replay)."""
 
-    env: gym.Env
+    env: gym.Env | None
     eval_env: gym.Env
     agent: Agent
     replay: Replay
@@ -59,13 +64,14 @@ class Parts:
 
     @classmethod
     def build(cls, cfg: Config, run_dir: Path) -> "Parts":
-        env = make_env(cfg.env_spec)
-        space = space_info(env)
+        eval_env = make_env(cfg.env_spec)
+        space = space_info(eval_env)
         obs_dtype = np.uint8 if space.is_image else np.float32
         replay = Replay(cfg.replay_capacity, space.obs_shape, () if space.discrete else (space.action_dim,), obs_dtype)
         replay.check_fits(available_memory())  # before anything is built
         agent = Agent(cfg, space).to(resolve_device(cfg.device))
-        return cls(env, make_env(cfg.env_spec), agent, replay, MetricsWriter(run_dir))
+        env = make_env(cfg.env_spec) if cfg.source != "clients" else None
+        return cls(env, eval_env, agent, replay, MetricsWriter(run_dir))
 
 
 class Trainer:
@@ -117,6 +123,13 @@ class Trainer:
         self.stateful = {"agent": self.agent, "world_model_optimizer": self.agent.world_model_optimizer,
                          "actor_optimizer": self.agent.actor_optimizer, "critic_optimizer": self.agent.critic_optimizer,
                          "replay": self.replay}
+        self.feed = None
+        if cfg.source != "env":
+            self.feed = ClientFeed(Path(cfg.experience or self.run_dir / "experience"), self.space,
+                                   cfg.client_run_steps, cfg.max_policy_lag)
+            self.stateful["feed"] = self.feed  # its read position goes with the replay it filled
+        self.client_run = False  # a client's run is being added (source=both: the env waits for its end)
+        self.model_version = (versions(self.run_dir / "export") or [0])[-1]  # the newest exported, for staleness
         self.schedule = Schedule(cfg)
         self.averager = MetricAverager()
         self.export = export  # publish ONNX bundles to RUN_DIR/export every `export_every` steps
@@ -135,7 +148,8 @@ class Trainer:
         # The diagnostics window: the last rows before the next one (read back after a resume).
         self.recent_rows = deque(read_metrics(self.run_dir)[-(cfg.diagnostics_window - 1):],
                                  maxlen=cfg.diagnostics_window - 1)
-        self.obs, self.episode_return = self._reset_env()
+        if self.env is not None:
+            self.obs, self.episode_return = self._reset_env()
 
     @property
     def phase(self):
@@ -158,7 +172,9 @@ class Trainer:
                     log.info("stop requested at env step %d; saving a checkpoint", self.env_step)
                     self.save()
                     return
-                self._env_step()
+                if not self._next_transition():
+                    self.stop.wait(IDLE_WAIT_S)
+                    continue
                 self._train()
                 evaluated = self.env_step % cfg.eval_every == 0
                 evaluation = self._evaluate() if evaluated else None
@@ -193,17 +209,37 @@ class Trainer:
         self.env.action_space.seed(self.cfg.seed * 100_003 + self.episodes)
         return obs, 0.0
 
+    def _next_transition(self) -> bool:
+        """One transition into the replay, a client's or the env's; False when source=clients and the
+        log holds nothing new. A client's run is added whole, between two of the env's episodes."""
+        feed = self.feed
+        if feed is not None and (self.env is None or self.client_run or not self.replay.open):
+            if not feed.ready:
+                feed.poll(self.model_version)
+            step = feed.take()
+            if step is not None:
+                self._add(step.obs, step.action, step.reward, step.next_obs, step.terminated, step.truncated)
+                self.client_run = not (step.terminated or step.truncated)
+                return True
+        if self.env is None:
+            return False
+        self._env_step()
+        return True
+
+    def _add(self, obs, action, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
+        self.replay.add(obs, action, reward, next_obs, terminated, truncated)
+        if not self.space.is_image:
+            self.agent.world_model.normalizer.update(
+                torch.as_tensor(np.array(next_obs, np.float32), device=self.device).unsqueeze(0))
+        self.env_step += 1
+
     def _env_step(self) -> None:
         explores = self.schedule.explores_randomly(self.env_step) or self.rng.random() < self.cfg.epsilon
         action = self.agent.step(self.obs, self.window, deterministic=False,
                                  action=self._random_action() if explores else None)
         next_obs, reward, terminated, truncated, _ = self.env.step(self.space.to_env_action(action))
-        self.replay.add(self.obs, action, reward, next_obs, terminated, truncated)
-        if not self.space.is_image:
-            self.agent.world_model.normalizer.update(
-                torch.as_tensor(np.asarray(next_obs, np.float32), device=self.device).unsqueeze(0))
+        self._add(self.obs, action, reward, next_obs, terminated, truncated)
         self.episode_return += float(reward)
-        self.env_step += 1
         self.obs = next_obs
         if terminated or truncated:
             self.episodes += 1
@@ -264,6 +300,8 @@ class Trainer:
         if self.episode_returns:
             row["episode_return"] = float(np.mean(self.episode_returns))
             self.episode_returns.clear()
+        if self.feed is not None:
+            row.update(self.feed.pop_metrics())
         if evaluated:
             row.update(eval_return=self.last_eval, **evaluation)
         failures = diagnose([*self.recent_rows, row], self.solved_return)
@@ -285,8 +323,10 @@ class Trainer:
     def publish_bundle(self) -> Path:
         from .export import export_bundle  # the ONNX exporter loads only when a run exports
 
-        return export_bundle(self.agent, self.run_dir / "export", self.env_step, self.phase.value,
+        path = export_bundle(self.agent, self.run_dir / "export", self.env_step, self.phase.value,
                              self.last_eval, self.cfg.export_keep)
+        self.model_version = versions(self.run_dir / "export")[-1]
+        return path
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:

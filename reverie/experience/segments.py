@@ -70,8 +70,11 @@ def _read_body(f: BinaryIO, header: tuple[int, int, int]) -> tuple[bytes, bytes]
 
 
 def _segments(folder: Path) -> list[tuple[int, Path]]:
-    """(first seq, path) of every segment file, oldest first."""
+    """(first seq, path) of every segment file, oldest first; none while the folder is not made yet
+    (a trainer may start tailing before the server's first write)."""
     found = []
+    if not folder.is_dir():
+        return found
     for entry in os.scandir(folder):
         match = _NAME.fullmatch(entry.name)
         if match:
