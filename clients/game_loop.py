@@ -41,7 +41,6 @@ from reverie import envs
 from reverie.bundle import latest_bundle
 from reverie.evaluation import evaluate_policy
 from reverie.history import Recent
-from service.runtime import Runtime
 
 from .grpc_client import GrpcClient
 from .rest import Action, RestClient
@@ -105,14 +104,17 @@ def play(ask: Callable, spec: envs.EnvSpec, episodes: int, seed: int, start: Cal
 
 class LocalTeacher:
     """A teacher that acts with the newest bundle in `export_dir` (checked at each episode's start) and
-    uploads each episode in fragments of at most `fragment_steps` steps with `upload(fragments)`."""
+    uploads each episode in fragments of at most `fragment_steps` steps with `upload(fragments)`.
+    It runs the graphs with onnxruntime (the `serve` extra), which the other clients do without."""
 
     def __init__(self, export_dir: Path, upload: Callable, fragment_steps: int):
         self.export_dir, self.upload, self.fragment_steps = Path(export_dir), upload, fragment_steps
-        self.runtime: Runtime | None = None
+        self.runtime = None
         self.recent = Recent(0)
 
     def start(self) -> None:
+        from service.runtime import Runtime
+
         bundle = latest_bundle(self.export_dir)
         if bundle is None:
             raise FileNotFoundError(f"no bundle under {self.export_dir}")

@@ -9,9 +9,12 @@ import threading
 from pathlib import Path
 
 from reverie.bundle import BundleError
+from reverie.experience import LogError
 from reverie.signals import on_stop_signals
 
 SOURCES = ("env", "clients", "both")
+EXPERIENCE_HELP = ("take clients' experience (POST /experience, outcome reports) into LOG: a folder of segment files, "
+                   "or redis://HOST:PORT[/DB][?stream=NAME], a stream several servers share")
 SOURCE_HELP = ("what the trainer learns from: its own env (default), the served clients' experience (the env only "
                "evaluates and gives the spaces), or both")
 
@@ -114,7 +117,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     train_args += [arg for item in args.set for arg in ("--set", item)]
     run_dir = Path(args.run_dir)
     # Clients that teach: the server logs their experience where the trainer tails it.
-    args.experience = run_dir / "experience" if args.source in ("clients", "both") else None
+    if args.experience is not None:
+        train_args += ["--set", f"experience={args.experience}"]
+    elif args.source in ("clients", "both"):
+        args.experience = str(run_dir / "experience")
     return up(run_dir, train_args, _settings(args, run_dir))
 
 
@@ -197,8 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the newest bundle over REST and gRPC, following new ones")
     serve.add_argument("--models", required=True, help="a run dir, its export folder, or one bundle")
-    serve.add_argument("--experience", default=None, metavar="DIR",
-                       help="take clients' experience (POST /experience) into the log in DIR; default: none")
+    serve.add_argument("--experience", default=None, metavar="LOG", help=EXPERIENCE_HELP + "; default: none")
     _server_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -209,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="trainer config override")
     up.add_argument("--source", choices=SOURCES, default=None,
                     help=SOURCE_HELP + "; with clients or both the server takes experience into RUN_DIR/experience")
+    up.add_argument("--experience", default=None, metavar="LOG",
+                    help=EXPERIENCE_HELP + ", for the server and the trainer; default: RUN_DIR/experience with --source clients|both")
     _server_flags(up)
     up.set_defaults(func=cmd_up)
 
@@ -226,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, BundleError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, BundleError, LogError) as err:
         print(f"reverie {args.command}: {err}", file=sys.stderr)
         return 2
 

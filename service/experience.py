@@ -12,7 +12,7 @@ from __future__ import annotations
 import anyio
 import numpy as np
 
-from reverie.experience import Fragment, SegmentLog, encode
+from reverie.experience import Fragment, encode, open_log
 from reverie.experience.records import EPISODE
 from reverie.wire import from_tensor
 
@@ -95,10 +95,11 @@ class NoExperience(Exception):
 
 
 class ExperienceLog:
-    """The server's side of the log, shared by both front ends: concurrent uploads share one fsync."""
+    """The server's side of the log, shared by both front ends: concurrent uploads share one fsync (segment
+    files) or are applied by Redis in its order (a stream several servers share)."""
 
-    def __init__(self, folder):
-        self.log = SegmentLog(folder)
+    def __init__(self, spec: str):
+        self.log = open_log(spec)
 
     def store(self, fragments: list[Fragment]) -> list[tuple[int, bool]]:
         """(position, stored) of each fragment, once all are durable."""

@@ -47,7 +47,8 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
     dtype: str = "float32"  # the model's observations: frames keep as uint8, a quarter of float32
     episode: str = field(default_factory=_episode_id)  # the current episode's id in the experience log
-    source: str = "stream"  # who reports its outcomes, in the log: "session:<id>", or an ActStream
+    # Who reports its outcomes, in the log: "session:<id>", or "stream:<id>" for one ActStream.
+    source: str = field(default_factory=lambda: f"stream:{uuid.uuid4().hex[:12]}")
     # The last step acted (observation, agent action, model version): what a reported outcome completes.
     last: tuple[np.ndarray, np.ndarray, int] | None = None
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 TOKEN_ENV = "REVERIE_API_TOKEN"
 EXPERIENCE_TOKEN_ENV = "REVERIE_EXPERIENCE_TOKEN"
@@ -28,13 +28,19 @@ class ServiceSettings(BaseModel):
     session_memory_mb: float = Field(64.0, gt=0, description="all sessions' histories together stay within this; "
                                      "the least recently used session leaves first")
     session_ttl_s: float = Field(600.0, gt=0, description="a session unused this long is forgotten")
-    experience: Path | None = Field(None, description="the experience log's folder (clients' episodes for the trainer); "
-                                    "None: this server takes no experience")
+    experience: str | None = Field(None, description="the experience log (clients' episodes for the trainer): a folder "
+                                   "of segment files, or redis://HOST:PORT[/DB][?stream=NAME] shared by several servers; "
+                                   "None: this server takes no experience")
     experience_token: str | None = Field(default_factory=lambda: os.environ.get(EXPERIENCE_TOKEN_ENV) or None,
                                          description=f"bearer token required to write experience (env {EXPERIENCE_TOKEN_ENV}); "
                                          "without one, writing needs what reading does")
     max_fragment_steps: int = Field(1000, ge=1, description="steps in one uploaded fragment")
     reward_bound: float = Field(1e6, gt=0, description="a reported reward's largest magnitude")
+
+    @field_validator("experience", mode="before")
+    @classmethod
+    def _folder_as_text(cls, value):
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     def token_accepts(self, authorization: str | None) -> bool:
         """Whether an `Authorization` header (REST) or metadata value (gRPC) carries the token (or the

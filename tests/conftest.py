@@ -170,3 +170,12 @@ def trained_cartpole(tmp_path_factory):
         if load_manifest(latest_bundle(run_dir)).last_eval_return >= 475:
             return run_dir
     pytest.fail("no cartpole seed reached an eval return of 475 within 2,500 env steps")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server for the session (each test uses streams of its own names)."""
+    from serving import RedisServer
+
+    with RedisServer() as server:
+        yield server

@@ -141,3 +141,37 @@ def publish_broken(source: Path, export_dir: Path, damage: str) -> Path:
     os.replace(export_dir / f".{POINTER}.tmp", export_dir / POINTER)
     shutil.rmtree(scratch)
     return final
+
+
+class RedisServer:
+    """A real `redis-server` on a loopback port, in a temporary folder, every write synced (appendfsync
+    always), the way an experience log that acknowledges writes should run it."""
+
+    def __init__(self):
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server (.ci/run does)")
+        (self.port,) = free_ports(1)
+        self.folder = tempfile.mkdtemp(prefix="redis-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> "RedisServer":
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.folder, "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            assert self.process.poll() is None, "redis-server exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_until(up, 20, "redis-server")
+        return self
+
+    def stream(self, name: str) -> str:
+        """The log URL of stream `name` on this server."""
+        return f"{self.url}?stream={name}"
+
+    def __exit__(self, *_) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        shutil.rmtree(self.folder, ignore_errors=True)

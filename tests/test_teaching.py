@@ -4,6 +4,7 @@ answers; reports it cannot place are refused and log nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -18,7 +19,7 @@ from clients.game_loop import LocalTeacher, Player, teach
 from clients.grpc_client import GrpcClient
 from clients.rest import ApiError, RestClient
 from reverie import envs
-from reverie.experience import SegmentReader, decode
+from reverie.experience import SegmentReader, decode, open_reader
 from serving import ProcessServer, ThreadServer, wait_until
 
 
@@ -54,8 +55,11 @@ def play(act, episodes: int, seed: int) -> list[list[tuple]]:
 
 
 def check_logged(records: list, played: list[list[tuple]], source: str) -> None:
-    """The log holds each played step once, in order, as the transition the client saw."""
+    """The log holds each played step once, in order, as the transition the client saw, from `source`
+    (a prefix, ending in ":", for an ActStream's own id)."""
     assert len(records) == sum(map(len, played))
+    (logged_source,) = {r.source for r in records}  # one client, one source
+    assert logged_source == source or source.endswith(":") and logged_source.startswith(source) and len(logged_source) > len(source)
     episodes = []
     for steps in played:
         mine, records = records[:len(steps)], records[len(steps):]
@@ -64,7 +68,7 @@ def check_logged(records: list, played: list[list[tuple]], source: str) -> None:
         for r, (obs, action, reward, next_obs, terminated, truncated) in zip(mine, steps):
             np.testing.assert_array_equal(r.observations, np.stack([obs, next_obs]).astype(np.float32))
             assert (r.actions.tolist(), r.rewards.tolist(), r.model_versions.tolist()) == ([action], [reward], [1])
-            assert (r.terminated, r.truncated, r.source) == (terminated, truncated, source)
+            assert (r.terminated, r.truncated) == (terminated, truncated)
     assert len(set(episodes)) == len(episodes)  # a new episode id after each end
 
 
@@ -93,7 +97,7 @@ def test_an_actstream_logs_the_transitions_its_client_played(server):
             return step.action
 
         played = play(act, 2, seed=20)
-    check_logged(logged(server.settings.experience)[before:], played, "stream")
+    check_logged(logged(server.settings.experience)[before:], played, "stream:")
 
 
 OBS = [0.01, 0.02, 0.03, 0.04]
@@ -164,51 +168,64 @@ def test_reports_take_the_experience_token_and_a_server_without_a_log_refuses_th
         assert (refused.value.status, refused.value.field) == (404, "reward")
 
 
-def test_nothing_acknowledged_is_lost_when_the_server_is_killed(exported_agents, tmp_path):
-    """`kill -9` of `reverie serve` while four clients send experience (two uploading fragments, two
-    reporting outcomes in sessions): after a restart the log holds every fragment and transition that
-    was acknowledged, and takes more."""
-    models, log = exported_agents["CartPole-v1"][1], tmp_path / "log"
-    uploaded: dict[bytes, int] = {}  # fragment key -> the seq its acknowledgement gave
-    reported: Counter = Counter()  # session -> outcome reports acknowledged
-    stop = threading.Event()
-
-    def uploader(k: int, url: str) -> None:
-        with RestClient(url, timeout=5) as client:
-            for i in itertools.count():
-                fragment = {"episode": f"client-{k}", "index": i, "observations": [OBS] * 3, "actions": [0, 1],
-                            "rewards": [1.0, 1.0]}
-                try:
-                    answer = client.upload([fragment])[0]
-                except (ApiError, httpx.TransportError):
-                    return
-                uploaded[f"client-{k}\x00{i}".encode()] = answer["seq"]
-
-    def player(k: int, url: str) -> None:
-        with RestClient(url, timeout=5) as client:
+def uploader(k: int, url: str, uploaded: dict) -> None:
+    """Uploads fragments until the server goes; `uploaded`: fragment key -> the seq its acknowledgement gave."""
+    with RestClient(url, timeout=5) as client:
+        for i in itertools.count():
+            fragment = {"episode": f"client-{k}", "index": i, "observations": [OBS] * 3, "actions": [0, 1],
+                        "rewards": [1.0, 1.0]}
             try:
-                client.act(OBS, session=f"player-{k}", reset=True)
-                while not stop.is_set():
-                    client.act(OBS, session=f"player-{k}", reward=1.0)
-                    reported[f"session:player-{k}"] += 1
+                answer = client.upload([fragment])[0]
             except (ApiError, httpx.TransportError):
                 return
+            uploaded[f"client-{k}\x00{i}".encode()] = answer["seq"]
 
-    with ProcessServer(models, args=("--experience", str(log))) as server:
-        threads = [threading.Thread(target=f, args=(k, server.url)) for k, f in enumerate((uploader, uploader, player, player))]
+
+def player(k: int, url: str, reported: Counter, stop: threading.Event) -> None:
+    """Reports outcomes in a session until the server goes or `stop`; counts the acknowledged reports."""
+    with RestClient(url, timeout=5) as client:
+        try:
+            client.act(OBS, session=f"player-{k}", reset=True)
+            while not stop.is_set():
+                client.act(OBS, session=f"player-{k}", reward=1.0)
+                reported[f"session:player-{k}"] += 1
+        except (ApiError, httpx.TransportError):
+            return
+
+
+@pytest.mark.parametrize("backend", ["segments", "redis"])
+def test_nothing_acknowledged_is_lost_when_a_server_is_killed(backend, exported_agents, tmp_path, request):
+    """`kill -9` of `reverie serve` while four clients send experience (two uploading fragments, two
+    reporting outcomes in sessions). Segment files: after a restart the log holds every fragment and
+    transition that was acknowledged, and takes more. Redis: two replicas share one stream, the clients
+    split across them; one is killed, and the stream holds all it acknowledged while the other takes more."""
+    models = exported_agents["CartPole-v1"][1]
+    log = request.getfixturevalue("redis_server").stream(f"kill-{tmp_path.name}") if backend == "redis" else str(tmp_path / "log")
+    replicas = 2 if backend == "redis" else 1
+    uploaded: dict[bytes, int] = {}
+    reported: Counter = Counter()
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(ProcessServer(models, args=("--experience", log))) for _ in range(replicas)]
+        threads = [threading.Thread(target=uploader, args=(k, servers[k % replicas].url, uploaded)) for k in (0, 1)]
+        threads += [threading.Thread(target=player, args=(k, servers[k % replicas].url, reported, stop)) for k in (2, 3)]
         for t in threads:
             t.start()
         wait_until(lambda: len(uploaded) >= 50 and sum(reported.values()) >= 50, 60, "acknowledged experience")
-        server.process.kill()  # SIGKILL: no flush, no close, mid-write for some request
-        server.process.wait(timeout=10)
+        servers[0].process.kill()  # SIGKILL: no flush, no close, mid-write for some request
+        servers[0].process.wait(timeout=10)
+        if backend == "redis":  # the other replica's clients go on meanwhile
+            wait_until(lambda: len(uploaded) >= 80, 30, "uploads to the replica left")
         stop.set()
         for t in threads:
             t.join(timeout=10)
-    with ProcessServer(models, args=("--experience", str(log))) as server, RestClient(server.url) as client:
-        assert client.upload([{"episode": "after", "index": 0, "observations": [OBS] * 2, "actions": [1],
-                               "rewards": [1.0]}])[0]["stored"]
-    records = SegmentReader(log).read(0, max_records=10**6).records
+        survivor = servers[1] if backend == "redis" else stack.enter_context(ProcessServer(models, args=("--experience", log)))
+        with RestClient(survivor.url) as client:
+            assert client.upload([{"episode": "after", "index": 0, "observations": [OBS] * 2, "actions": [1],
+                                   "rewards": [1.0]}])[0]["stored"]
+    records = open_reader(log).read(0, max_records=10**6).records
     seqs = {key: seq for seq, key, _ in records}
     assert all(seqs.get(key) == seq for key, seq in uploaded.items()), "an acknowledged upload is missing"
+    assert {k.split(b"\x00")[0] for k in uploaded} == {b"client-0", b"client-1"}  # both replicas' uploaders
     stored = Counter(decode(payload).source for _, _, payload in records)
     assert all(stored[source] >= n for source, n in reported.items()), (stored, reported)

@@ -57,8 +57,8 @@ class Config(BaseModel):
     source: Literal["env", "clients", "both"] = Field(
         "env", description="where the replay's experience comes from: the trainer's own env, the served clients' "
         "experience log (the env only evaluates), or both; total_steps and every cadence count transitions from either")
-    experience: str | None = Field(None, description="the experience log's folder that source=clients|both tails "
-                                   "(None: RUN_DIR/experience, where `reverie up` has the server write it)")
+    experience: str | None = Field(None, description="the experience log that source=clients|both tails: a folder, or "
+                                   "redis://HOST:PORT[/DB][?stream=NAME] (None: RUN_DIR/experience, where `reverie up` has the server write it)")
     max_policy_lag: int | None = Field(10, ge=0, description="client steps chosen by a model more than this many "
                                        "exported versions older than the newest are dropped, not learned from (None: keep all)")
     client_run_steps: int = Field(64, ge=1, description="an unfinished client episode's steps reach the replay in runs of "

@@ -19,12 +19,11 @@ import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from reverie.experience import Fragment, SegmentReader, decode
+from reverie.experience import Fragment, decode, open_reader
 
 from .envs import SpaceInfo
 
@@ -74,10 +73,10 @@ def check_fragment(fragment: Fragment, space: SpaceInfo) -> str | None:
 
 
 class ClientFeed:
-    def __init__(self, folder: Path, space: SpaceInfo, run_steps: int, max_policy_lag: int | None):
-        self.folder, self.space = Path(folder), space
-        self.run_steps, self.max_policy_lag = run_steps, max_policy_lag
-        self.reader = SegmentReader(self.folder)
+    def __init__(self, log: str, space: SpaceInfo, run_steps: int, max_policy_lag: int | None):
+        """`log`: a folder of segment files or a redis:// URL (`reverie.experience.open_reader`)."""
+        self.space, self.run_steps, self.max_policy_lag = space, run_steps, max_policy_lag
+        self.reader = open_reader(str(log))
         self.next_seq = 0  # the log position the next read starts at
         self.open: OrderedDict[str, _Episode] = OrderedDict()  # least recently extended first
         self.ready: deque[Transition] = deque()  # released runs, oldest first, not yet taken

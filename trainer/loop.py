@@ -125,7 +125,7 @@ class Trainer:
                          "replay": self.replay}
         self.feed = None
         if cfg.source != "env":
-            self.feed = ClientFeed(Path(cfg.experience or self.run_dir / "experience"), self.space,
+            self.feed = ClientFeed(cfg.experience or str(self.run_dir / "experience"), self.space,
                                    cfg.client_run_steps, cfg.max_policy_lag)
             self.stateful["feed"] = self.feed  # its read position goes with the replay it filled
         self.client_run = False  # a client's run is being added (source=both: the env waits for its end)
