@@ -9,6 +9,8 @@ replay holds them.
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import numpy as np
 
@@ -95,19 +97,49 @@ class NoExperience(Exception):
 
 
 class ExperienceLog:
-    """The server's side of the log, shared by both front ends: concurrent uploads share one fsync (segment
-    files) or are applied by Redis in its order (a stream several servers share)."""
+    """The server's side of the log, shared by both front ends. Concurrent writes share one fsync
+    (segment files) or one round trip (a Redis stream several servers share), and on the event loop
+    (REST) the requests that arrive while a write is under way go to the worker thread together."""
 
     def __init__(self, spec: str):
         self.log = open_log(spec)
+        self._waiting: list[tuple[list[Fragment], asyncio.Future]] = []  # REST writes for the next group
+        self._writing = False
+        self.groups = 0  # group writes made for the event loop (the metric says how well they share)
 
     def store(self, fragments: list[Fragment]) -> list[tuple[int, bool]]:
         """(position, stored) of each fragment, once all are durable."""
         return self.log.append([(fragment.key, encode(fragment)) for fragment in fragments])
 
     async def store_async(self, fragments: list[Fragment]) -> list[tuple[int, bool]]:
-        """`store` in a worker thread: the event loop goes on serving while the disk syncs."""
-        return await anyio.to_thread.run_sync(self.store, fragments)
+        """`store` off the event loop, which goes on serving while the disk syncs. One worker-thread hop
+        per request cost more than the rest of an outcome report; grouped, a busy server pays one per
+        group."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((fragments, future))
+        if not self._writing:
+            self._writing = True
+            asyncio.get_running_loop().create_task(self._write_groups())
+        return await future
+
+    async def _write_groups(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                self.groups += 1
+                try:
+                    results = await anyio.to_thread.run_sync(self.store, [f for fragments, _ in group for f in fragments])
+                except Exception as error:  # each request gets the log's error as its own
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for fragments, future in group:
+                    if not future.done():  # a request whose client went away
+                        future.set_result(results[:len(fragments)])
+                    results = results[len(fragments):]
+        finally:
+            self._writing = False
 
     def close(self) -> None:
         self.log.close()

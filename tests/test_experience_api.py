@@ -4,6 +4,7 @@ INVALID_ARGUMENT) naming its field that stores nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import gymnasium as gym
@@ -13,7 +14,8 @@ import pytest
 
 from clients.grpc_client import GrpcClient
 from clients.rest import ApiError, RestClient
-from reverie.experience import SegmentReader, decode
+from reverie.experience import Fragment, SegmentReader, decode
+from service.experience import ExperienceLog
 from serving import ThreadServer
 
 
@@ -161,3 +163,20 @@ def test_a_server_without_a_log_refuses_experience(exported_agents):
         with pytest.raises(ApiError) as refused, GrpcClient(server.grpc_target) as grpc:
             grpc.upload([PLAYED])
         assert refused.value.status == "UNIMPLEMENTED"
+
+
+def test_writes_that_arrive_together_go_to_the_log_in_one_group_each_with_its_own_answer(tmp_path):
+    """REST requests waiting on the log share one worker-thread write: 17 concurrent writes (one a retry
+    of another) are one group, and each request is answered with its own fragment's position."""
+    log = ExperienceLog(str(tmp_path))
+    fragments = [Fragment(f"group-{i}", 0, np.zeros((2, 4), np.float32), np.zeros(1, np.int64), np.ones(1, np.float32),
+                          np.ones(1, np.int64), False, False) for i in range(16)]
+
+    async def concurrently():
+        return await asyncio.gather(*(log.store_async([f]) for f in fragments), log.store_async([fragments[3]]))
+
+    answers = asyncio.run(concurrently())
+    log.close()
+    assert answers == [[(i, True)] for i in range(16)] + [[(3, False)]]
+    assert log.groups == 1
+    assert [decode(p).episode for _, _, p in SegmentReader(tmp_path).read(0).records] == [f.episode for f in fragments]
