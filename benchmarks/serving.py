@@ -113,6 +113,8 @@ def wrk(url: str, body: dict, connections: int, seconds: int, cycle: int = 0) ->
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw failures against {url}:\n{out}")
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    if set(latency) != {"50", "99"}:
+        raise RuntimeError(f"wrk gave no latency distribution for {url}:\n{out}")
     return {"p50": _ms(latency["50"]), "p99": _ms(latency["99"]),
             "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
 

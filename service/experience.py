@@ -10,8 +10,8 @@ replay holds them.
 from __future__ import annotations
 
 import asyncio
-
-import anyio
+import queue
+import threading
 import numpy as np
 
 from reverie.experience import Fragment, encode, open_log
@@ -97,49 +97,69 @@ class NoExperience(Exception):
 
 
 class ExperienceLog:
-    """The server's side of the log, shared by both front ends. Concurrent writes share one fsync
-    (segment files) or one round trip (a Redis stream several servers share), and on the event loop
-    (REST) the requests that arrive while a write is under way go to the worker thread together."""
+    """The server's side of the log, shared by both front ends. gRPC's worker threads append directly
+    (concurrent appends share one fsync); REST requests, on the event loop, queue theirs for one writer
+    thread, which takes everything queued while it was writing as one group: one wake-up, one append
+    (one fsync, or one Redis round trip) and one hand-back to the loop per group, not per request."""
 
     def __init__(self, spec: str):
         self.log = open_log(spec)
-        self._waiting: list[tuple[list[Fragment], asyncio.Future]] = []  # REST writes for the next group
-        self._writing = False
-        self.groups = 0  # group writes made for the event loop (the metric says how well they share)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.groups = 0  # group appends the writer made (how well REST requests share them)
+        self._writer = threading.Thread(target=self._write_groups, name="experience-writer", daemon=True)
+        self._writer.start()
 
     def store(self, fragments: list[Fragment]) -> list[tuple[int, bool]]:
         """(position, stored) of each fragment, once all are durable."""
         return self.log.append([(fragment.key, encode(fragment)) for fragment in fragments])
 
     async def store_async(self, fragments: list[Fragment]) -> list[tuple[int, bool]]:
-        """`store` off the event loop, which goes on serving while the disk syncs. One worker-thread hop
-        per request cost more than the rest of an outcome report; grouped, a busy server pays one per
-        group."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((fragments, future))
-        if not self._writing:
-            self._writing = True
-            asyncio.get_running_loop().create_task(self._write_groups())
+        """`store` by the writer thread, for a coroutine: the event loop goes on serving meanwhile."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((fragments, loop, future))
         return await future
 
-    async def _write_groups(self) -> None:
-        try:
-            while self._waiting:
-                group, self._waiting = self._waiting, []
-                self.groups += 1
+    def _write_groups(self) -> None:
+        while (first := self._queue.get()) is not None:
+            group = [first]
+            while True:
                 try:
-                    results = await anyio.to_thread.run_sync(self.store, [f for fragments, _ in group for f in fragments])
-                except Exception as error:  # each request gets the log's error as its own
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                for fragments, future in group:
-                    if not future.done():  # a request whose client went away
-                        future.set_result(results[:len(fragments)])
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # close() comes after this group
+                    break
+                group.append(item)
+            self.groups += 1
+            try:
+                results = self.store([f for fragments, _, _ in group for f in fragments])
+                answers = []
+                for fragments, _, _ in group:
+                    answers.append(results[:len(fragments)])
                     results = results[len(fragments):]
-        finally:
-            self._writing = False
+            except Exception as error:  # each request gets the log's error as its own
+                answers = [error] * len(group)
+            for loop in {loop for _, loop, _ in group}:
+                mine = [(future, answer) for (_, lp, future), answer in zip(group, answers) if lp is loop]
+                try:
+                    loop.call_soon_threadsafe(_settle, mine)
+                except RuntimeError:  # that loop is closed: its server stopped, nobody waits for these
+                    pass
 
     def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join()
         self.log.close()
+
+
+def _settle(answers: list[tuple[asyncio.Future, list | Exception]]) -> None:
+    """On the loop: each waiting request's own answer, or the log's error."""
+    for future, answer in answers:
+        if future.done():  # its client went away
+            continue
+        if isinstance(answer, Exception):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)

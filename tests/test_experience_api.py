@@ -166,8 +166,8 @@ def test_a_server_without_a_log_refuses_experience(exported_agents):
 
 
 def test_writes_that_arrive_together_go_to_the_log_in_one_group_each_with_its_own_answer(tmp_path):
-    """REST requests waiting on the log share one worker-thread write: 17 concurrent writes (one a retry
-    of another) are one group, and each request is answered with its own fragment's position."""
+    """REST requests waiting on the log share the writer thread's appends: 17 concurrent writes (one a
+    retry of another) go in a few groups, and each request is answered with its own fragment's position."""
     log = ExperienceLog(str(tmp_path))
     fragments = [Fragment(f"group-{i}", 0, np.zeros((2, 4), np.float32), np.zeros(1, np.int64), np.ones(1, np.float32),
                           np.ones(1, np.int64), False, False) for i in range(16)]
@@ -178,5 +178,5 @@ def test_writes_that_arrive_together_go_to_the_log_in_one_group_each_with_its_ow
     answers = asyncio.run(concurrently())
     log.close()
     assert answers == [[(i, True)] for i in range(16)] + [[(3, False)]]
-    assert log.groups == 1
+    assert log.groups <= 4  # one append per request would be 17
     assert [decode(p).episode for _, _, p in SegmentReader(tmp_path).read(0).records] == [f.episode for f in fragments]
