@@ -35,6 +35,7 @@ from .guard import Guard
 from .hot import HotPaths, HotRoute
 from .responses import error_response, json_response
 from .inputs import InputError
+from .live import PAGE, MetricRows, live
 from .metrics import ServiceMetrics
 from .requests import (WriteDenied, failure_status, finish_step, imagination_args, json_observations, model_info,
                        outcome, request_memory)
@@ -329,6 +330,19 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
     @app.get("/metrics", dependencies=guarded, responses={**ERRORS, **METRICS})
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    rows = MetricRows()
+
+    @app.get("/live", dependencies=guarded, responses=ERRORS)
+    async def live_numbers():
+        """Everything the live page shows, for scripts too: training curves, phases and failure modes,
+        served / newest / best versions, reloads, requests, errors and latency per endpoint and transport."""
+        return json_response(await anyio.to_thread.run_sync(live, store, metrics, settings, rows, len(sessions)))
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        """The live page: static, no data in it (the data comes from /live, with the token if one is set)."""
+        return Response(PAGE.read_bytes(), media_type="text/html; charset=utf-8")
 
     openapi.install(app, store, settings, BODIES)
     app.state.store, app.state.metrics, app.state.settings, app.state.sessions = store, metrics, settings, sessions
