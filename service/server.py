@@ -34,6 +34,7 @@ class Service:
         s = self.settings
         log.info("REST on http://%s:%d, gRPC on %s:%d (models: %s%s)", s.host, s.port, s.host, s.grpc_port, s.models,
                  ", bearer token required" if s.api_token else "")
+        log.info("the live page: http://%s:%d/", s.host, s.port)
         try:
             self.http.run()
         finally:
