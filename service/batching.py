@@ -47,10 +47,16 @@ class ActBatcher:
                 results = group[0][0].act_many([request for _, request, _ in group])
             except Exception as err:  # a bug, not a client's mistake: every request of the call reports it
                 results = [err] * len(group)
-            for (_, _, future), result in zip(group, results):
-                if future.done():  # the client went away
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            settle([(future, result) for (_, _, future), result in zip(group, results)])
+
+
+def settle(answers) -> None:
+    """On the loop: each waiting request's own result, or the error it gets; one whose client went
+    away (its future cancelled) is skipped."""
+    for future, answer in answers:
+        if future.done():
+            continue
+        if isinstance(answer, Exception):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+
 import numpy as np
 
 from reverie.experience import Fragment, encode, open_log
@@ -19,6 +20,7 @@ from reverie.experience.records import EPISODE
 from reverie.wire import from_tensor
 
 from . import inputs
+from .batching import settle
 from .inputs import InputError
 from .runtime import Runtime
 from .schemas import COUNT_MAX, FragmentBody
@@ -144,7 +146,7 @@ class ExperienceLog:
             for loop in {loop for _, loop, _ in group}:
                 mine = [(future, answer) for (_, lp, future), answer in zip(group, answers) if lp is loop]
                 try:
-                    loop.call_soon_threadsafe(_settle, mine)
+                    loop.call_soon_threadsafe(settle, mine)
                 except RuntimeError:  # that loop is closed: its server stopped, nobody waits for these
                     pass
 
@@ -153,13 +155,3 @@ class ExperienceLog:
         self._writer.join()
         self.log.close()
 
-
-def _settle(answers: list[tuple[asyncio.Future, list | Exception]]) -> None:
-    """On the loop: each waiting request's own answer, or the log's error."""
-    for future, answer in answers:
-        if future.done():  # its client went away
-            continue
-        if isinstance(answer, Exception):
-            future.set_exception(answer)
-        else:
-            future.set_result(answer)
