@@ -318,7 +318,8 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok"}
+        """Alive; and whether the data endpoints want a bearer token (the live page asks for one only then)."""
+        return {"status": "ok", "token_required": settings.api_token is not None}
 
     @app.get("/readyz", responses={503: {"model": Error}})
     async def readyz():
