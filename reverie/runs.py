@@ -19,7 +19,7 @@ from pathlib import Path
 CHECKPOINT = re.compile(r"step_(\d+)\.pt$")
 STATUS_FILE = "status.json"
 STATUS_KEYS = ("env_step", "phase", "updates", "episodes", "wall_s", "eval_return", "eval_env_step", "failure_modes",
-               "imagination_fidelity")
+               "imagination_fidelity", "diagnosis")
 
 
 def checkpoint_path(run_dir: Path, env_step: int) -> Path:
@@ -49,10 +49,11 @@ def read_status(run_dir: Path | None) -> dict | None:
         return None
 
 
-def publish_status(run_dir: Path, row: dict, fidelity: dict | None = None) -> None:
+def publish_status(run_dir: Path, row: dict, fidelity: dict | None = None, findings: dict | None = None) -> None:
     """Publish a metric row's progress; an evaluation, and the imagination fidelity measured with it
     (env_step and, per imagined step, state_error, obs_error, reward_error, continue_accuracy), are
-    carried forward until the next one."""
+    carried forward until the next one. `findings`: the failure modes that fired on this row, each
+    with its env step, evidence and --set lines to try; `diagnosis` keeps each mode's latest."""
     previous = read_status(run_dir) or {}
     status = {key: row.get(key) for key in STATUS_KEYS[:5]}
     evaluated = row.get("eval_return") is not None
@@ -60,6 +61,7 @@ def publish_status(run_dir: Path, row: dict, fidelity: dict | None = None) -> No
     status["eval_env_step"] = row["env_step"] if evaluated else previous.get("eval_env_step")
     status["failure_modes"] = list(row.get("failure_modes", []))
     status["imagination_fidelity"] = fidelity if fidelity is not None else previous.get("imagination_fidelity")
+    status["diagnosis"] = {**previous.get("diagnosis", {}), **(findings or {})}
     path = Path(run_dir) / STATUS_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(status))

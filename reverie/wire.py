@@ -54,8 +54,9 @@ def message_dict(message) -> dict:
         if field.has_presence and not message.HasField(field.name):
             out[field.name] = None
         elif field.message_type is not None and field.message_type.GetOptions().map_entry:
-            entry = field.message_type.fields_by_name["value"]
-            out[field.name] = {k: message_dict(v) if entry.message_type else v for k, v in value.items()}
+            entry = field.message_type.fields_by_name["value"].message_type
+            out[field.name] = {k: v if entry is None else list(v) if entry.full_name == "google.protobuf.ListValue"
+                               else message_dict(v) for k, v in value.items()}
         elif field.message_type is not None:
             out[field.name] = [message_dict(v) for v in value] if _repeated(field) else message_dict(value)
         else:

@@ -20,6 +20,13 @@ def test_status_carries_the_last_evaluation_forward(tmp_path):
     assert tuple(status) == STATUS_KEYS  # progress only: the loss columns stay in the trainer's log
     assert status["env_step"] == 750 and status["eval_return"] == 42.0 and status["eval_env_step"] == 500
     assert status["failure_modes"] == [] and status["imagination_fidelity"] == fidelity
+    finding = {"env_step": 1000, "evidence": {"critic_value_mean": [1.0, 9.0]}, "set_lines": ["--set target_critic=true"]}
+    publish_status(tmp_path, {"env_step": 1000, "failure_modes": ["critic_divergence"]}, findings={"critic_divergence": finding})
+    publish_status(tmp_path, {"env_step": 1250, "failure_modes": ["entropy_collapse"]},
+                   findings={"entropy_collapse": {**finding, "env_step": 1250}})
+    publish_status(tmp_path, {"env_step": 1500, "failure_modes": []})
+    assert read_status(tmp_path)["diagnosis"] == {"critic_divergence": finding,  # each mode's latest firing, kept
+                                                  "entropy_collapse": {**finding, "env_step": 1250}}
     (tmp_path / "status.json").write_text("{half a file")
     assert read_status(tmp_path) is None  # never raises into a request
 
@@ -34,6 +41,9 @@ def test_a_training_run_publishes_what_the_service_reads(tmp_path):
     assert status["env_step"] == rows[-1]["env_step"] == 300 and status["updates"] == rows[-1]["updates"]
     evaluated = [r for r in rows if "eval_return" in r]
     assert status["eval_env_step"] == evaluated[-1]["env_step"] and status["eval_return"] == evaluated[-1]["eval_return"]
+    fired = {mode: r["env_step"] for r in rows for mode in r["failure_modes"]}  # each mode's last firing
+    assert {mode: found["env_step"] for mode, found in status["diagnosis"].items()} == fired
+    assert all(found["evidence"] and isinstance(found["set_lines"], list) for found in status["diagnosis"].values())
     bundle = tmp_path / "export" / "v000001"  # where `reverie serve --models` may point
     bundle.mkdir(parents=True)
     assert run_dir_of(tmp_path) == run_dir_of(tmp_path / "export") == run_dir_of(bundle) == tmp_path

@@ -306,12 +306,14 @@ class Trainer:
             row.update(eval_return=self.last_eval, **evaluation)
         failures = diagnose([*self.recent_rows, row], self.solved_return)
         row["failure_modes"] = [f.name for f in failures]
-        for f in failures:
-            log.warning("failure mode %s at env step %d (%s); try: %s", f.name, self.env_step,
-                        ", ".join(f"{k} {v}" for k, v in evidence(f, [*self.recent_rows, row]).items()),
-                        " ".join(f.set_lines(self.cfg)) or "nothing left to turn on")
+        findings = {f.name: {"env_step": self.env_step, "evidence": evidence(f, [*self.recent_rows, row]),
+                             "set_lines": f.set_lines(self.cfg)} for f in failures}
+        for name, found in findings.items():
+            log.warning("failure mode %s at env step %d (%s); try: %s", name, self.env_step,
+                        ", ".join(f"{k} {v}" for k, v in found["evidence"].items()),
+                        " ".join(found["set_lines"]) or "nothing left to turn on")
         self.writer.write(row)
-        publish_status(self.run_dir, row, self.fidelity if evaluated else None)
+        publish_status(self.run_dir, row, self.fidelity if evaluated else None, findings)
         self.recent_rows.append(row)
         if evaluated:
             plot_training_curves(
