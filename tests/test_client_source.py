@@ -17,6 +17,7 @@ from conftest import small_config
 from reverie.experience import Fragment, SegmentLog, encode
 from reverie.runs import latest_checkpoint
 from trainer.checkpoint import load_checkpoint
+from trainer.config import Config
 from trainer.envs import SpaceInfo
 from trainer.feed import ClientFeed
 from trainer.loop import Trainer
@@ -156,8 +157,9 @@ def test_a_trainer_killed_with_minus_9_resumes_at_its_read_position(tmp_path):
     saved = load_checkpoint(latest_checkpoint(run))  # at 200 steps, with the log read to its end (30 records)
     assert saved["position"]["env_step"] == 200 and saved["feed"]["next_seq"] == 30 and len(saved["feed"]["ready"]) == 100
     write(log, [f for episode in episodes[6:] for f in episode])  # the clients went on meanwhile: 200 more
-    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=90)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = Trainer(Config.model_validate_json((run / "config.json").read_text()), run, resume=True)
+    assert resumed.env_step == 200  # `reverie train --resume` does this, in this process
+    resumed.run()
     state = load_checkpoint(latest_checkpoint(run))
     stored = state["replay"]["data"]
     learned = stored["obs"][stored["valid"]][:, :2]

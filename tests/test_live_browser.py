@@ -1,8 +1,9 @@
-"""The live page in a real browser: `reverie up` (smoke preset, a bearer token set) and headless Chromium
-(Debian's `chromium` and `chromium-driver`; `.ci/run` installs them). The page loads in under a second,
-asks for the token before it asks for any data, then draws curves with points, shows the version that
-`/model` serves, follows a newer export without a reload, and renders the imagination panel; the
-browser's console holds no error. The screenshot and the load time are kept: $REVERIE_ARTIFACTS/live_page.png
+"""`reverie up` as a person sees it: it answers `/act` at once, follows training with newer versions,
+shows it all on the live page in a real browser, and stops cleanly. One `reverie up` (smoke preset, a
+bearer token set) and headless Chromium (Debian's `chromium` and `chromium-driver`; `.ci/run` installs
+them). The page loads in under a second, asks for the token before it asks for any data, then draws
+curves with points, shows the version that `/model` serves, follows a newer export without a reload,
+and renders the imagination panel; the browser's console holds no error. The screenshot and the load time are kept: $REVERIE_ARTIFACTS/live_page.png
 and live_page.json, or in the test's temporary folder."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -40,7 +42,7 @@ def chrome():
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_the_live_page_works_in_a_real_browser(tmp_path):
+def test_reverie_up_serves_at_once_shows_training_live_and_stops_cleanly(tmp_path):
     from selenium.webdriver.common.by import By
 
     port, grpc_port = free_ports(2)
@@ -50,16 +52,20 @@ def test_the_live_page_works_in_a_real_browser(tmp_path):
     log = (tmp_path / "up.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "REVERIE_API_TOKEN": TOKEN})
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    driver = None
+    driver, trainer_pids = None, []
     try:
-        def ready() -> bool:
+        started = time.monotonic()
+
+        def acts() -> bool:
             assert process.poll() is None, (tmp_path / "up.log").read_text()
             try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+                return httpx.post(f"{url}/act", json={"obs": [0.0] * 4}, headers=auth, timeout=2).status_code == 200
             except httpx.TransportError:
                 return False
 
-        wait_until(ready, 90, "reverie up serving", interval=0.25)
+        wait_until(acts, 60, "/act answering", interval=0.25)
+        first_answer_s = time.monotonic() - started
+        first = httpx.get(f"{url}/model", headers=auth).json()
         assert httpx.get(f"{url}/live").status_code == 401  # the data wants the token
         driver = chrome()
         driver.get(f"{url}/")
@@ -77,8 +83,8 @@ def test_the_live_page_works_in_a_real_browser(tmp_path):
         served = lambda: driver.find_element(By.ID, "served").get_attribute("data-version")  # noqa: E731
         wait_until(lambda: served() == str(httpx.get(f"{url}/model", headers=auth).json()["model_version"]), 20,
                    "the page's served version equal to /model's", interval=0.5)
-        first = int(served())
-        wait_until(lambda: int(served() or 0) > first, 90, "a newer export on the page", interval=0.5)
+        shown = int(served())
+        wait_until(lambda: int(served() or 0) > shown, 90, "a newer export on the page", interval=0.5)
         assert driver.execute_script("return window.notReloaded === true;")  # followed without a reload
         driver.find_element(By.ID, "imagine").click()
         wait_until(lambda: driver.execute_script(
@@ -92,11 +98,24 @@ def test_the_live_page_works_in_a_real_browser(tmp_path):
         assert errors == []
         assert load_ms < 1000, f"the page took {load_ms:.0f} ms to load"
         assert driver.find_element(By.ID, "error").text == ""
+        later = httpx.get(f"{url}/model", headers=auth).json()  # training went on, and the bundles with it
+        assert later["model_version"] >= first["model_version"] + 1
+        assert later["training"]["env_step"] > (first["training"] or {}).get("env_step", 0)
+        assert later["manifest"]["training_step"] > first["manifest"]["training_step"]
+        assert later["manifest"]["last_eval_return"] is not None
+        trainer_pids = subprocess.run(["pgrep", "-f", f"train --run-dir {tmp_path / 'run'}"], capture_output=True,
+                                      text=True).stdout.split()
+        assert len(trainer_pids) == 1
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = "still running 60 s after SIGTERM"
+        assert code == 0, (tmp_path / "up.log").read_text()
     finally:
         if driver is not None:
             driver.quit()
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        if process.poll() is None:
             process.kill()
+    assert first_answer_s < 60
+    assert not os.path.exists(f"/proc/{trainer_pids[0]}") or "Z" in open(f"/proc/{trainer_pids[0]}/stat").read().split()[2]
