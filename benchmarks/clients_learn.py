@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,12 +30,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clients.rest import RestClient  # noqa: E402
+from tests.serving import RedisServer  # noqa: E402
 
-CLIENTS = {  # kind -> game_loop flags (EXPORT is the run's export folder)
-    "rest-session": ["--transport", "rest", "--memory", "session"],
-    "grpc-stream": ["--transport", "grpc", "--stream"],
-    "local-rest": ["--transport", "rest", "--local", "EXPORT"],
-    "local-grpc": ["--transport", "grpc", "--local", "EXPORT"],
+CLIENTS = {  # kind -> the teacher's command after `python -m` (EXPORT is the run's export folder)
+    "rest-session": ["clients.game_loop", "--teach", "--transport", "rest", "--memory", "session"],
+    "grpc-stream": ["clients.game_loop", "--teach", "--transport", "grpc", "--stream"],
+    "local-rest": ["reverie.cli", "teach", "EXPORT", "--transport", "rest"],
+    "local-grpc": ["reverie.cli", "teach", "EXPORT", "--transport", "grpc"],
 }
 
 
@@ -51,19 +49,6 @@ def read_rows(path: Path) -> list[dict]:
 def episodes_of(path: Path) -> list[dict]:
     """A teacher's episode lines (stderr), each with the wall time it was read at."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith('{"episode"')]
-
-
-def start_redis(port: int, folder: str) -> subprocess.Popen:
-    """redis-server on 127.0.0.1:`port`, every write synced to its append-only file."""
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "",
-                                "--appendonly", "yes", "--appendfsync", "always"], stdout=subprocess.DEVNULL)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.1)
-    raise RuntimeError("redis-server did not start")
 
 
 def by_version(teachers: list) -> dict[int, list[float]]:
@@ -97,10 +82,9 @@ def main() -> int:
     run_dir = Path(args.run_dir or f"runs/clients-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     redis, replica, experience = None, None, []
-    if args.redis:
-        folder = tempfile.mkdtemp(prefix="redis-")
-        redis = start_redis(args.port + 2, folder)
-        experience = ["--experience", f"redis://127.0.0.1:{args.port + 2}/0?stream=clients-learn"]
+    if args.redis:  # the tests' redis-server: loopback, every write synced
+        redis = RedisServer().__enter__()
+        experience = ["--experience", redis.stream("clients-learn")]
     up = subprocess.Popen([sys.executable, "-m", "reverie.cli", "up", "--source", "clients", "--run-dir", str(run_dir),
                            "--port", str(args.port), "--grpc-port", str(args.grpc_port), *experience,
                            *[a for item in args.set for a in ("--set", item)]],
@@ -122,7 +106,7 @@ def main() -> int:
         log = run_dir / f"client-{i}-{kind}.log"
         url, target = servers[i % len(servers)]
         teachers.append((kind, log, subprocess.Popen(
-            [sys.executable, "-m", "clients.game_loop", "--teach", "--url", url, "--target", target, *flags,
+            [sys.executable, "-m", *flags, "--url", url, "--target", target,
              "--steps", str(args.steps // len(args.clients)), "--rate", str(args.rate), "--seed", str(i), "--json"],
             stdout=subprocess.DEVNULL, stderr=open(log, "w"))))
 
@@ -160,9 +144,7 @@ def main() -> int:
         if replica is not None:
             replica.terminate()
         if redis is not None:
-            redis.terminate()
-            redis.wait()
-            shutil.rmtree(folder, ignore_errors=True)
+            redis.__exit__()
 
     rows = read_rows(run_dir / "metrics.jsonl")
     print(f"\nCartPole-v1, reverie up --source clients, {len(args.clients)} clients ({', '.join(args.clients)}) "

@@ -5,7 +5,7 @@
     python -m clients.game_loop --transport grpc --target 127.0.0.1:50051 --stream    # one ActStream
     python -m clients.game_loop --image-format raw                                      # frames as raw pixels, not PNG
     python -m clients.game_loop --teach --memory session --steps 2500 --rate 5         # report outcomes: the agent learns
-    python -m clients.game_loop --teach --local runs/default/export --steps 2500       # act with the ONNX graphs here, upload
+    reverie teach runs/default/export --steps 2500                                      # act with the ONNX graphs here, upload
 
 The env id comes from the served model unless given. Episodes use evaluation seeds of their
 own (`--seed`), so they are not the trainer's evaluation episodes replayed. An agent with memory
@@ -18,9 +18,10 @@ as PNG files over REST (`--image-format`), as raw uint8 bytes over gRPC.
 `--teach` makes the client a teacher for a trainer run with `--source clients`: in a session or on
 an ActStream, each request reports the reward and end flags that followed the previous action
 with the observation they led to, actions are sampled (the agent explores), and the game runs
-at `--rate` steps per second, as a game runs at its tick rate. With `--local EXPORT_DIR` the client
-acts itself with the newest bundle's ONNX graphs (onnxruntime, as a robot without a network round
-trip per step would) and uploads its steps in fragments (`POST /experience` or UploadExperience).
+at `--rate` steps per second, as a game runs at its tick rate. `reverie teach EXPORT_DIR [flags]`
+runs this loop acting locally with the newest bundle's ONNX graphs (onnxruntime, as a robot without a
+network round trip per step would) and uploading its steps in fragments (`POST /experience` or
+UploadExperience); it is an entry point, since the graphs run in the service's Runtime.
 """
 
 from __future__ import annotations
@@ -105,21 +106,20 @@ def play(ask: Callable, spec: envs.EnvSpec, episodes: int, seed: int, start: Cal
 class LocalTeacher:
     """A teacher that acts with the newest bundle in `export_dir` (checked at each episode's start) and
     uploads each episode in fragments of at most `fragment_steps` steps with `upload(fragments)`.
-    It runs the graphs with onnxruntime (the `serve` extra), which the other clients do without."""
+    `load(bundle)` opens a bundle's graphs (the service's `Runtime.load`: onnxruntime, the `serve`
+    extra, which the other clients do without; `reverie teach` passes it)."""
 
-    def __init__(self, export_dir: Path, upload: Callable, fragment_steps: int):
-        self.export_dir, self.upload, self.fragment_steps = Path(export_dir), upload, fragment_steps
+    def __init__(self, export_dir: Path, upload: Callable, fragment_steps: int, load: Callable):
+        self.export_dir, self.upload, self.fragment_steps, self.load = Path(export_dir), upload, fragment_steps, load
         self.runtime = None
         self.recent = Recent(0)
 
     def start(self) -> None:
-        from service.runtime import Runtime
-
         bundle = latest_bundle(self.export_dir)
         if bundle is None:
             raise FileNotFoundError(f"no bundle under {self.export_dir}")
         if self.runtime is None or self.runtime.bundle != bundle:
-            self.runtime = Runtime.load(bundle)
+            self.runtime = self.load(bundle)
             self.recent = Recent(self.runtime.history_length)
         self.recent.clear()
         self.episode, self.index = f"local-{uuid.uuid4().hex[:12]}", 0
@@ -176,7 +176,8 @@ def teach(player: Player | LocalTeacher, spec: envs.EnvSpec, steps: int, seed: i
             "mean_return": float(np.mean([e["return"] for e in played]))}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, load: Callable | None = None) -> int:
+    """`load`: what opens a bundle for `--local` (given by `reverie teach`, the entry point that may)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--transport", choices=("rest", "grpc"), default="rest")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="REST base URL")
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--stream needs --transport grpc")
     if args.local and not args.teach:
         parser.error("--local acts here to upload what it plays: add --teach")
+    if args.local and load is None:
+        parser.error("--local runs the bundle with onnxruntime: use `reverie teach EXPORT_DIR ...` (the serve extra)")
     if args.teach and not (args.local or args.stream or args.memory == "session"):
         parser.error("--teach reports outcomes in a session or on an ActStream, or uploads: add --memory session, --stream or --local")
     deterministic = not (args.sample or args.teach)  # a teacher explores
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         run = ((lambda player: teach(player, spec, args.steps, args.seed, args.rate)) if args.teach else
                (lambda player: play(player, spec, args.episodes, args.seed, player.start)))
         if args.local:
-            summary = run(LocalTeacher(Path(args.local), client.upload, args.fragment_steps))
+            summary = run(LocalTeacher(Path(args.local), client.upload, args.fragment_steps, load))
         elif args.stream:
             with client.stream(deterministic) as stream:
                 summary = run(Player(stream.act, "stream", length))

@@ -1,4 +1,4 @@
-"""The `reverie` command: train, config, export, serve, up, eval, diagnose."""
+"""The `reverie` command: train, config, export, serve, up, eval, teach, diagnose."""
 
 from __future__ import annotations
 
@@ -160,6 +160,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teach(args: argparse.Namespace) -> int:
+    """The game loop teaching as a robot would: acting here with the newest bundle's graphs, uploading."""
+    from clients.game_loop import main as game_loop
+    from service.runtime import Runtime
+
+    return game_loop(["--teach", "--local", args.export, *args.flags], load=Runtime.load)
+
+
 def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="REST port")
@@ -225,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=None, help="default: the trainer's eval episodes")
     evaluate.add_argument("--seed", type=int, default=None, help="default: the run's seed (the trainer's eval episodes)")
     evaluate.set_defaults(func=cmd_eval)
+
+    teach = sub.add_parser("teach", help="play an env acting with the newest bundle's ONNX graphs here, and upload "
+                                         "every step to a server (python -m clients.game_loop --help: the flags)")
+    teach.add_argument("export", metavar="EXPORT_DIR", help="a run's export folder (the newest bundle is followed)")
+    teach.add_argument("flags", nargs=argparse.REMAINDER, help="game loop flags: --url, --transport, --steps, --rate, ...")
+    teach.set_defaults(func=cmd_teach)
     return parser
 
 

@@ -16,9 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"clients": {"service", "trainer", "torch"}, "service": {"trainer", "torch"}, "reverie": {"service", "trainer", "torch", "clients"}}
 # reverie/ is shared, but the commands in reverie/cli.py and reverie/up.py run the trainer and the service.
 ENTRY_POINTS = {"reverie/cli.py", "reverie/up.py"}
-# One import across a layer, inside the one function that needs it: `game_loop --teach --local` acts with
-# the bundle's graphs through the service's onnxruntime Runtime (the `serve` extra), every other mode without.
-ALLOWED = {("clients/game_loop.py", "service")}
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -39,7 +36,7 @@ def test_no_package_imports_across_its_layer(package):
         relative = path.relative_to(ROOT).as_posix()
         if relative in ENTRY_POINTS or relative.startswith("reverie/v1/"):
             continue
-        bad = {name for name in imported_packages(path) & FORBIDDEN[package] if (relative, name) not in ALLOWED}
+        bad = imported_packages(path) & FORBIDDEN[package]
         if bad:
             offenders[relative] = sorted(bad)
     assert offenders == {}

@@ -20,6 +20,7 @@ from clients.grpc_client import GrpcClient
 from clients.rest import ApiError, RestClient
 from reverie import envs
 from reverie.experience import SegmentReader, decode, open_reader
+from service.runtime import Runtime
 from serving import ProcessServer, ThreadServer, wait_until
 
 
@@ -113,7 +114,7 @@ def test_the_game_loops_teachers_log_every_step_they_play(server, exported_agent
         summary = teach(Player(lambda obs, **m: client.act(obs, **m), "session", 0), spec, 40, seed=3, rate=None)
         session = logged(folder)[before:]
         assert len(session) == summary["steps"] >= 40 and {r.steps for r in session} == {1}
-        teacher = LocalTeacher(exported_agents["CartPole-v1"][1], client.upload, fragment_steps=7)
+        teacher = LocalTeacher(exported_agents["CartPole-v1"][1], client.upload, fragment_steps=7, load=Runtime.load)
         summary = teach(teacher, spec, 40, seed=4, rate=None)
     uploaded = logged(folder)[before + len(session):]
     assert sum(r.steps for r in uploaded) == summary["steps"] and max(r.steps for r in uploaded) == 7
