@@ -76,9 +76,8 @@ def training(run_dir: Path | None, rows_reader: MetricRows) -> dict | None:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         config = {}
-    curves = {"env_step": [r["env_step"] for r in thin(rows)]}
-    for key in CURVES:
-        curves[key] = [r.get(key) for r in thin(rows)]
+    shown = thin(rows)
+    curves = {"env_step": [r["env_step"] for r in shown], **{key: [r.get(key) for r in shown] for key in CURVES}}
     fired: dict[str, list[int]] = {}
     for row in rows:
         for mode in row.get("failure_modes", []):

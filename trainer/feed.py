@@ -80,7 +80,7 @@ class ClientFeed:
         self.next_seq = 0  # the log position the next read starts at
         self.open: OrderedDict[str, _Episode] = OrderedDict()  # least recently extended first
         self.ready: deque[Transition] = deque()  # released runs, oldest first, not yet taken
-        self.totals = {"records": 0, "steps": 0, "episodes": 0, "stale_dropped": 0, "refused": 0, "skipped": 0}
+        self.totals = {"steps": 0, "episodes": 0}  # learned from and ended, since the run began
         self._window: dict = self._new_window()
 
     @staticmethod
@@ -88,20 +88,16 @@ class ClientFeed:
         return {"steps": 0, "returns": [], "sources": set(), "lags": [], "stale_dropped": 0, "refused": 0,
                 "skipped": 0, "since": time.perf_counter()}
 
-    def poll(self, model_version: int) -> int:
-        """Read what the log holds past the position (one read); returns how many transitions that released."""
+    def poll(self, model_version: int) -> None:
+        """Read what the log holds past the position (one read), releasing what it completes."""
         result = self.reader.read(self.next_seq, max_records=READ_RECORDS)
-        before = len(self.ready)
         for seq, _key, payload in result.records:
             self._take(seq, payload, model_version)
         if result.skipped:
             log.warning("experience log: %d records before position %d are gone (retention): skipped",
                         result.skipped, result.next_seq)
         self.next_seq = result.next_seq
-        self.totals["skipped"] += result.skipped
         self._window["skipped"] += result.skipped
-        self.totals["records"] += len(result.records)
-        return len(self.ready) - before
 
     def take(self) -> Transition | None:
         """The oldest released transition not yet taken."""
@@ -122,7 +118,6 @@ class ClientFeed:
             why = str(error)
         if why is not None:
             log.warning("experience log record %d refused: %s", seq, why)
-            self.totals["refused"] += 1
             self._window["refused"] += 1
             return
         episode = self.open.pop(fragment.episode, None)
@@ -146,7 +141,6 @@ class ClientFeed:
             lag = max(0, model_version - int(fragment.model_versions[t]))
             if self.max_policy_lag is not None and lag > self.max_policy_lag:
                 self._release(episode)
-                self.totals["stale_dropped"] += 1
                 self._window["stale_dropped"] += 1
                 continue
             last = t == n - 1

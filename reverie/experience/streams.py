@@ -70,7 +70,6 @@ class StreamLog:
         self.redis, self.stream = _connect(url)
         self.max_records, self.dedup_seconds = max_records, dedup_seconds
         self._append = self.redis.register_script(_APPEND)
-        self.records_written = 0
 
     def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[tuple[int, bool]]:
         """(number, stored) per record, once Redis has applied them all."""
@@ -84,9 +83,7 @@ class StreamLog:
             out = self._append(keys=keys, args=args)
         except redis.RedisError as error:
             raise LogError(f"experience log {self.url}: {error}") from None
-        result = [(int(out[i]), bool(out[i + 1])) for i in range(0, len(out), 2)]
-        self.records_written += sum(stored for _, stored in result)
-        return result
+        return [(int(out[i]), bool(out[i + 1])) for i in range(0, len(out), 2)]
 
     def close(self) -> None:
         self.redis.close()
