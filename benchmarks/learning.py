@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from trainer.config import build_config
 from trainer.loop import Trainer
@@ -60,7 +61,7 @@ def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, 
     start = time.perf_counter()
     trainer.run()
     wall = time.perf_counter() - start
-    evals = [(r["env_step"], r["eval_return"], r.get("eval_value"), r.get("eval_discounted_return"))
+    evals = [(r["env_step"], r["eval_return"], r.get("eval_value"), r.get("eval_discounted_return"), r.get("eval_terminated"))
              for r in read_metrics(run_dir) if "eval_return" in r]
     reached = next((s for s, v, *_ in evals if v >= threshold), None)
     parts = time_update(trainer)
@@ -132,11 +133,37 @@ def print_table(rows: list[dict]) -> None:
             fmt(ms.get("world_model"), ".1f"), fmt(ms.get("imagination"), ".1f"), fmt(ms.get("actor"), ".1f"),
             fmt(ms.get("critic"), ".1f"),
         ]) + " |")
+    print_summary(rows)
+
+
+def held(r: dict) -> tuple[int, int]:
+    """(later evaluations within 75/475 of the threshold's size below it, all later ones): how well a
+    run holds after its first success (400 for CartPole's 475)."""
+    first = r["steps_to_threshold"]
+    hold = r["threshold"] - abs(r["threshold"]) * 75 / 475
+    later = [ret for step, ret, *_ in r["evals"] if first is not None and step > first]
+    return sum(v >= hold for v in later), len(later)
+
+
+def print_summary(rows: list[dict]) -> None:
+    """Per agent and env, over its seeds: the median and the worst seed's steps to threshold, the
+    share of later evaluations that held, and the most episodes of one evaluation (from 3,000 env
+    steps on) that ended in a terminal state (CartPole: the pole fell or the cart left the track)."""
+    print("\n| agent | env | seeds | median steps to thr. | worst seed | later evals held (all seeds) | "
+          "worst seed held | most terminated of one eval from 3,000 |")
+    print("|---|---|---|---|---|---|---|---|")
+    fmt = lambda v: "never" if v == float("inf") else f"{v:,}"  # noqa: E731
     for env in sorted({r["env"] for r in rows}):
-        for agent in sorted({r["agent"] for r in rows if r["env"] == env}):
-            reached = [r["steps_to_threshold"] for r in rows if r["env"] == env and r["agent"] == agent]
-            known = sorted(s if s is not None else float("inf") for s in reached)
-            print(f"median steps to threshold, {agent} on {env}: {known[len(known) // 2]:,}")
+        for agent in sorted({r["agent"] for r in rows if r["env"] == env and not r["agent"].startswith("sb3")}):
+            runs = [r for r in rows if r["env"] == env and r["agent"] == agent]
+            reached = sorted(r["steps_to_threshold"] if r["steps_to_threshold"] is not None else float("inf") for r in runs)
+            holds = [held(r) for r in runs]
+            shares = [h / n for h, n in holds if n]
+            ended = [e[4] for r in runs for e in r["evals"] if e[0] >= 3000 and len(e) > 4 and e[4] is not None]
+            worst = max(runs, key=lambda r: (r["steps_to_threshold"] is None, r["steps_to_threshold"] or 0))
+            print(f"| {agent} | {env} | {len(runs)} | {fmt(reached[(len(reached) - 1) // 2])} | "
+                  f"{fmt(reached[-1])} (seed {worst['seed']}) | {sum(h for h, _ in holds)}/{sum(n for _, n in holds)} | "
+                  f"{f'{min(shares):.0%}' if shares else '–'} | {max(ended) if ended else '–':} |")
 
 
 def print_evaluations(rows: list[dict]) -> None:
@@ -146,17 +173,15 @@ def print_evaluations(rows: list[dict]) -> None:
     for r in rows:
         if r["agent"].startswith("sb3"):
             continue
-        print(f"\n{r['agent']} {r['env']} seed {r['seed']}: step eval_return critic_value observed_discounted_return")
-        for step, ret, value, observed in r["evals"]:
-            print(f"  {step:>6,} {ret:8.1f} {value if value is not None else float('nan'):10.1f} "
-                  f"{observed if observed is not None else float('nan'):10.1f}")
-        first = r["steps_to_threshold"]
-        if first is not None:
-            hold = r["threshold"] - abs(r["threshold"]) * 75 / 475  # 400 for CartPole's 475
-            later = [ret for step, ret, *_ in r["evals"] if step > first]
-            if later:
-                print(f"  after first reaching {r['threshold']:g}: {sum(v >= hold for v in later)}/{len(later)} "
-                      f"later evaluations >= {hold:g}")
+        print(f"\n{r['agent']} {r['env']} seed {r['seed']}: step eval_return critic_value observed_discounted_return terminated")
+        nan = float("nan")
+        for step, ret, value, observed, *ended in r["evals"]:
+            ended = ended[0] if ended and ended[0] is not None else nan
+            print(f"  {step:>6,} {ret:8.1f} {value if value is not None else nan:10.1f} "
+                  f"{observed if observed is not None else nan:10.1f} {ended:5.0f}")
+        kept, later = held(r)
+        if later:
+            print(f"  after first reaching {r['threshold']:g}: {kept}/{later} later evaluations held")
 
 
 def main() -> None:
@@ -174,20 +199,32 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--out", default="runs/benchmark")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 with --jobs > 1, else the config's)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs in parallel processes (each with one torch thread; wall times then share the CPU)")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="runs in parallel processes, each with one torch thread (default: one per core this "
+                             "process may use; wall times then share the CPU)")
     parser.add_argument("--baselines", action="store_true", help="add stable-baselines3 PPO and DQN on CartPole")
+    parser.add_argument("--summarize", metavar="RESULTS", help="print the tables of a results.json(l) and exit")
     args = parser.parse_args()
+    if args.summarize:
+        text = Path(args.summarize).read_text()
+        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line]
+        print_table(rows)
+        print_evaluations(rows)
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     threads = args.threads or (1 if args.jobs > 1 else None)
+    # Seed by seed, every setting of a seed before the next seed: a comparison stopped early is still paired.
     runs = [(env, preset, seed, args.steps, out, threads, args.eval_every, tuple(args.set), args.threshold)
-            for env in args.envs for preset in args.presets for seed in args.seeds]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(run_reverie, *zip(*runs)))
-    else:
-        rows = [run_reverie(*run) for run in runs]
+            for env in args.envs for seed in args.seeds for preset in args.presets]
+    partial = out / "results.jsonl"  # each run's row as it finishes (the summary of a stopped benchmark: --summarize)
+    partial.unlink(missing_ok=True)
+    rows = []
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for row in tqdm(pool.map(run_reverie, *zip(*runs)), total=len(runs), desc="runs"):
+            rows.append(row)
+            with partial.open("a") as f:
+                f.write(json.dumps(row) + "\n")
     if args.baselines:
         rows += [run_sb3(algo, seed) for algo in ("PPO", "DQN") for seed in args.seeds]
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, jobs {args.jobs}, torch {torch.__version__}")

@@ -90,7 +90,10 @@ class Config(BaseModel):
     reward_weight: float = Field(1.0, ge=0, description="weight of the reward NLL")
     continue_weight: float = Field(1.0, ge=0, description="weight of the continue BCE")
     decoder_weight: float = Field(1.0, ge=0, description="weight of the decoder MSE")
-    dynamics_std: float = Field(0.1, gt=0, description="std of the next-state Normal")
+    dynamics_std: float = Field(0.1, gt=0, description="std of the next-state Normal: fixed, as the dynamics loss is its NLL at a "
+                                "fixed scale (an MSE); what imagination samples with when dynamics_sample is on")
+    dynamics_sample: bool = Field(False, description="imagination samples each next state from the dynamics' Normal "
+                                  "(reparameterised, so the actor's gradient still flows), not its mean: rollouts carry model noise")
     world_model_lr: float = Field(1e-3, gt=0, description="world-model optimizer learning rate", json_schema_extra=seed_value(
         1e-4, "the seed's failure-1 remedy raises 1e-4 to 1e-3 when the world model learns too slowly; small budgets start there"))
     symlog: bool = Field(True, description="reward and value heads predict in symlog space", json_schema_extra=seed_value(

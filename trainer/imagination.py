@@ -36,7 +36,7 @@ def imagine(wm: WorldModel, policy: PolicyHead, start: torch.Tensor, horizon: in
     states, actions, entropies, rollout = [state], [], [], Rollout()
     for _ in range(horizon):
         action, entropy = policy(state).rsample()
-        state = wm.transition(state, action, rollout)
+        state = wm.transition(state, action, rollout, sample=True)
         actions.append(action)
         entropies.append(entropy)
         states.append(state)

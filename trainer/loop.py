@@ -288,7 +288,9 @@ class Trainer:
             self.fidelity = {"env_step": self.env_step, **fidelity}
         means = {f"imagination_{key}": float(np.mean(steps)) for key, steps in (fidelity or {}).items()}
         return {"eval_value": float(values.mean()),
-                "eval_discounted_return": float(np.mean([e.discounted for e in episodes])), **means}
+                "eval_discounted_return": float(np.mean([e.discounted for e in episodes])),
+                # Episodes that ended in a terminal state, not by the time limit (CartPole: the pole or the track's end).
+                "eval_terminated": float(sum(e.terminated for e in episodes)), **means}
 
     def _log(self, evaluation: dict[str, float] | None) -> None:
         evaluated = evaluation is not None

@@ -50,6 +50,7 @@ class WorldModel(nn.Module):
         self.continue_ = ContinuePredictor(cfg)
         self.memory = nn.GRUCell(cfg.state_dim + space.action_dim, cfg.memory_dim) if cfg.sequence_mode else None
         self.state_dim, self.memory_dim = cfg.state_dim, cfg.memory_dim
+        self.sample_std = cfg.dynamics_std if cfg.dynamics_sample else 0.0  # imagination's next-state noise
         # Transformer dynamics trained on sequences attend over an imagined rollout's earlier steps too,
         # as over a training sequence's: at most this many of them (the rest of a sequence_length window).
         # Trained on flat batches they never saw a second position, and imagine one step at a time.
@@ -146,17 +147,18 @@ class WorldModel(nn.Module):
         return action.float()
 
     def transition(self, belief: torch.Tensor, action: torch.Tensor, rollout: Rollout | None = None,
-                   past: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                   past: tuple[torch.Tensor, torch.Tensor] | None = None, sample: bool = False) -> torch.Tensor:
         """The recurrent half of an imagined step: the next belief (the ensemble's vote for the next
-        state, and the memory that has seen this step).
+        state, and the memory that has seen this step). With `sample` (and `dynamics_sample` on), the
+        next state is drawn from the dynamics' Normal around that vote, reparameterised.
 
         Transformer dynamics continue the rollout's token sequence: pass the `rollout` (a new
         `Rollout()` at its start; each step adds its (belief, encoded action) token) and the last
         `dynamics_context` of them are attended over; or, as the exported graph does, `past` = (tokens
         [B, L, ...], mask [B, L] of the real ones). Without either a step stands alone."""
-        return self._transition(belief, action, rollout, past)[0]
+        return self._transition(belief, action, rollout, past, sample)[0]
 
-    def _transition(self, belief, action, rollout=None, past=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _transition(self, belief, action, rollout=None, past=None, sample=False) -> tuple[torch.Tensor, torch.Tensor]:
         """(next belief, the ensemble's disagreement on it [...]: its members' standard deviation,
         averaged over the state, as `dynamics_disagreement` measures it in training; 0 for one member)."""
         if rollout is not None and self.dynamics_context:
@@ -164,6 +166,8 @@ class WorldModel(nn.Module):
         else:
             members = self.dynamics.member_means(belief, action, None, *(past or (None, None)))
         next_state, disagreement = members.mean(0), members.std(0, unbiased=False).mean(-1)
+        if sample and self.sample_std:
+            next_state = next_state + self.sample_std * torch.randn_like(next_state)
         if self.memory is None:
             return next_state, disagreement
         memory = self.remember(belief[..., self.state_dim:], belief[..., : self.state_dim], action)
