@@ -57,9 +57,10 @@ def _history(history) -> agent_pb2.History | None:
 
 def _request(obs, deterministic: bool, seed: int | None, history=None, session: str | None = None,
              reset: bool = False, reward: float | None = None, terminated: bool = False,
-             truncated: bool = False) -> agent_pb2.ActRequest:
+             truncated: bool = False, evaluate: bool = False) -> agent_pb2.ActRequest:
     request = agent_pb2.ActRequest(obs=_observations(obs), deterministic=deterministic, history=_history(history),
-                                   session=session or "", reset=reset, terminated=terminated, truncated=truncated)
+                                   session=session or "", reset=reset, terminated=terminated, truncated=truncated,
+                                   evaluate=evaluate)
     if seed is not None:
         request.seed = seed
     if reward is not None:
@@ -76,12 +77,13 @@ class ActStream:
         self.responses = stub.ActStream(iter(self.requests.get, None), metadata=metadata)
 
     def act(self, obs, seed: int | None = None, reset: bool = False, reward: float | None = None,
-            terminated: bool = False, truncated: bool = False) -> Action:
+            terminated: bool = False, truncated: bool = False, evaluate: bool = False) -> Action:
         """`reset` on an episode's first step: the stream keeps the episode's history itself. `reward`
         (and `terminated` / `truncated`): what followed the previous action, `obs` being what followed
-        it; the server logs that transition for the trainer."""
+        it; the server logs that transition for the trainer. `evaluate` with `reset`: an evaluation
+        episode (one model version, deterministic, to the episode's end)."""
         self.requests.put(_request(obs, self.deterministic, seed, reset=reset, reward=reward, terminated=terminated,
-                                   truncated=truncated))
+                                   truncated=truncated, evaluate=evaluate))
         try:
             return _actions(next(self.responses))[0]
         except grpc.RpcError as err:
@@ -123,8 +125,8 @@ class GrpcClient:
     # ------------------------------------------------------------------ agent
     def act(self, obs, deterministic: bool = False, seed: int | None = None, history=None,
             session: str | None = None, reset: bool = False, reward: float | None = None,
-            terminated: bool = False, truncated: bool = False) -> Action:
-        request = _request(obs, deterministic, seed, history, session, reset, reward, terminated, truncated)
+            terminated: bool = False, truncated: bool = False, evaluate: bool = False) -> Action:
+        request = _request(obs, deterministic, seed, history, session, reset, reward, terminated, truncated, evaluate)
         return _actions(self._call(self.stub.Act, request))[0]
 
     def act_batch(self, observations, deterministic: bool = False, seed: int | None = None) -> list[Action]:

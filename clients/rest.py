@@ -129,12 +129,13 @@ class RestClient:
     # ------------------------------------------------------------------ agent
     def act(self, obs, deterministic: bool = False, seed: int | None = None, history=None,
             session: str | None = None, reset: bool = False, reward: float | None = None,
-            terminated: bool = False, truncated: bool = False) -> Action:
+            terminated: bool = False, truncated: bool = False, evaluate: bool = False) -> Action:
         """In a `session`, `reward` (and `terminated` / `truncated`) report what followed the session's
-        previous action, `obs` being what followed it: the server logs that transition for the trainer."""
+        previous action, `obs` being what followed it: the server logs that transition for the trainer.
+        `evaluate` with `reset`: the episode it starts is an evaluation (one model version, deterministic)."""
         body = _given(obs=self._obs(obs), deterministic=deterministic, seed=seed, history=self._history(history),
                       session=session, reset=reset or None, reward=None if reward is None else float(reward),
-                      terminated=terminated or None, truncated=truncated or None)
+                      terminated=bool(terminated) or None, truncated=bool(truncated) or None, evaluate=evaluate or None)
         return Action(**self._call("POST", "/act", json=body).json())
 
     def act_batch(self, observations: Sequence, deterministic: bool = False, seed: int | None = None) -> list[Action]:

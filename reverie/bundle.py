@@ -5,6 +5,7 @@
       v000002/  ...
       LATEST    -> the name of the newest complete version (replaced atomically)
       BEST      -> the version with the highest last_eval_return so far (kept through pruning)
+      evaluations.json  version -> eval return of versions evaluated after publishing (by clients)
 
 A version is written under a temporary name and renamed into place, so a reader never sees a
 half-written bundle; the manifest carries a sha256 of every file so a reader can refuse a
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 # 2: the fused `act` graph is required; 3: `world_model` takes agent actions (indices for Discrete);
 # 4: `history_length`, and agents with memory read a history in `encoder` and `act`; `dynamics_context`,
@@ -73,16 +77,79 @@ def graph_contract(action_kind: str, history_length: int = 0, dynamics_context: 
 
 
 class ObservationSpace(BaseModel):
-    shape: list[int]
-    dtype: str = "float32"
+    """What the agent sees: float32 vectors `[n]`, or uint8 frames `[H, W, 3]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shape: list[PositiveInt] = Field(min_length=1)
+    dtype: Literal["float32", "uint8"] = "float32"
+
+    @model_validator(mode="after")
+    def _vector_or_frames(self) -> "ObservationSpace":
+        if self.dtype == "uint8" and (len(self.shape) != 3 or self.shape[2] != 3):
+            raise ValueError(f"uint8 observations are frames [H, W, 3], got shape {self.shape}")
+        if self.dtype == "float32" and len(self.shape) != 1:
+            raise ValueError(f"float32 observations are vectors [n], got shape {self.shape} (flatten it at the client)")
+        return self
 
 
 class ActionSpace(BaseModel):
-    kind: str = Field(pattern="^(discrete|box)$")
-    n: int | None = None  # discrete: number of actions
-    shape: list[int] | None = None  # box
+    """What the agent does: one of `n` actions, or a vector within finite bounds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["discrete", "box"]
+    n: int | None = Field(None, ge=2)  # discrete: number of actions
+    shape: list[PositiveInt] | None = None  # box: [dim]
     low: list[float] | None = None
     high: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ActionSpace":
+        if self.kind == "discrete":
+            if self.n is None:
+                raise ValueError("a discrete action space needs `n`, its number of actions")
+            return self
+        if self.shape is None or len(self.shape) != 1:
+            raise ValueError("a box action space needs `shape` [dim]")
+        for name in ("low", "high"):
+            bound = getattr(self, name)
+            if bound is None or len(bound) != self.shape[0]:
+                raise ValueError(f"a box action space needs `{name}`: {self.shape[0]} finite numbers")
+            if not all(math.isfinite(v) for v in bound):
+                raise ValueError(f"`{name}` must be finite: a box needs finite bounds")
+        if any(lo > hi for lo, hi in zip(self.low, self.high)):
+            raise ValueError(f"`low` {self.low} is above `high` {self.high}")
+        return self
+
+
+class WorldSpaces(BaseModel):
+    """`reverie train|up --spaces FILE`: the spaces of a world that lives at the client (a game, a
+    robot), in the manifest's own form, so no gymnasium env is needed to learn it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    observation_space: ObservationSpace
+    action_space: ActionSpace
+    name: str = Field("client-world", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+
+    @property
+    def frames(self) -> bool:
+        return self.observation_space.dtype == "uint8"
+
+
+def load_spaces(path: str | os.PathLike) -> WorldSpaces:
+    """A spaces file, or a ValueError naming each wrong field (`action_space.low: ...`)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ValueError(f"spaces file {path}: {err.strerror}") from None
+    try:
+        return WorldSpaces.model_validate_json(text)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in err.errors())
+        raise ValueError(f"spaces file {path}: {problems}") from None
 
 
 class Manifest(BaseModel):
@@ -93,7 +160,8 @@ class Manifest(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     training_step: int
     phase: str
-    env_id: str
+    env_id: str  # a gymnasium id, or the name of a world that lives at the client (`world`)
+    world: Literal["env", "client"] = "env"  # client: declared by a spaces file, no env can play it
     obs_indices: list[int] | None = None  # the env's observation entries the agent sees (all when None)
     pixels: bool = False  # the agent sees the env's rendered frames (ALE/ games always do): reverie.envs.EnvSpec
     image_size: int = 84  # frames are [image_size, image_size, 3] uint8
@@ -137,8 +205,9 @@ def version_dir(export_dir: Path, version: int) -> Path:
     return export_dir / f"v{version:06d}"
 
 
-def publish(export_dir: Path, staging: Path, manifest: Manifest, keep: int) -> Path:
-    """Checksum the staged graphs, write the manifest, rename the folder into place, move the pointer.
+def publish(export_dir: Path, staging: Path, manifest: Manifest, keep: int, tolerance: float = 0.0) -> Path:
+    """Checksum the staged graphs, write the manifest, rename the folder into place, move the pointer
+    (and BEST, see `record_evaluation`, when the manifest carries an evaluation).
 
     `manifest.model_version` is overwritten with the next free version number.
     """
@@ -149,15 +218,43 @@ def publish(export_dir: Path, staging: Path, manifest: Manifest, keep: int) -> P
     final = version_dir(export_dir, manifest.model_version)
     os.replace(staging, final)
     _point(export_dir, POINTER, final)
+    if manifest.last_eval_return is not None:
+        record_evaluation(export_dir, manifest.model_version, manifest.last_eval_return, tolerance)
     best = _pointed(export_dir, BEST)
-    best_eval = _eval_of(best) if best else None
-    if manifest.last_eval_return is not None and (best_eval is None or manifest.last_eval_return >= best_eval):
-        _point(export_dir, BEST, final)  # ties go to the newer, longer-trained version
-        best = final
     for old in versions(export_dir)[:-keep]:
         if version_dir(export_dir, old) != best:
             shutil.rmtree(version_dir(export_dir, old), ignore_errors=True)
     return final
+
+
+EVALUATIONS = "evaluations.json"  # version -> eval return, every version evaluated (at export, or later by clients)
+
+
+def record_evaluation(export_dir: Path, version: int, eval_return: float, tolerance: float = 0.0) -> None:
+    """A version's evaluation, and the promotion rule of BEST (what a server following it serves):
+    BEST moves to the version when it is newer than BEST and its evaluation is within `tolerance` x
+    |record| of the record, the best evaluation of any version so far. So a served version never
+    evaluated worse than an earlier served one by more than that; ties and near-ties go to the
+    newer, longer-trained version. Evaluations are kept beside the versions (manifests are immutable):
+    a client world's versions are evaluated after they are published."""
+    export_dir = Path(export_dir)
+    known = _evaluations(export_dir)
+    record = max(known.values(), default=None)
+    known[str(version)] = eval_return
+    tmp = export_dir / f".{EVALUATIONS}.tmp"
+    tmp.write_text(json.dumps(known, indent=1))
+    os.replace(tmp, export_dir / EVALUATIONS)
+    bundle, best = version_dir(export_dir, version), _pointed(export_dir, BEST)
+    newer = best is None or version > int(VERSION_DIR.match(best.name).group(1))
+    if (bundle / "manifest.json").is_file() and newer and (record is None or eval_return >= record - tolerance * abs(record)):
+        _point(export_dir, BEST, bundle)
+
+
+def _evaluations(export_dir: Path) -> dict[str, float]:
+    try:
+        return json.loads((export_dir / EVALUATIONS).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _point(export_dir: Path, pointer: str, bundle: Path) -> None:
@@ -173,13 +270,6 @@ def _pointed(export_dir: Path, pointer: str) -> Path | None:
     except OSError:
         return None
     return candidate if (candidate / "manifest.json").is_file() else None
-
-
-def _eval_of(bundle: Path) -> float | None:
-    try:
-        return json.loads((bundle / "manifest.json").read_text()).get("last_eval_return")
-    except (OSError, ValueError):
-        return None
 
 
 def load_manifest(bundle: Path) -> Manifest:

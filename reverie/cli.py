@@ -15,8 +15,17 @@ from reverie.signals import on_stop_signals
 SOURCES = ("env", "clients", "both")
 EXPERIENCE_HELP = ("take clients' experience (POST /experience, outcome reports) into LOG: a folder of segment files, "
                    "or redis://HOST:PORT[/DB][?stream=NAME], a stream several servers share")
+SPACES_HELP = ("a JSON file of the world's observation_space and action_space (and optionally name), in the "
+               "bundle manifest's form: no gymnasium env; learns from the clients and is evaluated by their evaluation sessions")
 SOURCE_HELP = ("what the trainer learns from: its own env (default), the served clients' experience (the env only "
                "evaluates and gives the spaces), or both")
+
+
+def _spaces(args: argparse.Namespace):
+    """The world's spaces from `--spaces FILE` (checked, every wrong field named), or None."""
+    from reverie.bundle import load_spaces
+
+    return load_spaces(args.spaces) if args.spaces else None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -24,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.loop import Trainer
 
     cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps,
-                                  source=args.source)
+                                  source=args.source, spaces=_spaces(args))
     stop = threading.Event()
     on_stop_signals(stop.set)
     given = frozenset(key for key, source in sources.items() if source != "default")
@@ -43,7 +52,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from trainer.config import Config, resolve_config, seed_deviations
 
-    cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps)
+    cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps,
+                                  spaces=_spaces(args))
     values, seed = cfg.model_dump(mode="json"), seed_deviations()
     rows = {key: {"value": values[key], "source": sources[key], "description": field.description or "",
                   **({"seed": seed[key][0]} if key in seed else {})} for key, field in Config.model_fields.items()}
@@ -79,7 +89,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         print(f"\n{f.mode.name}: fired at {len(f.steps)} rows, env steps {f.steps[0]:,} to {f.steps[-1]:,}")
         for key, series in f.first_evidence.items():
             print(f"  {key} when it first fired: {series}")
-        print(f"  try: {' '.join(f.mode.set_lines(cfg)) or 'nothing left to turn on'}")
+        print(f"  try: {f.mode.advice(cfg)}")
     return 0
 
 
@@ -94,7 +104,8 @@ def _settings(args: argparse.Namespace, models: Path):
     from service.settings import ServiceSettings
 
     return ServiceSettings(models=models, host=args.host, port=args.port, grpc_port=args.grpc_port,
-                           poll_interval=args.poll_interval, follow=args.follow, experience=getattr(args, "experience", None))
+                           poll_interval=args.poll_interval, follow=args.follow, experience=getattr(args, "experience", None),
+                           cors_origins=args.cors_origins)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -115,11 +126,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     train_args = (["--env", args.env] if args.env else []) + (["--preset", args.preset] if args.preset else [])
     train_args += ["--source", args.source] if args.source else []
     train_args += [arg for item in args.set for arg in ("--set", item)]
+    if args.spaces:
+        _spaces(args)  # a bad file stops here, before the server or the trainer starts
+        train_args += ["--spaces", str(Path(args.spaces).resolve())]
     run_dir = Path(args.run_dir)
     # Clients that teach: the server logs their experience where the trainer tails it.
     if args.experience is not None:
         train_args += ["--set", f"experience={args.experience}"]
-    elif args.source in ("clients", "both"):
+    elif args.source in ("clients", "both") or args.spaces:
         args.experience = str(run_dir / "experience")
     return up(run_dir, train_args, _settings(args, run_dir))
 
@@ -140,6 +154,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no bundle under {args.bundle}")
     runtime = Runtime.load(bundle)
     manifest = runtime.manifest
+    if manifest.world == "client" and not args.env:
+        raise ValueError(f"{bundle} learned {manifest.env_id!r}, a world that lives at its clients: reverie eval plays a "
+                         "gymnasium env (give --env ID of one with the same spaces); otherwise evaluate it with "
+                         'evaluation sessions ("evaluate": true), whose returns the trainer logs as eval_return')
     spec = EnvSpec.of(manifest)
     spec = replace(spec, env_id=args.env or spec.env_id)
     episodes = args.episodes or manifest.eval_episodes
@@ -168,13 +186,17 @@ def cmd_teach(args: argparse.Namespace) -> int:
     return game_loop(["--teach", "--local", args.export, *args.flags], load=Runtime.load)
 
 
-def _server_flags(parser: argparse.ArgumentParser) -> None:
+def _server_flags(parser: argparse.ArgumentParser, follow: str = "latest") -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="REST port")
     parser.add_argument("--grpc-port", type=int, default=50051, help="gRPC port")
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between checks for a newer bundle")
-    parser.add_argument("--follow", choices=("latest", "best"), default="latest",
-                        help="serve the newest export, or the best-evaluated one (BEST pointer)")
+    parser.add_argument("--follow", choices=("latest", "best"), default=follow,
+                        help=f"serve the newest export, or BEST: a newer version only once its evaluation is within the "
+                             f"run's promotion_tolerance of the best so far (default: {follow})")
+    parser.add_argument("--cors-origin", action="append", default=[], dest="cors_origins", metavar="ORIGIN",
+                        help="let pages from ORIGIN (scheme://host[:port], or * for any) call the REST API; repeatable; "
+                             "default: none (no CORS headers)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
     train.add_argument("--source", choices=SOURCES, default=None, help=SOURCE_HELP)
+    train.add_argument("--spaces", default=None, metavar="FILE", help=SPACES_HELP)
     train.set_defaults(func=cmd_train)
 
     config = sub.add_parser("config", help="print the resolved configuration: values, sources, descriptions, the seed's values")
@@ -198,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--steps", type=int, default=None)
     config.add_argument("--preset", default=None, help="named overrides: cartpole, pendulum, smoke, seed")
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    config.add_argument("--spaces", default=None, metavar="FILE", help=SPACES_HELP)
     config.add_argument("--json", action="store_true", help="one JSON object, key -> value, source, description, seed")
     config.set_defaults(func=cmd_config)
 
@@ -222,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="trainer config override")
     up.add_argument("--source", choices=SOURCES, default=None,
                     help=SOURCE_HELP + "; with clients or both the server takes experience into RUN_DIR/experience")
+    up.add_argument("--spaces", default=None, metavar="FILE", help=SPACES_HELP)
     up.add_argument("--experience", default=None, metavar="LOG",
                     help=EXPERIENCE_HELP + ", for the server and the trainer; default: RUN_DIR/experience with --source clients|both")
-    _server_flags(up)
+    _server_flags(up, follow="best")  # the main job: a served agent that never gets worse
     up.set_defaults(func=cmd_up)
 
     evaluate = sub.add_parser("eval", help="play a bundle through onnxruntime in the real env")

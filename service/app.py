@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 import reverie
@@ -37,7 +38,7 @@ from .responses import error_response, json_response
 from .inputs import InputError
 from .live import PAGE, MetricRows, live
 from .metrics import ServiceMetrics
-from .requests import (WriteDenied, failure_status, finish_step, imagination_args, json_observations, model_info,
+from .requests import (WriteDenied, evaluation, failure_status, finish_step, imagination_args, json_observations, model_info,
                        outcome, request_memory)
 from .runtime import Runtime
 from .schemas import (OBSERVATION_FORMS, SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ExperienceResponse,
@@ -161,10 +162,17 @@ def add_error_handlers(app: FastAPI) -> None:
 
 # ---------------------------------------------------------------------------- the app
 def served(app: FastAPI) -> ASGIApp:
-    """What uvicorn serves: the guard (body limit, metrics) around the hot paths, in front of FastAPI."""
+    """What uvicorn serves: the guard (body limit, metrics) around the hot paths, in front of FastAPI;
+    with `cors_origins`, Starlette's CORS middleware outermost, so that every answer (the hot paths', and
+    the guard's 413 as well as 401s and 422s) carries the headers a page from an allowed origin needs."""
     settings = app.state.settings
     endpoints = {route.path for route in app.routes}
-    return Guard(HotPaths(app), max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics, endpoints=endpoints)
+    guarded = Guard(HotPaths(app), max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics, endpoints=endpoints)
+    if not settings.cors_origins:
+        return guarded
+    return CORSMiddleware(guarded, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                          allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After", "X-Model-Version"],
+                          max_age=600)
 
 
 def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
@@ -223,7 +231,9 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
                                           request.reset, acting=True)
         transition = outcome(session, request.reward, request.terminated, request.truncated, obs, runtime, settings,
                              lambda: settings.writer_accepts(raw.headers.get("authorization")), experience)
-        result = await batcher.act(runtime, obs, request.deterministic, request.seed, history)
+        runtime = evaluation(session, request.evaluate, request.reset, runtime, store)
+        deterministic = request.deterministic or (session is not None and session.pinned is not None)
+        result = await batcher.act(runtime, obs, deterministic, request.seed, history)
         params = {k: v for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
         if batched:
             return json_response({"actions": result.actions, "values": result.values,

@@ -25,7 +25,7 @@ from reverie.history import Recent
 
 from .experience import ExperienceLog, NoExperience, check_tensor_fragment
 from .inputs import InputError
-from .requests import (FAILURES, failure_status, finish_step, imagination_args, model_info, outcome, request_memory,
+from .requests import (FAILURES, evaluation, failure_status, finish_step, imagination_args, model_info, outcome, request_memory,
                        tensor_observations)
 from .sessions import Session, Sessions
 from .settings import ServiceSettings
@@ -86,7 +86,10 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         may_write = lambda: self.settings.writer_accepts(dict(context.invocation_metadata()).get("authorization"))  # noqa: E731
         transition = outcome(session if len(obs) == 1 else None, request.reward if request.HasField("reward") else None,
                              request.terminated, request.truncated, obs, runtime, self.settings, may_write, self.experience)
-        result = runtime.act(obs, request.deterministic, seed, history)
+        runtime = evaluation(session if len(obs) == 1 else None, request.evaluate, request.reset, runtime,
+                             self.store)
+        deterministic = request.deterministic or (session is not None and session.pinned is not None)
+        result = runtime.act(obs, deterministic, seed, history)
         actions = np.asarray(result.actions, np.int64 if runtime.discrete else np.float32)
         params = {k: to_tensor(v) for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
         if transition is not None:

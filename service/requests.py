@@ -108,6 +108,19 @@ def request_memory(runtime: Runtime, sessions: Sessions, batched: bool, history:
     return (history_of(runtime, *history) if history is not None else None), None
 
 
+def evaluation(session: Session | None, evaluate: bool, reset: bool, runtime: Runtime, store: ModelStore) -> Runtime:
+    """The model that answers a request: an evaluation episode's own (pinned by `evaluate` with `reset`
+    at its start, released at its end: the newest version, `store.evaluated()`), so its return is one
+    version's; else `runtime`, the served one."""
+    if evaluate:
+        if session is None:
+            raise InputError("evaluate", "an evaluation plays one episode in a `session` (or on an ActStream): give one")
+        if not reset:
+            raise InputError("evaluate", "starts an evaluation episode: send it with `reset: true`")
+        session.pinned = store.evaluated()
+    return session.pinned if session is not None and session.pinned is not None else runtime
+
+
 def outcome(session: Session | None, reward: float | None, terminated: bool, truncated: bool, obs: np.ndarray,
             runtime: Runtime, settings: ServiceSettings, may_write, experience: ExperienceLog | None) -> Fragment | None:
     """The transition a request's reported outcome completes: the session's last step (observation,
@@ -134,7 +147,8 @@ def outcome(session: Session | None, reward: float | None, terminated: bool, tru
     return Fragment(episode=episode, index=step - 1, observations=np.stack([previous, obs[0].astype(space.dtype)]),
                     actions=action[None].astype(np.int64 if runtime.discrete else np.float32),
                     rewards=np.asarray([reward], np.float32), model_versions=np.asarray([version], np.int64),
-                    terminated=terminated, truncated=truncated, source=session.source)
+                    terminated=terminated, truncated=truncated, source=session.source,
+                    evaluation=session.pinned is not None)
 
 
 def finish_step(session: Session, transition: Fragment | None, record) -> int:

@@ -86,6 +86,9 @@ class ActRequest(ObservationRequest):
     terminated: bool = Field(False, description="with `reward`: the previous action ended the episode (`obs` is its last); "
                              "the session's next request starts a new one")
     truncated: bool = Field(False, description="with `reward`: the episode was cut short after the previous action")
+    evaluate: bool = Field(False, description="with `reset` in a `session`: this episode is an evaluation: one model "
+                           "version (the one serving now) acts deterministically until the episode's end, and its "
+                           "return (from the reported rewards) is that version's evaluation")
 
 
 class ImagineRequest(Strict):

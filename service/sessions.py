@@ -51,6 +51,8 @@ class Session:
     source: str = field(default_factory=lambda: f"stream:{uuid.uuid4().hex[:12]}")
     # The last step acted (observation, agent action, model version): what a reported outcome completes.
     last: tuple[np.ndarray, np.ndarray, int] | None = None
+    # An evaluation episode's model: the version that plays the whole episode, deterministically.
+    pinned: Runtime | None = None
 
     def record(self, obs, action, version: int) -> int:
         """One acted step (its observation, agent action and the model version that chose it); returns
@@ -66,7 +68,7 @@ class Session:
         with self.lock:
             self.recent.clear()
             self.step = 0
-            self.episode, self.last = _episode_id(), None
+            self.episode, self.last, self.pinned = _episode_id(), None, None
 
 
 def check_session_id(session_id: str, field_name: str = "session") -> str:

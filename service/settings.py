@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 
 TOKEN_ENV = "REVERIE_API_TOKEN"
 EXPERIENCE_TOKEN_ENV = "REVERIE_EXPERIENCE_TOKEN"
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")  # what a browser sends as `Origin`
 
 
 class ServiceSettings(BaseModel):
@@ -36,11 +38,26 @@ class ServiceSettings(BaseModel):
                                          "without one, writing needs what reading does")
     max_fragment_steps: int = Field(1000, ge=1, description="steps in one uploaded fragment")
     reward_bound: float = Field(1e6, gt=0, description="a reported reward's largest magnitude")
+    cors_origins: list[str] = Field(default_factory=list, description="origins whose pages may call the REST API "
+                                    "(`scheme://host[:port]`, or `*` for any); none: no CORS headers at all")
 
     @field_validator("experience", mode="before")
     @classmethod
     def _folder_as_text(cls, value):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        """A browser's `Origin` header is `scheme://host[:port]`, no path: a trailing slash is dropped,
+        anything else that could never match is refused, so that a typo is not a silent no-op."""
+        checked = []
+        for origin in origins:
+            origin = origin.strip().rstrip("/").lower()  # browsers send scheme and host in lower case
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ValueError(f"CORS origin {origin!r} is not scheme://host[:port] (e.g. http://localhost:3000) or *")
+            checked.append(origin)
+        return checked
 
     def token_accepts(self, authorization: str | None) -> bool:
         """Whether an `Authorization` header (REST) or metadata value (gRPC) carries the token (or the

@@ -29,6 +29,9 @@ class ModelStore:
         self.follow = follow
         self.poll_interval = poll_interval
         self.current: Runtime | None = None
+        # Following BEST: the newest version too, loaded beside it, for evaluation sessions to evaluate
+        # (a version that nobody evaluates could never become BEST).
+        self.newest: Runtime | None = None
         self.loaded_at: float | None = None
         self.reloads = 0
         self.refused: dict[Path, tuple[float, str]] = {}  # bundle -> (manifest mtime, reason)
@@ -43,6 +46,12 @@ class ModelStore:
             raise NotReady(f"no bundle loaded yet from {self.models}")
         return runtime
 
+    def evaluated(self) -> Runtime:
+        """The runtime an evaluation session pins: the newest version (the served one when following LATEST)."""
+        runtime = self.require()
+        newest = self.newest
+        return newest if newest is not None and newest.version > runtime.version else runtime
+
     def candidates(self) -> list[Path]:
         """The newest bundle; before anything is served, older versions too, newest first."""
         newest = latest_bundle(self.models, self.follow)
@@ -56,25 +65,45 @@ class ModelStore:
 
     def poll(self) -> bool:
         """Load the newest loadable bundle if it is newer than the one served; True when a swap happened."""
-        return any(self._try(bundle) for bundle in self.candidates())
+        swapped = any(self._try(bundle) for bundle in self.candidates())
+        if self.follow != "latest" and self.current is not None:
+            self._try_newest()
+        return swapped
 
-    def _try(self, bundle: Path) -> bool:
+    def _try_newest(self) -> None:
+        """Following BEST: keep the newest version loaded too (see `evaluated`)."""
+        bundle = latest_bundle(self.models, "latest")
+        known = [r.bundle for r in (self.current, self.newest) if r is not None]
+        if bundle is None or bundle in known:
+            return
+        runtime = self._load(bundle)
+        if runtime is not None and runtime.version > max(r.version for r in (self.current, self.newest) if r is not None):
+            self.newest = runtime
+
+    def _load(self, bundle: Path) -> Runtime | None:
+        """The bundle's runtime, or None when it cannot be read or was refused as it is now (remembered)."""
         try:
             stamp = (bundle / "manifest.json").stat().st_mtime
         except OSError:  # pruned or renamed between listing and reading
-            return False
+            return None
         if self.refused.get(bundle, (None,))[0] == stamp:
-            return False
-        if self.current is not None and bundle == self.current.bundle:
-            return False
+            return None
         try:
-            runtime = Runtime.load(bundle)
+            return Runtime.load(bundle)
         except BundleError as err:
             self.refused[bundle] = (stamp, str(err))
             log.error("refused bundle %s, still serving %s: %s", bundle.name,
                       f"version {self.current.version}" if self.current else "nothing", err)
             self.refusals += 1
+            return None
+
+    def _try(self, bundle: Path) -> bool:
+        if self.current is not None and bundle == self.current.bundle:
             return False
+        runtime = self._load(bundle)
+        if runtime is None:
+            return False
+        stamp = (bundle / "manifest.json").stat().st_mtime
         if self.current is not None and runtime.version <= self.current.version:
             log.warning("ignored %s: version %d is not newer than the served %d", bundle.name, runtime.version, self.current.version)
             self.refused[bundle] = (stamp, "not newer than the served version")

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from trainer.config import Config, build_config
-from trainer.diagnostics import FAILURE_MODES, diagnose, solved_return
+from trainer.config import PRESETS, Config, build_config
+from trainer.diagnostics import FAILURE_MODES, diagnose, solved_return, window
 from trainer.metrics import MetricsWriter, read_metrics
 
 
@@ -193,7 +193,7 @@ def test_reverie_diagnose_prints_when_what_and_the_set_lines(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "critic_divergence: fired at 2 rows, env steps 750 to 1,000" in out
     assert "critic_value_mean when it first fired: [10.0, 100.0, 1000.0]" in out
-    assert "try: --set critic_lr=0.0001 --set target_critic_tau=0.01" in out
+    assert "try: --set critic_lr=0.0001 --set target_critic_tau=0.01 --set critic_target_clip=100" in out
     assert "gradient_explosion" not in out
 
 
@@ -207,3 +207,65 @@ def test_reverie_diagnose_on_a_quiet_run(tmp_path, capsys):
     writer.close()
     assert main(["diagnose", str(tmp_path)]) == 0
     assert "no failure mode fired (8 logged rows" in capsys.readouterr().out
+
+
+FAMILIES = {"vector defaults": Config(), "frames": Config(pixels=True),
+            **{f"preset {name}": build_config(name) for name in PRESETS}}
+
+
+def at_cadence(cfg: Config, columns: dict[str, list], lead: int = 3) -> list[dict]:
+    """A log at `cfg`'s cadence: `lead` healthy evaluations, then one evaluation per symptom value.
+    Each row between two evaluations carries values interpolated between theirs (metrics move
+    between evaluations); eval_return is only on evaluation rows, as the loop logs it."""
+    per_eval = max(1, cfg.eval_every // cfg.log_every)
+    n = max(len(v) for v in columns.values())
+    rows = []
+    for e in range(lead + n):
+        for j in range(per_eval):
+            row = {"env_step": (e * per_eval + j + 1) * cfg.log_every}
+            for key, values in columns.items():
+                i = e - lead
+                if i < 0 or i >= len(values) or values[i] is None:
+                    continue
+                before = values[i - 1] if i > 0 and values[i - 1] is not None else values[i]
+                if key == "eval_return":
+                    if j == per_eval - 1:
+                        row[key] = values[i]
+                else:
+                    row[key] = before + (values[i] - before) * (j + 1) / per_eval
+            rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", SYMPTOMS)
+def test_every_detector_can_fire_in_every_config_family(family, mode):
+    """The window spans evaluations, not rows: frames (ten rows per evaluation), the presets' cadences
+    and the vector defaults all show each detector enough evaluations for its symptom to fire."""
+    cfg = FAMILIES[family]
+    columns, solved = SYMPTOMS[mode]
+    rows = at_cadence(cfg, {k: [r.get(k) for r in columns] for k in {k for r in columns for k in r if k != "env_step"}})
+    assert mode in names(window(rows, cfg.diagnostics_window), solved)
+
+
+def test_the_window_starts_at_its_nth_last_evaluation():
+    rows = [{"env_step": i, **({"eval_return": 1.0} if i % 10 == 9 else {})} for i in range(100)]
+    assert [r["env_step"] for r in window(rows, 4)][0] == 69
+    assert len(window(rows[:20], 4)) == 20  # fewer evaluations than the window: everything so far
+    assert len(window([{"env_step": i} for i in range(200)], 4)) == 64  # and never more than 64 rows
+
+
+def test_exploitation_needs_a_dynamics_loss_that_stays_low():
+    rows = rows_from(mean_imagined_return=[10.0, 50.0, 100.0], eval_return=[10.0, 10.0, 10.0], dynamics_loss=[0.3, 0.3, 0.31])
+    assert "policy_exploits_model" in names(rows)
+    rows = rows_from(mean_imagined_return=[10.0, 50.0, 100.0], eval_return=[10.0, 10.0, 10.0], dynamics_loss=[0.3, 0.6, 1.2])
+    assert "policy_exploits_model" not in names(rows)
+
+
+def test_remedies_a_resume_cannot_take_are_given_as_a_new_run():
+    advice = FAILURE_MODES[1].advice(Config())
+    resumable, _, fresh = advice.partition("; ")
+    assert "--set epsilon=0.1" in resumable and "--set total_steps=100000" in resumable  # "train longer"
+    assert fresh.startswith("a new run only (--resume refuses them): reverie train --run-dir NEW_DIR")
+    assert "--set hidden_dim=256" in fresh and "--set dynamics_ensemble=5" in fresh and "hidden_dim" not in resumable
+    assert "adaptive_entropy" in FAILURE_MODES[4].advice(Config()).partition("; ")[2]

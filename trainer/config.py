@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from reverie.bundle import WorldSpaces
 from reverie.envs import EnvSpec
 
 FRAME_REPLAY_CAPACITY = 100_000  # the replay's default with frames: 2.1 GB at 84x84x3
@@ -44,7 +45,9 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # run
-    env_id: str = Field("CartPole-v1", description="gymnasium env id")
+    env_id: str = Field("CartPole-v1", description="gymnasium env id; with `spaces`, the world's name (no env is made)")
+    spaces: WorldSpaces | None = Field(None, description="the spaces of a world that lives at the client (`--spaces FILE`): "
+                                       "no gymnasium env anywhere; learns from the clients and is evaluated by their evaluation sessions")
     obs_indices: list[int] | None = Field(None, description="keep only these entries of a vector observation "
                                           "(e.g. [0,2]: CartPole without its velocities); the bundle and the service see the kept ones")
     pixels: bool = Field(False, description="the agent sees the env's rendered rgb_array frames, image_size x image_size x 3 uint8 "
@@ -61,6 +64,11 @@ class Config(BaseModel):
                                    "redis://HOST:PORT[/DB][?stream=NAME] (None: RUN_DIR/experience, where `reverie up` has the server write it)")
     max_policy_lag: int | None = Field(10, ge=0, description="client steps chosen by a model more than this many "
                                        "exported versions older than the newest are dropped, not learned from (None: keep all)")
+    client_backlog: int = Field(256, ge=1, description="clients faster than the trainer learns: past this many client steps "
+                                "read and waiting, each is stored without its updates (every step is kept in the replay, the "
+                                "updates per step fall; counted as client_steps_unpaid), so the trainer stays this close to play")
+    idle_replay_ratio: float = Field(8.0, gt=0, description="clients slower than the trainer learns: while no client step "
+                                     "waits, it goes on updating from its replay up to this many update rounds per stored step")
     client_run_steps: int = Field(64, ge=1, description="an unfinished client episode's steps reach the replay in runs of "
                                   "this many (each cut stored as a truncation), so long episodes are learned from before they end")
     threads: int = Field(2, ge=1, description="torch intra-op threads")
@@ -154,6 +162,8 @@ class Config(BaseModel):
     log_every: int = Field(250, ge=1, description="env steps between metric rows")
     eval_every: int = Field(500, ge=1, description="env steps between evaluations")
     eval_episodes: int = Field(10, ge=1, description="deterministic episodes per evaluation")
+    client_eval_episodes: int = Field(3, ge=1, description="a world given by its spaces: the evaluation sessions' episodes "
+                                      "of one model version whose mean return is that version's evaluation (its first ones)")
     solved_return: float | None = Field(None, description="eval return at which the env counts as solved, for the diagnostics "
                                         "(default: the env's reward_threshold; Pendulum-v1 and most custom envs have none)")
     target_return: float | None = Field(None, description="stop once an evaluation reaches this return")
@@ -162,7 +172,10 @@ class Config(BaseModel):
                                     "default: 21 KB per stored 84x84x3 frame, 2 GB per checkpoint at 100k)")
     export_every: int = Field(1000, ge=1, description="env steps between ONNX bundle exports")
     export_keep: int = Field(5, ge=1, description="bundle versions kept (plus the best)")
-    diagnostics_window: int = Field(8, ge=3, description="metric rows the failure-mode detectors look at")
+    promotion_tolerance: float = Field(0.05, ge=0, description="BEST (what `reverie up` serves) moves to a newer version "
+                                       "whose evaluation is within this fraction of |the best evaluation so far| below it")
+    diagnostics_window: int = Field(4, ge=3, description="evaluations the failure-mode detectors look back over, "
+                                    "with the metric rows between them (at most 64 rows)")
 
     @property
     def sequences_per_batch(self) -> int:
@@ -183,13 +196,33 @@ class Config(BaseModel):
     def env_spec(self) -> EnvSpec:
         return EnvSpec.of(self)
 
+    @property
+    def frames(self) -> bool:
+        """Whether the agent sees images (an env's frames, or a client world's uint8 observations)."""
+        return self.spaces.frames if self.spaces is not None else self.env_spec.frames
+
+    @model_validator(mode="after")
+    def _client_world(self) -> "Config":
+        """A world with declared spaces has no env: its experience and evaluations come from the clients."""
+        if self.spaces is None:
+            return self
+        if "env_id" in self.model_fields_set and self.env_id != self.spaces.name:
+            raise ValueError(f"give an env ({self.env_id!r}) or a spaces file, not both")
+        if self.source != "clients" and "source" in self.model_fields_set:
+            raise ValueError(f"source={self.source}: a world given by its spaces has no env; it learns from the clients")
+        if self.pixels or self.obs_indices is not None:
+            raise ValueError("pixels and obs_indices change an env's observations; a spaces file states them as they are")
+        object.__setattr__(self, "env_id", self.spaces.name)
+        object.__setattr__(self, "source", "clients")
+        return self
+
     @model_validator(mode="after")
     def _frame_defaults(self) -> "Config":
         """Frames hide velocities (memory: sequence mode), cost 21 KB each (a 100k-frame replay, 2 GB,
         kept out of checkpoints) and make an update ~4x a vector one's (228 ms on 2 CPU cores): a
         quarter of an update round per env step, and evaluations and exports every 2,500 and 5,000
         steps, keep a CPU run near 9 env steps/s. What the run set itself stays."""
-        if self.env_spec.frames:
+        if self.frames:
             for key, value in (("sequence_mode", True), ("replay_capacity", FRAME_REPLAY_CAPACITY), ("checkpoint_replay", False),
                                ("replay_ratio", 0.25), ("eval_every", 2500), ("export_every", 5000)):
                 if key not in self.model_fields_set:
@@ -213,7 +246,7 @@ class Config(BaseModel):
 
 
 # What a resumed run cannot change: the env and what it shows, the networks' shapes and parameter groups, the replay's size.
-FIXED_ON_RESUME = ("env_id", "obs_indices", "pixels", "image_size", "action_repeat", "feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth",
+FIXED_ON_RESUME = ("env_id", "spaces", "obs_indices", "pixels", "image_size", "action_repeat", "feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth",
                    "dynamics", "transformer_layers", "attention_heads", "sequence_length", "sequence_mode", "memory_dim",
                    "dynamics_ensemble",
                    "adaptive_entropy", "replay_capacity")

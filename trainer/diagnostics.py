@@ -15,7 +15,7 @@ from typing import Callable
 
 import gymnasium as gym
 
-from .config import Config
+from .config import FIXED_ON_RESUME, Config
 
 Row = dict[str, object]
 
@@ -31,9 +31,11 @@ def _flat(values: list[float], tolerance: float) -> bool:
 
 
 def _growing(values: list[float], factor: float) -> bool:
-    """Mostly rising, and the last value `factor` times the first in magnitude."""
+    """Mostly rising (of its changes: rows between evaluations may repeat a value), and the last value
+    `factor` times the first in magnitude."""
     rises = sum(b > a for a, b in zip(values, values[1:]))
-    return rises >= 0.75 * (len(values) - 1) and abs(values[-1]) >= factor * max(abs(values[0]), 1e-8)
+    falls = sum(b < a for a, b in zip(values, values[1:]))
+    return rises > 0 and rises >= 0.75 * (rises + falls) and abs(values[-1]) >= factor * max(abs(values[0]), 1e-8)
 
 
 def world_model_not_learning(rows: list[Row]) -> bool:
@@ -46,11 +48,14 @@ def world_model_not_learning(rows: list[Row]) -> bool:
 
 def policy_exploits_model(rows: list[Row], solved_return: float | None = None) -> bool:
     """mean_imagined_return rising strongly while eval_return stays flat in the real env (below solved:
-    a critic catching up with a solved policy raises imagined returns under a flat, perfect eval)."""
-    imagined, real = _series(rows, "mean_imagined_return"), _series(rows, "eval_return")
+    a critic catching up with a solved policy raises imagined returns under a flat, perfect eval), and
+    dynamics_loss low (the model fits its data; a model that does not is failure 1)."""
+    imagined, real, dynamics = (_series(rows, k) for k in ("mean_imagined_return", "eval_return", "dynamics_loss"))
     if len(imagined) < 3 or len(real) < 3:
         return False
     if solved_return is not None and min(real) >= solved_return:
+        return False
+    if dynamics and dynamics[-1] > 1.5 * min(dynamics):  # rising dynamics loss: not the seed's "low, seems good"
         return False
     rise = imagined[-1] - imagined[0]
     real_range = max(real) - min(real)
@@ -110,9 +115,10 @@ def _world_model_remedies(cfg: Config) -> list[tuple[str, object]]:
 
 
 def _exploitation_remedies(cfg: Config) -> list[tuple[str, object]]:
-    # Seed: diverse data; more capacity; model regularisation; an ensemble.
+    # Seed: diverse data; more capacity or train longer; model regularisation; an ensemble.
     return [
         ("epsilon", 0.1 if cfg.epsilon == 0 else min(0.5, round(2 * cfg.epsilon, 3))),
+        ("total_steps", 2 * cfg.total_steps),
         ("hidden_dim", 2 * cfg.hidden_dim),
         ("world_model_weight_decay", 1e-4 if cfg.world_model_weight_decay == 0 else float(f"{10 * cfg.world_model_weight_decay:.3g}")),
         ("dynamics_ensemble", 5 if cfg.dynamics_ensemble == 1 else cfg.dynamics_ensemble + 2),
@@ -128,11 +134,12 @@ def _explosion_remedies(cfg: Config) -> list[tuple[str, object]]:
 
 
 def _divergence_remedies(cfg: Config) -> list[tuple[str, object]]:
-    # Seed: a lower critic_lr (3e-5 -> 1e-5); a target network; clipped targets; lambda-returns (always on).
+    # Seed: a lower critic_lr (3e-5 -> 1e-5); a target network; clipped targets (max=100); lambda-returns (always on).
     out = [_scaled(cfg, "critic_lr", 1 / 3), *_turn_on(cfg, "target_critic", "return_bounds")]
     if cfg.target_critic:
         out.append(_scaled(cfg, "target_critic_tau", 0.5))
-    return out
+    clip = 100.0 if cfg.critic_target_clip is None else float(f"{cfg.critic_target_clip / 2:.3g}")
+    return out + [("critic_target_clip", clip)]
 
 
 def _convergence_remedies(cfg: Config) -> list[tuple[str, object]]:
@@ -155,6 +162,17 @@ class FailureMode:
         """Copy-pasteable `--set key=value` lines for this run; never one that is already so."""
         return [f"--set {key}={_fmt(value)}" for key, value in self.remedies(cfg)
                 if value != getattr(cfg, key)]
+
+    def advice(self, cfg: Config) -> str:
+        """The `--set` lines as one line to act on: those a `--resume` takes, then, apart, those only a
+        new run can take (the networks' shapes and parameter groups, FIXED_ON_RESUME)."""
+        lines = self.set_lines(cfg)
+        fresh = [line for line in lines if line.removeprefix("--set ").partition("=")[0] in FIXED_ON_RESUME]
+        resumable = [line for line in lines if line not in fresh]
+        parts = [" ".join(resumable)] if resumable else []
+        if fresh:
+            parts.append(f"a new run only (--resume refuses them): reverie train --run-dir NEW_DIR {' '.join(fresh)}")
+        return "; ".join(parts) or "nothing left to turn on"
 
 
 FAILURE_MODES: tuple[FailureMode, ...] = (
@@ -208,11 +226,23 @@ def solved_return(cfg: Config) -> float | None:
         return None
 
 
-def findings(rows: list[Row], window: int, solved_return: float | None = None) -> list[Finding]:
-    """Replays the loop's diagnosis over a whole metrics log: each row judged with the rows before it."""
+MAX_WINDOW_ROWS = 64
+
+
+def window(rows: list[Row], evaluations: int) -> list[Row]:
+    """The tail of `rows` the detectors judge: from the `evaluations`-th last evaluation on, so every
+    config (two rows per evaluation for vectors, ten for frames, a client world's as its evaluation
+    sessions come) shows them the same number of evaluations; at most MAX_WINDOW_ROWS rows."""
+    evaluated = [i for i, row in enumerate(rows) if "eval_return" in row]
+    start = evaluated[-evaluations] if len(evaluated) >= evaluations else 0
+    return rows[max(start, len(rows) - MAX_WINDOW_ROWS):]
+
+
+def findings(rows: list[Row], evaluations: int, solved_return: float | None = None) -> list[Finding]:
+    """Replays the loop's diagnosis over a whole metrics log: each row judged with its window."""
     found: dict[str, Finding] = {}
     for i in range(len(rows)):
-        recent = rows[max(0, i - window + 1): i + 1]
+        recent = window(rows[: i + 1], evaluations)
         for mode in diagnose(recent, solved_return):
             if mode.name not in found:
                 found[mode.name] = Finding(mode, [], evidence(mode, recent))

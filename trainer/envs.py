@@ -14,6 +14,7 @@ import numpy as np
 
 from reverie import envs
 from reverie.actions import ActionCoding
+from reverie.bundle import WorldSpaces
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,14 @@ class SpaceInfo:
     def from_dict(cls, d: dict) -> "SpaceInfo":
         low, high = (None, None) if d["discrete"] else (np.asarray(d["action_low"], np.float32), np.asarray(d["action_high"], np.float32))
         return cls(tuple(d["obs_shape"]), d["discrete"], d["action_dim"], low, high)
+
+
+def world_space_info(spaces: WorldSpaces) -> SpaceInfo:
+    """The agent's spaces from a spaces file (a world at the client): no env is made."""
+    obs, act = spaces.observation_space, spaces.action_space
+    if act.kind == "discrete":
+        return SpaceInfo(tuple(obs.shape), True, act.n)
+    return SpaceInfo(tuple(obs.shape), False, act.shape[0], np.asarray(act.low, np.float32), np.asarray(act.high, np.float32))
 
 
 def space_info(env: gym.Env) -> SpaceInfo:

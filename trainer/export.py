@@ -126,7 +126,8 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
     action_space = (ActionSpace(kind="discrete", n=space.action_dim) if space.discrete else
                     ActionSpace(kind="box", shape=[space.action_dim], low=space.action_low.tolist(), high=space.action_high.tolist()))
     manifest = Manifest(
-        model_version=0, training_step=training_step, phase=phase, env_id=cfg.env_id, obs_indices=cfg.obs_indices,
+        model_version=0, training_step=training_step, phase=phase, env_id=cfg.env_id,
+        world="env" if cfg.spaces is None else "client", obs_indices=cfg.obs_indices,
         pixels=cfg.pixels, image_size=cfg.image_size, action_repeat=cfg.env_spec.repeat,
         observation_space=ObservationSpace(shape=list(space.obs_shape), dtype="uint8" if space.is_image else "float32"),
         action_space=action_space, state_size=cfg.belief_dim, history_length=cfg.history_length,
@@ -135,7 +136,7 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
         seed=cfg.seed, eval_episodes=cfg.eval_episodes,
         graphs={name: spec for name, (_, _, spec) in specs.items()},
     )
-    final = publish(export_dir, staging, manifest, keep)
+    final = publish(export_dir, staging, manifest, keep, cfg.promotion_tolerance)
     log.info("exported %s (env step %d)", final, training_step)
     return final
 

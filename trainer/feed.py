@@ -49,6 +49,15 @@ class _Episode:
     next_index: int
     total: float = 0.0
     steps: list[Transition] = field(default_factory=list)
+    evaluation: bool = False  # played by an evaluation session: deterministic, one model version
+    versions: set[int] = field(default_factory=set)  # the model versions that chose its actions
+
+
+class Evaluation(NamedTuple):
+    """One finished evaluation episode: the version that played all of it, and its return."""
+
+    version: int
+    total: float
 
 
 def check_fragment(fragment: Fragment, space: SpaceInfo) -> str | None:
@@ -81,11 +90,12 @@ class ClientFeed:
         self.open: OrderedDict[str, _Episode] = OrderedDict()  # least recently extended first
         self.ready: deque[Transition] = deque()  # released runs, oldest first, not yet taken
         self.totals = {"steps": 0, "episodes": 0}  # learned from and ended, since the run began
+        self.evaluations: list[Evaluation] = []  # finished evaluation episodes, not yet taken by the trainer
         self._window: dict = self._new_window()
 
     @staticmethod
     def _new_window() -> dict:
-        return {"steps": 0, "returns": [], "sources": set(), "lags": [], "stale_dropped": 0, "refused": 0,
+        return {"steps": 0, "returns": [], "versions": set(), "sources": set(), "lags": [], "stale_dropped": 0, "refused": 0,
                 "skipped": 0, "since": time.perf_counter()}
 
     def poll(self, model_version: int) -> None:
@@ -129,7 +139,11 @@ class ClientFeed:
         if fragment.terminated or fragment.truncated:
             self._release(episode)
             self.totals["episodes"] += 1
-            self._window["returns"].append(episode.total)
+            if not episode.evaluation:
+                self._window["returns"].append(episode.total)
+                self._window["versions"].update(episode.versions)
+            elif len(episode.versions) == 1:  # (a server pins one version per evaluation episode)
+                self.evaluations.append(Evaluation(next(iter(episode.versions)), episode.total))
             return
         self.open[fragment.episode] = episode
         while len(self.open) > MAX_OPEN_EPISODES:  # clients that went away mid-episode
@@ -137,6 +151,8 @@ class ClientFeed:
 
     def _extend(self, episode: _Episode, fragment: Fragment, model_version: int) -> None:
         obs, n = fragment.observations, fragment.steps
+        episode.evaluation |= fragment.evaluation
+        episode.versions.update(int(v) for v in fragment.model_versions)
         for t in range(n):
             lag = max(0, model_version - int(fragment.model_versions[t]))
             if self.max_policy_lag is not None and lag > self.max_policy_lag:
@@ -170,20 +186,29 @@ class ClientFeed:
                "client_episodes": self.totals["episodes"], "client_sources": len(w["sources"]),
                "client_log_position": self.next_seq, "client_stale_dropped": w["stale_dropped"],
                "client_refused": w["refused"], "client_skipped": w["skipped"]}
-        if w["returns"]:
+        if w["returns"]:  # exploring play (evaluation episodes are the trainer's eval_return rows)
             row["client_episode_return"] = float(np.mean(w["returns"]))
+            row["client_episode_version"] = max(w["versions"])
         if w["lags"]:
             row["client_staleness_mean"] = float(np.mean(w["lags"]))
             row["client_staleness_max"] = int(np.max(w["lags"]))
         self._window = self._new_window()
         return row
 
+    def take_evaluations(self) -> list[Evaluation]:
+        """The evaluation episodes finished since the last call."""
+        taken, self.evaluations = self.evaluations, []
+        return taken
+
     def state_dict(self) -> dict:
         return {"next_seq": self.next_seq, "totals": dict(self.totals), "ready": [tuple(s) for s in self.ready],
-                "open": [(name, e.next_index, e.total, [tuple(s) for s in e.steps]) for name, e in self.open.items()]}
+                "evaluations": [tuple(e) for e in self.evaluations],
+                "open": [(name, e.next_index, e.total, [tuple(s) for s in e.steps], e.evaluation, sorted(e.versions))
+                         for name, e in self.open.items()]}
 
     def load_state_dict(self, state: dict) -> None:
         self.next_seq, self.totals = state["next_seq"], dict(state["totals"])
         self.ready = deque(Transition(*s) for s in state["ready"])
-        self.open = OrderedDict((name, _Episode(index, total, [Transition(*s) for s in steps]))
-                                for name, index, total, steps in state["open"])
+        self.evaluations = [Evaluation(*e) for e in state.get("evaluations", [])]
+        self.open = OrderedDict((name, _Episode(index, total, [Transition(*s) for s in steps], *extra[:1], set(*extra[1:])))
+                                for name, index, total, steps, *extra in state["open"])

@@ -13,7 +13,6 @@ import random
 import resource
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from reverie.bundle import versions
+from reverie.bundle import record_evaluation, versions
 from reverie.evaluation import play_episodes
 from reverie.runs import latest_checkpoint, publish_status
 
@@ -30,8 +29,8 @@ from .agent import Agent, EpisodePlayer, Window
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fidelity import imagination_fidelity
 from .config import FIXED_ON_RESUME, Config
-from .diagnostics import diagnose, evidence, solved_return
-from .envs import make_env, space_info
+from .diagnostics import diagnose, evidence, solved_return, window
+from .envs import make_env, space_info, world_space_info
 from .feed import ClientFeed
 from .metrics import MetricAverager, MetricsWriter, plot_training_curves, read_metrics
 from .replay import Replay, available_memory
@@ -39,6 +38,7 @@ from .schedule import Schedule
 
 log = logging.getLogger("reverie.trainer")
 IDLE_WAIT_S = 0.05  # source=clients: how long the loop waits for the log when it has nothing to learn from
+POLL_EVERY = 64  # source=clients: steps between reads of the log while released steps are still waiting
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,20 +52,20 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class Parts:
-    """What the loop drives: the envs it plays (none with source=clients) and evaluates in, the agent,
-    the replay, the metric writer. Built from the config by default; a caller may bring its own
-    (another env, a prepared replay)."""
+    """What the loop drives: the envs it plays (none with source=clients) and evaluates in (none for a
+    world given by its spaces: its clients evaluate), the agent, the replay, the metric writer. Built
+    from the config by default; a caller may bring its own (another env, a prepared replay)."""
 
     env: gym.Env | None
-    eval_env: gym.Env
+    eval_env: gym.Env | None
     agent: Agent
     replay: Replay
     writer: MetricsWriter
 
     @classmethod
     def build(cls, cfg: Config, run_dir: Path) -> "Parts":
-        eval_env = make_env(cfg.env_spec)
-        space = space_info(eval_env)
+        eval_env = make_env(cfg.env_spec) if cfg.spaces is None else None
+        space = space_info(eval_env) if eval_env is not None else world_space_info(cfg.spaces)
         obs_dtype = np.uint8 if space.is_image else np.float32
         replay = Replay(cfg.replay_capacity, space.obs_shape, () if space.discrete else (space.action_dim,), obs_dtype)
         replay.check_fits(available_memory())  # before anything is built
@@ -139,15 +139,16 @@ class Trainer:
         self.update_credit = 0.0
         self.episodes = 0
         self.last_eval: float | None = None
+        self.pace = {"idle_updates": 0, "client_steps_unpaid": 0}  # since the last row: see _behind, _idle_update
+        self.client_evals: dict[int, list[float]] = {}  # a client world's evaluation returns, by model version
         self.fidelity: dict | None = None  # the last evaluation's imagination fidelity, per imagined step
         self.wall_offset = 0.0
         if checkpoint is not None:
             self._restore(load_checkpoint(checkpoint))
             log.info("resumed from %s at env step %d (%s)", checkpoint.name, self.env_step, self.phase.value)
         self.episode_returns: list[float] = []
-        # The diagnostics window: the last rows before the next one (read back after a resume).
-        self.recent_rows = deque(read_metrics(self.run_dir)[-(cfg.diagnostics_window - 1):],
-                                 maxlen=cfg.diagnostics_window - 1)
+        # The diagnostics window: the rows the next one is judged with (read back after a resume).
+        self.recent_rows = window(read_metrics(self.run_dir), cfg.diagnostics_window)
         if self.env is not None:
             self.obs, self.episode_return = self._reset_env()
 
@@ -173,11 +174,16 @@ class Trainer:
                     self.save()
                     return
                 if not self._next_transition():
-                    self.stop.wait(IDLE_WAIT_S)
+                    if not self._idle_update():
+                        self.stop.wait(IDLE_WAIT_S)
                     continue
-                self._train()
-                evaluated = self.env_step % cfg.eval_every == 0
-                evaluation = self._evaluate() if evaluated else None
+                self._train(paid=not self._behind())
+                if self.eval_env is not None:
+                    evaluated = self.env_step % cfg.eval_every == 0
+                    evaluation = self._evaluate() if evaluated else None
+                else:
+                    evaluation = self._client_evaluation()
+                    evaluated = evaluation is not None
                 if evaluated or self.env_step % cfg.log_every == 0:
                     self._log(evaluation)
                 if self.env_step % cfg.checkpoint_every == 0:
@@ -214,7 +220,9 @@ class Trainer:
         log holds nothing new. A client's run is added whole, between two of the env's episodes."""
         feed = self.feed
         if feed is not None and (self.env is None or self.client_run or not self.replay.open):
-            if not feed.ready:
+            # Reading on while steps wait measures the backlog (and finds evaluations); past twice
+            # `client_backlog` the log, which is durable, holds the rest, and memory stays bounded.
+            if not feed.ready or (self.env_step % POLL_EVERY == 0 and len(feed.ready) < 2 * self.cfg.client_backlog):
                 feed.poll(self.model_version)
             step = feed.take()
             if step is not None:
@@ -251,8 +259,29 @@ class Trainer:
             return np.asarray(self.rng.integers(self.space.action_dim))
         return self.rng.uniform(-1.0, 1.0, self.space.action_dim).astype(np.float32)
 
-    def _train(self) -> None:
-        if len(self.replay) < self.cfg.learning_starts:  # also after a resume without the replay
+    def _behind(self) -> bool:
+        """Clients play faster than the trainer learns: more client steps are waiting than `client_backlog`."""
+        behind = self.feed is not None and len(self.feed.ready) > self.cfg.client_backlog
+        self.pace["client_steps_unpaid"] += behind
+        return behind
+
+    def _idle_update(self) -> bool:
+        """No client step waits: one more update round from the replay, while updates stay within
+        `idle_replay_ratio` rounds per stored step; False when there is nothing to do but wait."""
+        cfg = self.cfg
+        if (len(self.replay) < cfg.learning_starts or self.env_step < cfg.learning_starts
+                or self.updates >= cfg.idle_replay_ratio * self.env_step):
+            return False
+        counts = self.schedule.updates(self.env_step)
+        self.averager.add(self.agent.update(self.sample_batch(), counts, self.schedule.critic_real_mix(self.env_step)))
+        self.updates += 1
+        self.pace["idle_updates"] += 1
+        return True
+
+    def _train(self, paid: bool = True) -> None:
+        """The update rounds a new step pays for (`replay_ratio` of them, from a running credit); none
+        when it is not `paid` (clients ahead of the trainer)."""
+        if len(self.replay) < self.cfg.learning_starts or not paid:  # also after a resume without the replay
             return
         self.update_credit += self.cfg.replay_ratio
         counts = self.schedule.updates(self.env_step)
@@ -292,6 +321,23 @@ class Trainer:
                 # Episodes that ended in a terminal state, not by the time limit (CartPole: the pole or the track's end).
                 "eval_terminated": float(sum(e.terminated for e in episodes)), **means}
 
+    def _client_evaluation(self) -> dict[str, float] | None:
+        """A world without an env: a version's evaluation is the mean return of its first
+        `client_eval_episodes` evaluation-session episodes (deterministic, that version throughout).
+        Returns the newest version completed by the episodes that finished since the last call, or None."""
+        completed = None
+        for version, total in self.feed.take_evaluations():
+            returns = self.client_evals.setdefault(version, [])
+            if len(returns) < self.cfg.client_eval_episodes:
+                returns.append(total)
+                if len(returns) == self.cfg.client_eval_episodes:
+                    completed = version
+                    record_evaluation(self.run_dir / "export", version, float(np.mean(returns)), self.cfg.promotion_tolerance)
+        if completed is None:
+            return None
+        self.last_eval = float(np.mean(self.client_evals[completed]))
+        return {"eval_version": completed, "eval_episodes": len(self.client_evals[completed])}
+
     def _log(self, evaluation: dict[str, float] | None) -> None:
         evaluated = evaluation is not None
         elapsed = self.wall_offset + time.perf_counter() - self.started
@@ -303,20 +349,22 @@ class Trainer:
             row["episode_return"] = float(np.mean(self.episode_returns))
             self.episode_returns.clear()
         if self.feed is not None:
-            row.update(self.feed.pop_metrics())
+            row.update(self.feed.pop_metrics(), **self.pace, client_backlog=len(self.feed.ready),
+                       updates_per_step=self.updates / max(self.env_step, 1))
+            self.pace = dict.fromkeys(self.pace, 0)
         if evaluated:
             row.update(eval_return=self.last_eval, **evaluation)
-        failures = diagnose([*self.recent_rows, row], self.solved_return)
+        judged = window([*self.recent_rows, row], self.cfg.diagnostics_window)
+        failures = diagnose(judged, self.solved_return)
         row["failure_modes"] = [f.name for f in failures]
-        findings = {f.name: {"env_step": self.env_step, "evidence": evidence(f, [*self.recent_rows, row]),
+        findings = {f.name: {"env_step": self.env_step, "evidence": evidence(f, judged),
                              "set_lines": f.set_lines(self.cfg)} for f in failures}
-        for name, found in findings.items():
-            log.warning("failure mode %s at env step %d (%s); try: %s", name, self.env_step,
-                        ", ".join(f"{k} {v}" for k, v in found["evidence"].items()),
-                        " ".join(found["set_lines"]) or "nothing left to turn on")
+        for f in failures:
+            log.warning("failure mode %s at env step %d (%s); try: %s", f.name, self.env_step,
+                        ", ".join(f"{k} {v}" for k, v in findings[f.name]["evidence"].items()), f.advice(self.cfg))
         self.writer.write(row)
         publish_status(self.run_dir, row, self.fidelity if evaluated else None, findings)
-        self.recent_rows.append(row)
+        self.recent_rows = judged
         if evaluated:
             plot_training_curves(
                 read_metrics(self.run_dir), self.run_dir / "training_curves.png",
@@ -327,8 +375,9 @@ class Trainer:
     def publish_bundle(self) -> Path:
         from .export import export_bundle  # the ONNX exporter loads only when a run exports
 
+        # A client world's versions are evaluated after they are served (record_evaluation), not here.
         path = export_bundle(self.agent, self.run_dir / "export", self.env_step, self.phase.value,
-                             self.last_eval, self.cfg.export_keep)
+                             self.last_eval if self.eval_env is not None else None, self.cfg.export_keep)
         self.model_version = versions(self.run_dir / "export")[-1]
         return path
 
@@ -340,7 +389,8 @@ class Trainer:
         state.update(
             space=self.space.to_dict(),
             position={"env_step": self.env_step, "updates": self.updates, "update_credit": self.update_credit,
-                      "episodes": self.episodes, "last_eval": self.last_eval, "wall_s": elapsed},
+                      "episodes": self.episodes, "last_eval": self.last_eval, "wall_s": elapsed,
+                      "client_evals": {str(v): r for v, r in self.client_evals.items()}},
             rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                  "generator": self.rng.bit_generator.state},
         )
@@ -354,6 +404,7 @@ class Trainer:
         pos = state["position"]
         self.env_step, self.updates, self.update_credit = pos["env_step"], pos["updates"], pos["update_credit"]
         self.episodes, self.last_eval, self.wall_offset = pos["episodes"], pos["last_eval"], pos["wall_s"]
+        self.client_evals = {int(v): r for v, r in pos.get("client_evals", {}).items()}
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])

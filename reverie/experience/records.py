@@ -44,6 +44,7 @@ class Fragment:
     terminated: bool
     truncated: bool
     source: str = ""
+    evaluation: bool = False  # played by an evaluation session: one model version, deterministic, for its return
 
     def __post_init__(self) -> None:
         _check(self)
@@ -64,7 +65,7 @@ def _check(fragment: Fragment) -> None:
         raise ValueError(f"episode must be 1-128 characters of [A-Za-z0-9._:-], got {fragment.episode!r}")
     if not isinstance(fragment.index, int) or isinstance(fragment.index, bool) or fragment.index < 0:
         raise ValueError(f"index must be an int >= 0, got {fragment.index!r}")
-    for flag in ("terminated", "truncated"):
+    for flag in ("terminated", "truncated", "evaluation"):
         if not isinstance(getattr(fragment, flag), bool):
             raise ValueError(f"{flag} must be a bool, got {getattr(fragment, flag)!r}")
     if not isinstance(fragment.source, str):
@@ -98,6 +99,7 @@ def encode(fragment: Fragment) -> bytes:
         "terminated": fragment.terminated,
         "truncated": fragment.truncated,
         "source": fragment.source,
+        **({"evaluation": True} if fragment.evaluation else {}),  # optional: records written before it still read
         "arrays": [[name, array.dtype.name, list(array.shape)] for name, array in zip(_ARRAYS, arrays)],
     }
     head = json.dumps(header, separators=(",", ":")).encode()
@@ -117,8 +119,8 @@ def decode(payload: bytes) -> Fragment:
         header = json.loads(payload[_HEADER_LENGTH.size:start].decode())
     except (ValueError, RecursionError) as error:  # bad utf-8, bad JSON, absurd nesting
         raise ValueError(f"header is not JSON: {error}") from None
-    if not isinstance(header, dict) or set(header) != {"format", "episode", "index", "terminated",
-                                                        "truncated", "source", "arrays"}:
+    if not isinstance(header, dict) or set(header) - {"evaluation"} != {"format", "episode", "index", "terminated",
+                                                                         "truncated", "source", "arrays"}:
         raise ValueError("header does not have exactly the fields of a fragment")
     if header["format"] != _FORMAT:
         raise ValueError(f"unknown fragment format {header['format']!r}")
@@ -138,7 +140,8 @@ def decode(payload: bytes) -> Fragment:
     if offset != len(payload):
         raise ValueError(f"{len(payload) - offset} bytes follow the last array")
     return Fragment(episode=header["episode"], index=header["index"], terminated=header["terminated"],
-                    truncated=header["truncated"], source=header["source"], **arrays)
+                    truncated=header["truncated"], source=header["source"], evaluation=header.get("evaluation", False),
+                    **arrays)
 
 
 def _array_spec(spec: list) -> tuple[str, np.dtype, tuple[int, ...]]:
