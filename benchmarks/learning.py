@@ -1,7 +1,7 @@
 """Sample efficiency and update cost: CartPole-v1 and Pendulum-v1, several seeds, one table.
 
     python benchmarks/learning.py --envs cartpole --seeds 0 1 2 3 4 --steps 10000   # the defaults, as a user gets them
-    python benchmarks/learning.py --envs cartpole --presets none seed --steps 10000  # the defaults beside the seed's settings
+    python benchmarks/learning.py --envs cartpole --presets none seed_values --steps 10000  # the defaults beside the seed's numbers
     python benchmarks/learning.py --envs cartpole --presets actor_lr=3e-5 entropy_coef=0.01  # one seed value at a time
     python benchmarks/learning.py --baselines          # + stable-baselines3 PPO and DQN rows on CartPole
     python benchmarks/learning.py --envs cartpole --set pixels=true --set replay_ratio=0.25 --threshold 200 --steps 50000

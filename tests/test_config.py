@@ -122,12 +122,12 @@ def test_seed_given_structure_is_the_default():
     assert cfg.gamma == 0.99
 
 
-def test_seed_preset_is_the_seeds_stated_values():
+def test_seed_values_preset_is_the_seeds_stated_numbers():
     """Diagram 5's phases (warmup 0-5k, transition 5k-10k) and multi-update schedule (2/1/1 before 50k,
     1/2/2 after), the learning rates its remedies start from, its entropy weight, its plain losses."""
     from trainer.schedule import Schedule
 
-    cfg = build_config("seed")
+    cfg = build_config("seed_values")
     assert (cfg.warmup_steps, cfg.transition_steps) == (5000, 5000)
     assert (cfg.world_model_lr, cfg.actor_lr, cfg.critic_lr, cfg.entropy_coef) == (1e-4, 3e-5, 3e-5, 0.01)
     assert cfg.return_norm is False and cfg.symlog is False
@@ -146,7 +146,7 @@ def test_every_departure_from_the_seed_is_stated_with_a_reason():
     from trainer.config import seed_deviations
 
     deviations = seed_deviations()
-    default, seed = Config().model_dump(), build_config("seed").model_dump()
+    default, seed = Config().model_dump(), build_config("seed_values").model_dump()
     assert set(deviations) == {k for k in default if default[k] != seed[k]}
     assert all(len(why) > 20 for _, _, why in deviations.values())
 
@@ -164,10 +164,11 @@ def test_the_readme_table_lists_every_departure_from_the_seed():
     """The README's table of departures is written by hand; it must not fall behind the config's notes."""
     from pathlib import Path
 
-    from trainer.config import seed_deviations
+    from trainer.config import STRUCTURAL_DEPARTURES, seed_deviations
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [key for key in seed_deviations() if f"| `{key}` |" not in readme]
+    missing += [name for name in STRUCTURAL_DEPARTURES if f"| {name} |" not in readme]
     assert missing == []
 
 
@@ -182,6 +183,6 @@ def test_reverie_config_names_value_source_and_the_seeds_value(capsys):
     assert rows["warmup_steps"]["source"] == "preset cartpole" and rows["warmup_steps"]["seed"] == 5000
     assert rows["actor_lr"]["value"] == 3e-4 and rows["actor_lr"]["seed"] == 3e-5
     assert all(row["description"] for row in rows.values())
-    assert main(["config", "--preset", "seed"]) == 0
+    assert main(["config", "--preset", "seed_values"]) == 0
     text = capsys.readouterr().out
     assert "actor_lr" in text and "[seed:" not in text  # the seed preset departs from nothing

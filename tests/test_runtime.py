@@ -39,14 +39,15 @@ def test_the_service_imports_no_torch():
 
 
 def test_act_and_value_match_the_torch_agent(pair):
-    """Deterministic actions equal agent.act's; distribution parameters and values agree to 1e-5."""
+    """Deterministic actions equal agent.act's; distribution parameters and values (the critic that
+    training's returns bootstrap from) agree to 1e-5."""
     agent, runtime = pair
     obs = observations(agent, 200)
     result = runtime.act(obs, deterministic=True, seed=None)
     with torch.no_grad():
         states = agent.world_model.encode(torch.from_numpy(obs))
         params = agent.policy.params(states)
-        values = agent.value(states).numpy()
+        values = agent.critic_values(states).numpy()  # the critic training bootstraps from (the target, by default)
     np.testing.assert_allclose(result.values, values.reshape(-1), atol=1e-5, rtol=0)
     np.testing.assert_allclose(runtime.value(obs), values.reshape(-1), atol=1e-5, rtol=0)
     expected = [agent.space.to_env_action(agent.act(o, deterministic=True)) for o in obs]
@@ -145,7 +146,7 @@ def test_imagine_matches_torch_rollout_and_lambda_returns(pair):
             rewards.append(reward.reshape(-1))
             continues.append(cont.reshape(-1))
         states = torch.stack(states, 1)
-        values = agent.value(states.reshape(-1, states.shape[-1])).reshape(1, -1)
+        values = agent.critic_values(states.reshape(-1, states.shape[-1])).reshape(1, -1)
         rewards, continues = torch.stack(rewards, 1), torch.stack(continues, 1)
         returns = lambda_return(rewards, continues, values, agent.cfg.gamma, agent.cfg.lambda_)
     for i in range(3):  # every sample follows the same plan

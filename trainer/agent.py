@@ -170,7 +170,10 @@ class Agent(nn.Module):
 
     # ------------------------------------------------------------------ update
     def update(self, batch: dict[str, torch.Tensor], counts: UpdateCounts, critic_real_mix: float) -> dict[str, float]:
-        """One batch: `counts` world-model, actor and critic steps, in that order (diagram 3).
+        """One batch: `counts` world-model, actor and critic steps, in that order. Diagram 3 computes
+        every loss in one forward pass and steps the three optimizers at the end; here the world model
+        steps first and the actor and critic imagine with the updated one (a departure, in the README's
+        table). Each step still writes its own parameters only.
 
         The steps return their metrics as tensors; they reach the host once, here, at the end.
         """

@@ -4,8 +4,8 @@ observation -> Encoder (MLP or CNN) -> features [256] -> RepresentationLearner.e
 state -> DynamicsModel, RewardPredictor, ContinuePredictor, PolicyHead, ValueFunction
 state -> RepresentationLearner.decode -> observation (reconstruction)
 
-Every component takes an optional `context` (diagram 4's sequence context); the MLP
-components ignore it, sequence-aware ones use it.
+Dynamics, reward and continue heads take an optional `context` (diagram 4's sequence context);
+only transformer dynamics read it, the MLP heads ignore it; policy and value read the belief alone.
 """
 
 from __future__ import annotations

@@ -90,8 +90,13 @@ class Config(BaseModel):
     sequence_mode: bool = Field(False, description="train on sequences of sequence_length steps "
                                 "(batch_size // sequence_length of them per batch) with their sequence context, not flat transitions")
     sequence_length: int = Field(16, ge=1, description="steps per sampled sequence; also the longest context a transformer attends over")
+    memory: Literal["gru", "none"] = Field("gru", description="sequence mode's memory: gru (ours) joins each state with a "
+                                           "recurrent memory of the episode's past states and actions; none is the seed's sequence "
+                                           "mode as drawn: states alone, the context read only by transformer dynamics (an MLP ignores it)",
+                                           json_schema_extra=seed_value("none", "an MLP policy and critic can then act on what the "
+                                                                        "episode showed before, e.g. velocities hidden from one observation"))
     memory_dim: int = Field(64, ge=1, description="size of the recurrent memory of past states and actions that, in "
-                            "sequence mode, joins each state (the agent's belief: what it sees, and what it remembers)")
+                            "sequence mode with memory=gru, joins each state (the agent's belief: what it sees, and what it remembers)")
 
     # world model (diagram 2)
     dynamics_weight: float = Field(1.0, ge=0, description="weight of the dynamics MSE in the world-model loss")
@@ -101,7 +106,9 @@ class Config(BaseModel):
     dynamics_std: float = Field(0.1, gt=0, description="std of the next-state Normal: fixed, as the dynamics loss is its NLL at a "
                                 "fixed scale (an MSE); what imagination samples with when dynamics_sample is on")
     dynamics_sample: bool = Field(False, description="imagination samples each next state from the dynamics' Normal "
-                                  "(reparameterised, so the actor's gradient still flows), not its mean: rollouts carry model noise")
+                                  "(reparameterised, so the actor's gradient still flows), not its mean: rollouts carry model noise",
+                                  json_schema_extra=seed_value(True, "the mean is what the ensemble votes for; sampling is a switch "
+                                                               "until it is measured to learn better (README)"))
     world_model_lr: float = Field(1e-3, gt=0, description="world-model optimizer learning rate", json_schema_extra=seed_value(
         1e-4, "the seed's failure-1 remedy raises 1e-4 to 1e-3 when the world model learns too slowly; small budgets start there"))
     symlog: bool = Field(True, description="reward and value heads predict in symlog space", json_schema_extra=seed_value(
@@ -185,12 +192,17 @@ class Config(BaseModel):
     @property
     def history_length(self) -> int:
         """The most past steps a memory reads (see `WorldModel.recall`); 0 without one."""
-        return self.sequence_length - 1 if self.sequence_mode else 0
+        return self.sequence_length - 1 if self.remembers else 0
+
+    @property
+    def remembers(self) -> bool:
+        """Whether the agent has a memory: sequence mode with memory=gru."""
+        return self.sequence_mode and self.memory == "gru"
 
     @property
     def belief_dim(self) -> int:
-        """What the heads read: the state, and in sequence mode the memory beside it."""
-        return self.state_dim + (self.memory_dim if self.sequence_mode else 0)
+        """What the heads read: the state, and with a memory the memory beside it."""
+        return self.state_dim + (self.memory_dim if self.remembers else 0)
 
     @property
     def env_spec(self) -> EnvSpec:
@@ -247,9 +259,33 @@ class Config(BaseModel):
 
 # What a resumed run cannot change: the env and what it shows, the networks' shapes and parameter groups, the replay's size.
 FIXED_ON_RESUME = ("env_id", "spaces", "obs_indices", "pixels", "image_size", "action_repeat", "feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth",
-                   "dynamics", "transformer_layers", "attention_heads", "sequence_length", "sequence_mode", "memory_dim",
+                   "dynamics", "transformer_layers", "attention_heads", "sequence_length", "sequence_mode", "memory", "memory_dim",
                    "dynamics_ensemble",
                    "adaptive_entropy", "replay_capacity")
+
+
+# Departures from the seed that are no single default's value: (the seed, ours, why). The README's
+# table of departures lists these beside seed_deviations(); a test keeps both complete.
+STRUCTURAL_DEPARTURES: dict[str, tuple[str, str, str]] = {
+    "dynamics target": ("the encoded next state", "the stop-gradient encoded next state",
+                        "the encoder cannot make the dynamics loss trivially small by moving its own target (collapse)"),
+    "reward head": ("reward(state)", "reward(state, action)", "a transition's reward may depend on its action (Pendulum's torque cost)"),
+    "continue head": ("continue(state_t)", "continue(state_t+1): the state the step reached",
+                      "an ending is a property of where a step lands; the critic's lambda-returns read it there"),
+    "imagination losses": ("plain means over the imagined steps", "each imagined step weighted by the product of the "
+                           "continue probabilities before it; actor returns divided by return_scale",
+                           "steps after a likely ending count for less; one entropy_coef for returns of any size"),
+    "critic": ("one critic bootstrapping from itself", "bootstraps from a target critic (target_critic, EMA tau 0.02) and "
+               "answers inside the return bounds (return_bounds); the bundle serves that critic",
+               "the seed's failure-4 remedies, on from the start: values stay inside what the rewards allow"),
+    "remedies on from the start": ("obs_norm, orthogonal_init off until failure 1", "on",
+                                   "cheap, and both help every env measured here"),
+    "update order": ("every loss from one forward pass, then all three optimizers step", "the world model steps first; "
+                     "actor and critic imagine with the updated model", "the actor learns in the freshest model; each "
+                     "optimizer still steps its own parameters only"),
+    "sequence batch": ("16 sequences x 50 steps", "batch_size // sequence_length = 8 sequences x 16 steps",
+                       "the same 128 steps per update as the flat batch; 16 steps cover CartPole's hidden velocities"),
+}
 
 
 def seed_deviations() -> dict[str, tuple[Any, Any, str]]:
@@ -272,9 +308,10 @@ PRESETS: dict[str, dict[str, Any]] = {
               "warmup_steps": 100, "transition_steps": 100, "learning_starts": 32, "replay_ratio": 0.25,
               "log_every": 50, "eval_every": 100, "eval_episodes": 2, "checkpoint_every": 100,
               "export_every": 100},
-    # The seed's stated values, exactly: diagram 5's phases and multi-update schedule, the learning
-    # rates its remedies start from, its entropy weight, its plain losses and its example batch.
-    "seed": {key: seed for key, (seed, _, _) in seed_deviations().items()},
+    # The seed's stated numbers, on our algorithm: diagram 5's phases and multi-update schedule, the
+    # learning rates its remedies start from, its entropy weight, raw (not symlog, not normalised)
+    # returns and its example batch. What stays ours is in the README's table of departures.
+    "seed_values": {key: seed for key, (seed, _, _) in seed_deviations().items()},
 }
 
 

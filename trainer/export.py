@@ -68,7 +68,7 @@ class _Act(nn.Module):
 
     def forward(self, obs, history_obs=None, history_action=None, history_mask=None):
         belief = self.agent.world_model.belief_after(obs, history_obs, history_action, history_mask)
-        return (*self.agent.policy.params(belief), self.agent.value(belief))
+        return (*self.agent.policy.params(belief), self.agent.critic_values(belief))
 
 
 def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], GraphSpec]]:
@@ -93,7 +93,9 @@ def graph_specs(agent: Agent) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, 
     modules = {
         "encoder": (_Belief(agent), observed),
         "policy": (_OneInput(agent, agent.policy.params), (state,)),
-        "value": (agent.value, (state,)),
+        # The critic training's returns bootstrap from (the target critic, when on): /imagine ranks plans
+        # as training valued them, and /value and /act answer with the same numbers.
+        "value": (_OneInput(agent, agent.critic_values), (state,)),
         "world_model": (_WorldModelStep(agent), (state, agent_actions(2), *past)),
         "decoder": (_OneInput(agent, agent.world_model.decode), (state,)),
         "act": (_Act(agent), observed),

@@ -309,7 +309,7 @@ class Trainer:
         self.last_eval = float(np.mean([e.total for e in episodes]))
         with torch.no_grad():
             first = torch.as_tensor(np.stack([e.observations[0] for e in episodes]), dtype=torch.float32, device=self.device)
-            values = self.agent.value(self.agent.world_model.first_belief(first))
+            values = self.agent.critic_values(self.agent.world_model.first_belief(first))  # as served
         # Its own generator: measuring the imagination must not move the training's random stream.
         fidelity = imagination_fidelity(self.agent.world_model, self.space, episodes, self.cfg.horizon,
                                         np.random.default_rng(self.env_step), self.device)

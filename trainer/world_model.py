@@ -48,7 +48,7 @@ class WorldModel(nn.Module):
         self.dynamics = DynamicsModel(cfg, space.action_dim)
         self.reward = RewardPredictor(cfg, space.action_dim)
         self.continue_ = ContinuePredictor(cfg)
-        self.memory = nn.GRUCell(cfg.state_dim + space.action_dim, cfg.memory_dim) if cfg.sequence_mode else None
+        self.memory = nn.GRUCell(cfg.state_dim + space.action_dim, cfg.memory_dim) if cfg.remembers else None
         self.state_dim, self.memory_dim = cfg.state_dim, cfg.memory_dim
         self.sample_std = cfg.dynamics_std if cfg.dynamics_sample else 0.0  # imagination's next-state noise
         # Transformer dynamics trained on sequences attend over an imagined rollout's earlier steps too,
