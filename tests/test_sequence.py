@@ -20,8 +20,9 @@ from trainer.world_model import WorldModel
 
 WEIGHTS = {"dynamics": 1.0, "reward": 1.0, "continue": 1.0, "decoder": 1.0}
 VARIANTS = [{"dynamics": "mlp"}, {"dynamics": "transformer"}, {"dynamics": "transformer", "dynamics_ensemble": 3},
-            {"sequence_mode": True}, {"sequence_mode": True, "dynamics": "transformer"}]
-IDS = ["mlp", "transformer", "transformer-ensemble", "memory-mlp", "memory-transformer"]
+            {"sequence_mode": True}, {"sequence_mode": True, "dynamics": "transformer"},
+            {"sequence_mode": True, "memory": "none"}, {"sequence_mode": True, "memory": "none", "dynamics": "transformer"}]
+IDS = ["mlp", "transformer", "transformer-ensemble", "memory-mlp", "memory-transformer", "seed-mlp", "seed-transformer"]
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +243,22 @@ def test_only_a_transformer_trained_on_sequences_reads_its_rollouts_earlier_step
     assert WorldModel(small_config(dynamics="transformer", sequence_length=5), space).dynamics_context == 0
     assert WorldModel(small_config(dynamics="transformer", sequence_mode=True, sequence_length=5), space).dynamics_context == 4
     assert WorldModel(small_config(sequence_mode=True, sequence_length=5), space).dynamics_context == 0
+
+
+def test_the_seeds_sequence_mode_has_no_memory_and_its_transformer_attends_over_states(replay):
+    """memory=none: beliefs are the states themselves, acting reads no history, and the transformer
+    still attends over the sequence context (a later step cannot change an earlier prediction is
+    checked above for this variant; here: an earlier step does change a later one)."""
+    cfg = small_config(sequence_mode=True, sequence_length=12, memory="none", dynamics="transformer")
+    assert cfg.belief_dim == cfg.state_dim and cfg.history_length == 0
+    wm = world_model(replay[1], sequence_mode=True, memory="none", dynamics="transformer")
+    assert wm.memory is None and wm.dynamics_context == 11
+    batch = sequences(replay)
+    states, _, beliefs, _ = wm.observe(batch)
+    assert torch.equal(states, beliefs)
+    action = wm.encode_action(batch["action"])
+    base = wm.dynamics.member_means(beliefs, action, context_of(batch, beliefs, action))
+    changed = beliefs.clone()
+    changed[:, 0] += 1.0
+    moved = wm.dynamics.member_means(changed, action, context_of(batch, changed, action))
+    assert not torch.allclose(base[..., 1:, :], moved[..., 1:, :])  # step 0 reaches the later steps' predictions
