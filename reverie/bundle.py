@@ -246,8 +246,13 @@ def record_evaluation(export_dir: Path, version: int, eval_return: float, tolera
     os.replace(tmp, export_dir / EVALUATIONS)
     bundle, best = version_dir(export_dir, version), _pointed(export_dir, BEST)
     newer = best is None or version > int(VERSION_DIR.match(best.name).group(1))
-    if (bundle / "manifest.json").is_file() and newer and (record is None or eval_return >= record - tolerance * abs(record)):
+    if (bundle / "manifest.json").is_file() and newer and promotes(eval_return, record, tolerance):
         _point(export_dir, BEST, bundle)
+
+
+def promotes(eval_return: float, record: float | None, tolerance: float) -> bool:
+    """Whether a newer version's evaluation earns BEST: within `tolerance` x |record| of the record."""
+    return record is None or eval_return >= record - tolerance * abs(record)
 
 
 def _evaluations(export_dir: Path) -> dict[str, float]:
