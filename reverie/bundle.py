@@ -238,7 +238,7 @@ def record_evaluation(export_dir: Path, version: int, eval_return: float, tolera
     newer, longer-trained version. Evaluations are kept beside the versions (manifests are immutable):
     a client world's versions are evaluated after they are published."""
     export_dir = Path(export_dir)
-    known = _evaluations(export_dir)
+    known = evaluations(export_dir)
     record = max(known.values(), default=None)
     known[str(version)] = eval_return
     tmp = export_dir / f".{EVALUATIONS}.tmp"
@@ -255,7 +255,8 @@ def promotes(eval_return: float, record: float | None, tolerance: float) -> bool
     return record is None or eval_return >= record - tolerance * abs(record)
 
 
-def _evaluations(export_dir: Path) -> dict[str, float]:
+def evaluations(export_dir: Path) -> dict[str, float]:
+    """version (as text) -> evaluation, for every version evaluated so far (pruned ones too)."""
     try:
         return json.loads((export_dir / EVALUATIONS).read_text())
     except (OSError, ValueError):

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from reverie.bundle import latest_bundle, versions
+from reverie.bundle import evaluations, latest_bundle, versions
 from reverie.runs import read_status, run_dir_of
 
 from .metrics import ServiceMetrics
@@ -142,6 +142,8 @@ def serving(store: ModelStore, metrics: ServiceMetrics, settings: ServiceSetting
         table.append({**entry, "p50_ms": p50 and 1000 * p50, "p99_ms": p99 and 1000 * p99})
     return {
         "served_version": runtime.version if runtime else None,
+        # What BEST's promotion rule judged it by: the served version's evaluation (None: not evaluated).
+        "served_eval": evaluations(export_dir).get(str(runtime.version)) if runtime else None,
         "served_training_step": runtime.manifest.training_step if runtime else None,
         "newest_version": (versions(export_dir) or [None])[-1],
         "best_version": int(best.name.lstrip("v")) if best is not None and best.parent == export_dir else None,

@@ -38,6 +38,8 @@ def test_live_carries_the_runs_curves_and_what_is_served(trained_cartpole):
     assert training["status"]["env_step"] == rows[-1]["env_step"]
     serving = live["serving"]
     assert serving["served_version"] == served == versions(trained_cartpole / "export")[-1] == serving["newest_version"]
+    manifest = json.loads((trained_cartpole / "export" / f"v{served:06d}" / "manifest.json").read_text())
+    assert serving["served_eval"] == manifest["last_eval_return"] is not None  # the evaluation it was exported with
     (act,) = [e for e in serving["endpoints"] if e["endpoint"] == "/act"]
     assert act["transport"] == "http" and act["requests"] == 20 and act["errors"] == 0
     assert 0 < act["p50_ms"] <= act["p99_ms"] < 2500
