@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.rest import ApiError, RestClient
+from clients.rest import RestClient
 from reverie.bundle import latest_bundle
 from reverie.cli import main
 from serving import free_ports, wait_until
@@ -128,13 +128,6 @@ def test_a_client_world_is_taught_evaluated_and_its_best_served_with_no_env(tmp_
             client.wait_ready(60)
             model = client.model()
             assert model["manifest"]["env_id"] == "reach" and model["manifest"]["world"] == "client"
-            # An evaluation needs a session, and starts one episode.
-            with pytest.raises(ApiError) as refused:
-                client.act([0.0, 0.8], evaluate=True)
-            assert refused.value.status == 422 and refused.value.field == "evaluate"
-            with pytest.raises(ApiError) as refused:
-                client.act([0.0, 0.8], session="s", evaluate=True)
-            assert refused.value.status == 422 and refused.value.field == "evaluate"
 
             world, evaluations, deadline = Reach(0), [], time.monotonic() + 150
             for episode in itertools.count():

@@ -231,3 +231,48 @@ def test_nothing_acknowledged_is_lost_when_a_server_is_killed(backend, exported_
     assert {k.split(b"\x00")[0] for k in uploaded} == {b"client-0", b"client-1"}  # both replicas' uploaders
     stored = Counter(decode(payload).source for _, _, payload in records)
     assert all(stored[source] >= n for source, n in reported.items()), (stored, reported)
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc-stream"])
+def test_an_evaluation_episode_plays_deterministically_and_is_logged_as_one(server, transport):
+    """`evaluate` with `reset`: the episode's actions are the deterministic ones (whatever the request
+    asks), its transitions are marked as an evaluation, and the next episode is not one."""
+    with contextlib.ExitStack() as stack:
+        if transport == "rest":
+            client = stack.enter_context(RestClient(server.url))
+            act = lambda obs, **kw: client.act(obs, session="judge", **kw)  # noqa: E731
+        else:
+            grpc_client = stack.enter_context(GrpcClient(server.grpc_target))
+            stream = stack.enter_context(grpc_client.stream())
+            act = lambda obs, **kw: stream.act(obs, **kw)  # noqa: E731
+        greedy = RestClient(server.url)
+        stack.callback(greedy.close)
+        before = len(logged(server.settings.experience))
+        env = gym.make("CartPole-v1", max_episode_steps=30)
+        episodes = []
+        for evaluate in (True, False):
+            obs, _ = env.reset(seed=5)
+            step = act(obs, reset=True, evaluate=evaluate, seed=None)
+            actions = []
+            while True:
+                if evaluate:
+                    assert step.action == greedy.act(obs, deterministic=True).action  # no sample, ever
+                actions.append(step.action)
+                obs, reward, terminated, truncated, _ = env.step(step.action)
+                step = act(obs, reward=float(reward), terminated=terminated, truncated=truncated, seed=None)
+                if terminated or truncated:
+                    break
+            episodes.append(actions)
+    records = logged(server.settings.experience)[before:]
+    evaluated = [r for r in records if r.evaluation]
+    assert len(evaluated) == len(episodes[0]) and len(records) == len(episodes[0]) + len(episodes[1])
+    assert [r.actions[0] for r in evaluated] == episodes[0] and len({r.episode for r in evaluated}) == 1
+    assert not any(r.evaluation for r in records[len(evaluated):])  # the next episode is an ordinary one
+
+
+def test_evaluate_needs_a_session_and_a_reset(server):
+    with RestClient(server.url) as client:
+        for kwargs in ({}, {"session": "e1"}):
+            with pytest.raises(ApiError) as refused:
+                client.act(OBS, evaluate=True, **kwargs)
+            assert refused.value.status == 422 and refused.value.field == "evaluate"
