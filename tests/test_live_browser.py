@@ -48,7 +48,8 @@ def test_reverie_up_serves_at_once_shows_training_live_and_stops_cleanly(tmp_pat
     port, grpc_port = free_ports(2)
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "reverie.cli", "up", "--run-dir", str(tmp_path / "run"), "--port", str(port),
-               "--grpc-port", str(grpc_port), "--preset", "smoke", "--set", "threads=1"]
+               "--grpc-port", str(grpc_port), "--preset", "smoke", "--set", "threads=1",
+               "--follow", "latest"]  # every newer export, not BEST only: the page must show one while the test waits
     log = (tmp_path / "up.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "REVERIE_API_TOKEN": TOKEN})
     auth = {"Authorization": f"Bearer {TOKEN}"}
