@@ -78,7 +78,7 @@ def _wall_at(run_dir: Path, step: int | None) -> float | None:
 
 
 def run_sb3(algo: str, seed: int, eval_every: int = 2000) -> dict:
-    """stable-baselines3 with rl-baselines3-zoo's CartPole-v1 hyperparameters (see shared/BASELINES.md)."""
+    """stable-baselines3 with rl-baselines3-zoo's tuned CartPole-v1 hyperparameters."""
     import gymnasium as gym
     from stable_baselines3 import DQN, PPO
     from stable_baselines3.common.callbacks import BaseCallback
