@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import small_config
+from serving import wait_until
 from reverie.experience import Fragment, SegmentLog, encode
 from reverie.runs import latest_checkpoint
 from trainer.checkpoint import load_checkpoint
@@ -166,3 +168,41 @@ def test_a_trainer_killed_with_minus_9_resumes_at_its_read_position(tmp_path):
     assert len(learned) == 500 == len({tuple(row) for row in learned.tolist()})  # each once
     assert {tuple(row) for row in learned.tolist()} == {(1000 + e, t) for e in range(10) for t in range(50)}
     assert state["feed"]["next_seq"] == 50 and state["feed"]["totals"]["steps"] == 500
+
+
+def test_clients_ahead_of_the_trainer_are_stored_whole_without_their_updates(tmp_path):
+    """600 client steps waiting at once, a backlog of 100: every step reaches the replay, and beyond the
+    backlog each is stored without its update rounds (counted), so updates per step fall below the ratio."""
+    write(tmp_path / "log", [fragment(e, 0, 30, 0, "terminated") for e in range(20)])
+    cfg = small_config(total_steps=600, source="clients", experience=str(tmp_path / "log"), eval_every=10_000,
+                       log_every=100, learning_starts=50, replay_ratio=1.0, client_backlog=100)
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.run()
+    rows = read_metrics(tmp_path / "run")
+    assert len(trainer.replay) >= 600 and rows[-1]["client_steps"] == 600
+    unpaid = sum(r["client_steps_unpaid"] for r in rows)
+    assert unpaid > 0 and trainer.updates == 600 - unpaid  # one round per paid step (all past learning_starts here)
+    assert rows[-1]["updates_per_step"] < cfg.replay_ratio
+
+
+def test_slow_clients_leave_the_trainer_updating_from_its_replay_up_to_the_cap(tmp_path):
+    """120 client steps and then nothing: the trainer goes on with update rounds from its replay until
+    it has done idle_replay_ratio per stored step, then waits; the rows say how many were idle."""
+    write(tmp_path / "log", [fragment(e, 0, 30, 0, "terminated") for e in range(4)])
+    cfg = small_config(total_steps=1000, source="clients", experience=str(tmp_path / "log"), eval_every=10_000,
+                       log_every=20, learning_starts=20, replay_ratio=0.5, idle_replay_ratio=3.0)
+    stop = threading.Event()
+    trainer = Trainer(cfg, tmp_path / "run", stop=stop)
+    worker = threading.Thread(target=trainer.run, daemon=True)
+    worker.start()
+    try:
+        wait_until(lambda: trainer.updates >= 3.0 * 120, 100, "the idle updates to reach their cap")
+        time.sleep(1.0)  # at the cap: no more
+        assert trainer.env_step == 120 and trainer.updates == 360
+        write(tmp_path / "log", [fragment(9, 0, 20, 0, "terminated")])  # a client comes back: its row tells
+        wait_until(lambda: any(r["env_step"] == 140 for r in read_metrics(tmp_path / "run")), 100, "the next row")
+    finally:
+        stop.set()
+        worker.join(30)
+    row = next(r for r in read_metrics(tmp_path / "run") if r["env_step"] == 140)
+    assert row["idle_updates"] >= 360 - 0.5 * 120 - 10 and row["updates"] <= 3.0 * 140
