@@ -206,3 +206,22 @@ def test_slow_clients_leave_the_trainer_updating_from_its_replay_up_to_the_cap(t
         worker.join(30)
     row = next(r for r in read_metrics(tmp_path / "run") if r["env_step"] == 140)
     assert row["idle_updates"] >= 360 - 0.5 * 120 - 10 and row["updates"] <= 3.0 * 140
+
+
+@pytest.mark.timeout(60)  # counted from the newest, every step is stale and the trainer waits for ever
+def test_staleness_is_counted_from_best_so_a_server_following_it_never_starves_the_trainer(tmp_path):
+    """BEST is v2 while v20 is the newest export: steps acted by v2 (what a server following BEST acts
+    with) are learned from; steps of v1 are a version behind BEST, and with max_policy_lag=0 dropped."""
+    export = tmp_path / "run" / "export"
+    for version in range(1, 21):
+        (export / f"v{version:06d}").mkdir(parents=True)
+        (export / f"v{version:06d}" / "manifest.json").write_text("{}")
+    (export / "LATEST").write_text("v000020")
+    (export / "BEST").write_text("v000002")
+    write(tmp_path / "log", [fragment(0, 0, 30, 0, "terminated", version=2), fragment(1, 0, 30, 0, "terminated", version=1)])
+    cfg = small_config(total_steps=30, source="clients", experience=str(tmp_path / "log"), eval_every=10_000,
+                       log_every=10, learning_starts=10_000, max_policy_lag=0)
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.run()
+    assert trainer.env_step == 30 and set(trainer.replay.steps()["obs"][:, 0].tolist()) == {1000.0}  # episode 0's
+    assert sum(r["client_stale_dropped"] for r in read_metrics(tmp_path / "run")) == 30  # episode 1's, all of them

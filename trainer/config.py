@@ -63,7 +63,8 @@ class Config(BaseModel):
     experience: str | None = Field(None, description="the experience log that source=clients|both tails: a folder, or "
                                    "redis://HOST:PORT[/DB][?stream=NAME] (None: RUN_DIR/experience, where `reverie up` has the server write it)")
     max_policy_lag: int | None = Field(10, ge=0, description="client steps chosen by a model more than this many "
-                                       "exported versions older than the newest are dropped, not learned from (None: keep all)")
+                                       "exported versions older than BEST (the newest, while there is no BEST) are dropped, "
+                                       "not learned from (None: keep all)")
     client_backlog: int = Field(256, ge=1, description="clients faster than the trainer learns: past this many client steps "
                                 "read and waiting, each is stored without its updates (every step is kept in the replay, the "
                                 "updates per step fall; counted as client_steps_unpaid), so the trainer stays this close to play")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from reverie.bundle import record_evaluation, versions
+from reverie.bundle import latest_bundle, record_evaluation, versions
 from reverie.evaluation import play_episodes
 from reverie.runs import latest_checkpoint, publish_status
 
@@ -129,7 +129,7 @@ class Trainer:
                                    cfg.client_run_steps, cfg.max_policy_lag)
             self.stateful["feed"] = self.feed  # its read position goes with the replay it filled
         self.client_run = False  # a client's run is being added (source=both: the env waits for its end)
-        self.model_version = (versions(self.run_dir / "export") or [0])[-1]  # the newest exported, for staleness
+        self.model_version = self._lag_reference()
         self.schedule = Schedule(cfg)
         self.averager = MetricAverager()
         self.export = export  # publish ONNX bundles to RUN_DIR/export every `export_every` steps
@@ -333,6 +333,7 @@ class Trainer:
                 if len(returns) == self.cfg.client_eval_episodes:
                     completed = version
                     record_evaluation(self.run_dir / "export", version, float(np.mean(returns)), self.cfg.promotion_tolerance)
+                    self.model_version = self._lag_reference()
         if completed is None:
             return None
         self.last_eval = float(np.mean(self.client_evals[completed]))
@@ -372,13 +373,20 @@ class Trainer:
                 f"{self.cfg.env_id} seed {self.cfg.seed}", self.fidelity,
             )
 
+    def _lag_reference(self) -> int:
+        """The version a client step's staleness is counted from: BEST when there is one (what a server
+        following BEST acts with: its steps are never stale, even while newer exports wait to be
+        promoted), else the newest exported."""
+        best = latest_bundle(self.run_dir / "export", "best")
+        return int(best.name[1:]) if best is not None and best.name.startswith("v") else 0
+
     def publish_bundle(self) -> Path:
         from .export import export_bundle  # the ONNX exporter loads only when a run exports
 
         # A client world's versions are evaluated after they are served (record_evaluation), not here.
         path = export_bundle(self.agent, self.run_dir / "export", self.env_step, self.phase.value,
                              self.last_eval if self.eval_env is not None else None, self.cfg.export_keep)
-        self.model_version = versions(self.run_dir / "export")[-1]
+        self.model_version = self._lag_reference()
         return path
 
     # ------------------------------------------------------------------ checkpoints
