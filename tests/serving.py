@@ -175,3 +175,25 @@ class RedisServer:
         self.process.terminate()
         self.process.wait(timeout=10)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def logged_fragments(folder: Path) -> list:
+    """Every fragment in an experience log (segment files or redis://), in order."""
+    from reverie.experience import decode, open_reader
+
+    reader, fragments, seq = open_reader(str(folder)), [], 0
+    while True:
+        result = reader.read(seq)
+        if not result.records:
+            return fragments
+        fragments += [decode(payload) for _, _, payload in result.records]
+        seq = result.next_seq
+
+
+def stop_process(process, sig: int, timeout: float) -> None:
+    """Send `sig` and wait for the process to exit; kill it after `timeout` seconds."""
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -35,8 +35,7 @@ import httpx
 import numpy as np
 import pytest
 
-from reverie.experience import decode, open_reader
-from serving import free_ports, wait_until
+from serving import free_ports, logged_fragments, wait_until
 from trainer.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,17 +89,6 @@ def chrome():
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=DriverService(shutil.which("chromedriver")), options=options)
-
-
-def logged(folder: Path) -> list:
-    """Every fragment in the experience log, in order."""
-    reader, fragments, seq = open_reader(str(folder)), [], 0
-    while True:
-        result = reader.read(seq)
-        if not result.records:
-            return fragments
-        fragments += [decode(payload) for _, _, payload in result.records]
-        seq = result.next_seq
 
 
 def episodes(fragments: list, source: str) -> list[dict]:
@@ -226,7 +214,7 @@ def test_a_browser_game_connects_plays_teaches_and_is_served_newer_versions(buil
         assert int(page["points"]) == len(page["returns"]) + len(page["evaluations"])  # the chart drew them all
         assert page["served"] > shown
         # What it played reached the experience log, in its session, exactly.
-        fragments = logged(run_dir / "experience")
+        fragments = logged_fragments(run_dir / "experience")
         taught = episodes(fragments, f"session:{page['session']}")
         assert [e["return"] for e in taught[:len(page["returns"])]] == page["returns"]
         assert [e["steps"] for e in taught[:len(page["lengths"])]] == page["lengths"]

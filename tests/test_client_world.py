@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clients.grpc_client import GrpcClient
 from clients.rest import RestClient
 from reverie.bundle import latest_bundle
 from reverie.cli import main
@@ -128,6 +129,8 @@ def test_a_client_world_is_taught_evaluated_and_its_best_served_with_no_env(tmp_
             client.wait_ready(60)
             model = client.model()
             assert model["manifest"]["env_id"] == "reach" and model["manifest"]["world"] == "client"
+            with GrpcClient(f"127.0.0.1:{grpc_port}") as grpc_client:
+                assert grpc_client.model()["manifest"]["world"] == "client"
 
             world, evaluations, deadline = Reach(0), [], time.monotonic() + 150
             for episode in itertools.count():

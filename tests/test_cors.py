@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from serving import ProcessServer, free_ports, wait_until
+from serving import ProcessServer, free_ports, stop_process, wait_until
 
 TOKEN = "cors-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -184,11 +184,7 @@ def test_reverie_up_passes_its_cors_origins_to_its_server(exported_agents, pages
             assert answer.headers.get("access-control-allow-origin") == origin
         assert "access-control-allow-origin" not in preflight(url, "/act", UNLISTED).headers
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, signal.SIGTERM, 60)
 
 
 FETCH = """
