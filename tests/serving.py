@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from reverie.bundle import Manifest, publish
+from reverie.experience import Fragment, SegmentLog, encode
 from service.server import Service
 from service.settings import ServiceSettings
 
@@ -197,3 +199,18 @@ def stop_process(process, sig: int, timeout: float) -> None:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+def fragment(episode: int, index: int, steps: int, first_step: int, end: str = "", version: int = 1,
+             source: str = "client") -> Fragment:
+    """Steps `first_step`.. of episode `episode`: each observation is [1000 + episode, step, 0, 0], so
+    every transition can be told apart and its successor checked."""
+    obs = np.zeros((steps + 1, 4), np.float32)
+    obs[:, 0], obs[:, 1] = 1000 + episode, np.arange(first_step, first_step + steps + 1)
+    return Fragment(f"ep-{episode}", index, obs, np.arange(steps, dtype=np.int64) % 2, np.ones(steps, np.float32),
+                    np.full(steps, version, np.int64), end == "terminated", end == "truncated", source)
+
+
+def write(folder: Path, fragments: list[Fragment]) -> None:
+    with SegmentLog(folder) as log:
+        log.append([(f.key, encode(f)) for f in fragments])

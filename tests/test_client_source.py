@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import small_config
+from serving import fragment, write
 from serving import wait_until
-from reverie.experience import Fragment, SegmentLog, encode
+from reverie.experience import Fragment
 from reverie.runs import latest_checkpoint
 from trainer.checkpoint import load_checkpoint
 from trainer.config import Config
@@ -27,21 +28,6 @@ from trainer.metrics import read_metrics
 
 CARTPOLE = SpaceInfo((4,), True, 2)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def fragment(episode: int, index: int, steps: int, first_step: int, end: str = "", version: int = 1,
-             source: str = "client") -> Fragment:
-    """Steps `first_step`.. of episode `episode`: each observation is [1000 + episode, step, 0, 0], so
-    every transition can be told apart and its successor checked."""
-    obs = np.zeros((steps + 1, 4), np.float32)
-    obs[:, 0], obs[:, 1] = 1000 + episode, np.arange(first_step, first_step + steps + 1)
-    return Fragment(f"ep-{episode}", index, obs, np.arange(steps, dtype=np.int64) % 2, np.ones(steps, np.float32),
-                    np.full(steps, version, np.int64), end == "terminated", end == "truncated", source)
-
-
-def write(folder: Path, fragments: list[Fragment]) -> None:
-    with SegmentLog(folder) as log:
-        log.append([(f.key, encode(f)) for f in fragments])
 
 
 def drain(feed: ClientFeed, version: int = 1) -> list:

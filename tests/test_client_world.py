@@ -20,7 +20,7 @@ from clients.grpc_client import GrpcClient
 from clients.rest import RestClient
 from reverie.bundle import latest_bundle
 from reverie.cli import main
-from serving import free_ports, wait_until
+from serving import fragment, free_ports, wait_until, write  # (fragments: 4 numbers, 2 actions)
 from trainer.metrics import read_metrics
 
 SPACES = {"name": "reach", "observation_space": {"shape": [2], "dtype": "float32"},
@@ -164,3 +164,23 @@ def test_a_client_world_is_taught_evaluated_and_its_best_served_with_no_env(tmp_
     # The run resumes, exports and reports its config like any other, and `reverie eval` says what it needs.
     assert main(["export", "--run-dir", str(run_dir)]) == 0
     assert main(["eval", "--bundle", str(run_dir)]) == 2
+
+
+def test_a_client_world_run_resumes_exports_and_reports_its_config(tmp_path, capsys):
+    """No env anywhere: a --spaces run trains from its log, resumes from its checkpoint with the spaces
+    it saved, exports, and `reverie config --spaces` names the world and its source."""
+    spaces = write_spaces(tmp_path, {"name": "four", "observation_space": {"shape": [4]},
+                                     "action_space": {"kind": "discrete", "n": 2}})
+    write(tmp_path / "log", [fragment(e, 0, 30, 0, "terminated") for e in range(5)])
+    run = tmp_path / "run"
+    common = ["--run-dir", str(run), "--set", f"experience={tmp_path / 'log'}", "--set", "threads=1"]
+    assert main(["train", "--spaces", str(spaces), "--preset", "smoke", "--steps", "60", *common]) == 0
+    assert main(["train", "--resume", "--steps", "120", *common]) == 0
+    assert "done: env step 120" in capsys.readouterr().out
+    assert main(["export", "--run-dir", str(run)]) == 0
+    assert str(run / "export") in capsys.readouterr().out  # the new version's path
+    manifest = json.loads((latest_bundle(run) / "manifest.json").read_text())
+    assert (manifest["env_id"], manifest["world"], manifest["observation_space"]["shape"]) == ("four", "client", [4])
+    assert main(["config", "--spaces", str(spaces), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows["env_id"]["value"] == "four" and rows["source"]["value"] == "clients"

@@ -10,7 +10,8 @@ import pytest
 
 from reverie.cli import main
 from reverie.experience import LogError, SegmentLog, StreamLog, StreamReader, encode, open_reader
-from test_client_source import CARTPOLE, drain, fragment
+from serving import fragment
+from test_client_source import CARTPOLE, drain
 from trainer.feed import ClientFeed
 
 
