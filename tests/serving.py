@@ -214,3 +214,19 @@ def fragment(episode: int, index: int, steps: int, first_step: int, end: str = "
 def write(folder: Path, fragments: list[Fragment]) -> None:
     with SegmentLog(folder) as log:
         log.append([(f.key, encode(f)) for f in fragments])
+
+
+def chrome(window: str = "1400,1800"):
+    """Headless Chromium under selenium (Debian's chromium and chromium-driver), keeping the console's log."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    for needed in ("chromium", "chromedriver"):
+        if shutil.which(needed) is None:
+            raise RuntimeError(f"{needed} is not installed: apt-get install chromium chromium-driver (.ci/run does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={window}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=DriverService(shutil.which("chromedriver")), options=options)

@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving import free_ports, logged_fragments, wait_until
+from serving import chrome, free_ports, logged_fragments, wait_until
 from trainer.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,21 +74,6 @@ def test_the_games_rules_hold_under_node():
 class Quiet(SimpleHTTPRequestHandler):
     def log_message(self, *_):
         pass
-
-
-def chrome():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    for needed in ("chromium", "chromedriver"):
-        if shutil.which(needed) is None:
-            raise RuntimeError(f"{needed} is not installed: apt-get install chromium chromium-driver (.ci/run does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=DriverService(shutil.which("chromedriver")), options=options)
 
 
 def episodes(fragments: list, source: str) -> list[dict]:
@@ -173,7 +158,7 @@ def test_a_browser_game_connects_plays_teaches_and_is_served_newer_versions(buil
         wait_until(ready, 90, "reverie up ready", interval=0.25)
         first = httpx.get(f"{url}/model").json()
         assert first["manifest"]["world"] == "client" and first["manifest"]["env_id"] == "catch"
-        driver = chrome()
+        driver = chrome("1200,1000")
         started = time.monotonic()
         driver.get(f"{origin}/examples/catch/index.html?server={url}&rate={RATE}&eval_every={EVAL_EVERY}&seed={SEED}")
         served = lambda: driver.find_element(By.ID, "served").get_attribute("data-version")  # noqa: E731

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from serving import ProcessServer, free_ports, stop_process, wait_until
+from serving import ProcessServer, chrome, free_ports, stop_process, wait_until
 
 TOKEN = "cors-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -197,7 +197,6 @@ fetch(url, {method: "POST", headers: {"Content-Type": "application/json", "Autho
 
 @pytest.mark.timeout(120)
 def test_a_page_from_an_allowed_origin_can_call_the_api_in_chromium_and_others_cannot(server, pages):
-    from test_live_browser import chrome
 
     page, other_page = pages
     driver = None

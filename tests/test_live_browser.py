@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,24 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving import free_ports, wait_until
+from serving import chrome, free_ports, wait_until
 
 TOKEN = "page-s3cret"
-
-
-def chrome():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    for needed in ("chromium", "chromedriver"):
-        if shutil.which(needed) is None:
-            raise RuntimeError(f"{needed} is not installed: apt-get install chromium chromium-driver (.ci/run does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=DriverService(shutil.which("chromedriver")), options=options)
 
 
 @pytest.mark.slow
