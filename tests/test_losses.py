@@ -9,7 +9,8 @@ import torch
 from conftest import real_batch, small_config
 from trainer.agent import to_floats
 from trainer.envs import SpaceInfo
-from trainer.losses import actor_loss, continue_loss, critic_loss, discount_weights, lambda_return, world_model_loss
+from trainer.losses import (actor_loss, continue_loss, critic_loss, discount_weights, lambda_return, replay_lambda_return,
+                            world_model_loss)
 from trainer.world_model import WorldModel
 
 
@@ -43,6 +44,28 @@ def test_lambda_return_limits_td0_and_monte_carlo():
     torch.testing.assert_close(mc[b], torch.tensor([0.25, 0.5, 6.0]))
     torch.testing.assert_close(mc[0], torch.tensor([1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 8, 2 + 0.5 * 3 + 0.25 * 8,
                                                     3 + 0.5 * 8]))
+
+
+def test_replay_lambda_return_stops_at_real_endings_and_bootstraps_at_the_cut():
+    """Two replayed runs: one ends for real at step 1 (nothing of its value after it counts), one
+    is cut after step 1 (its last real step bootstraps from its next value alone)."""
+    g, lam = 0.9, 0.5
+    rewards = torch.tensor([[1.0, 2.0, 7.0], [1.0, 2.0, 7.0]])
+    terminated = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    next_values = torch.tensor([[10.0, 20.0, 99.0], [10.0, 20.0, 99.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    out = replay_lambda_return(rewards, terminated, next_values, mask, g, lam)
+    # run 0: R1 = 2 (ended); R0 = 1 + g * ((1 - lam) * 10 + lam * 2)
+    assert out[0, 1].item() == pytest.approx(2.0)
+    assert out[0, 0].item() == pytest.approx(1 + g * (0.5 * 10 + 0.5 * 2))
+    # run 1: R1 = 2 + g * 20 (cut: bootstrap); R0 = 1 + g * ((1 - lam) * 10 + lam * R1)
+    assert out[1, 1].item() == pytest.approx(2 + g * 20)
+    assert out[1, 0].item() == pytest.approx(1 + g * (0.5 * 10 + 0.5 * (2 + g * 20)))
+    # a full-length run is the imagined lambda-return with continues 1 - terminated
+    full = torch.ones_like(mask)
+    values = torch.cat([torch.zeros(2, 1), next_values], 1)
+    expected = lambda_return(rewards, 1.0 - terminated, values, g, lam)
+    assert torch.allclose(replay_lambda_return(rewards, terminated, next_values, full, g, lam), expected)
 
 
 def test_the_services_numpy_lambda_return_is_the_trainers():

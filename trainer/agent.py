@@ -20,7 +20,7 @@ from .components import PolicyHead, ValueFunction, orthogonal_init, symexp, syml
 from .config import Config, UpdateCounts
 from .envs import SpaceInfo
 from .imagination import Trajectory, imagine
-from .losses import actor_loss, critic_loss, discount_weights, lambda_return, world_model_loss
+from .losses import actor_loss, critic_loss, discount_weights, lambda_return, replay_lambda_return, world_model_loss
 from .world_model import WorldModel
 
 
@@ -169,11 +169,15 @@ class Agent(nn.Module):
         return (self.target_value if self.cfg.target_critic else self.value)(states)
 
     # ------------------------------------------------------------------ update
-    def update(self, batch: dict[str, torch.Tensor], counts: UpdateCounts, critic_real_mix: float) -> dict[str, float]:
+    def update(self, batch: dict[str, torch.Tensor], counts: UpdateCounts, critic_real_mix: float,
+               real: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         """One batch: `counts` world-model, actor and critic steps, in that order. Diagram 3 computes
         every loss in one forward pass and steps the three optimizers at the end; here the world model
         steps first and the actor and critic imagine with the updated one (a departure, in the README's
         table). Each step still writes its own parameters only.
+
+        `real` (replayed sequences, when `critic_real_length` > 1) gives the critic's real targets as
+        lambda-returns over them; without it they are the batch's one-step targets.
 
         The steps return their metrics as tensors; they reach the host once, here, at the end.
         """
@@ -199,8 +203,9 @@ class Agent(nn.Module):
                     trajectory = imagine(self.world_model, self.policy, states, self.cfg.horizon)
                     returns, weights, _ = self.imagined_returns(trajectory)
                     imagined = (trajectory, returns, weights)
+            targets = self.real_targets(batch, next_states, real) if critic_real_mix > 0 else None
             for _ in range(counts.critic):
-                metrics.update(self.critic_step(*imagined, batch, next_states, critic_real_mix))
+                metrics.update(self.critic_step(*imagined, targets, critic_real_mix))
         return to_floats(metrics)
 
     @torch.no_grad()
@@ -271,17 +276,30 @@ class Agent(nn.Module):
             "return_scale": torch.as_tensor(scale, device=self.device),
         }, (trajectory.detach(), returns.detach(), weights)
 
+    @torch.no_grad()
+    def real_targets(self, batch: dict[str, torch.Tensor], next_states: torch.Tensor,
+                     real: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(real states, their targets) for the critic: lambda-returns over the replayed sequences
+        `real`, or one-step targets of the batch (states None: the imagination starts themselves)."""
+        if real is None:
+            return None, batch["reward"] + self.cfg.gamma * (1.0 - batch["terminated"]) * self.critic_values(next_states)
+        _, _, states, reached = self.world_model.observe(real)
+        mask = real["mask"]
+        returns = replay_lambda_return(real["reward"], real["terminated"], self.critic_values(reached), mask,
+                                       self.cfg.gamma, self.cfg.lambda_)
+        return states[mask], returns[mask]
+
     def critic_step(self, trajectory: Trajectory, returns: torch.Tensor, weights: torch.Tensor,
-                    batch: dict[str, torch.Tensor], next_states: torch.Tensor, real_mix: float) -> dict[str, torch.Tensor]:
-        """MSE to detached imagined lambda-returns, blended with real one-step targets by `real_mix`."""
+                    real: tuple[torch.Tensor | None, torch.Tensor] | None, real_mix: float) -> dict[str, torch.Tensor]:
+        """MSE to detached imagined lambda-returns, blended with real targets (`real_targets`) by `real_mix`."""
         to_raw = symlog if self.cfg.symlog else (lambda x: x)
         prediction = self.value.raw(trajectory.states[:, :-1])
         returns = returns.clamp(*self.return_bounds())  # the bootstrap values are inside; predicted rewards may stray
         loss = (1.0 - real_mix) * critic_loss(prediction, to_raw(returns), weights)
         if real_mix > 0:
-            with torch.no_grad():
-                real_target = batch["reward"] + self.cfg.gamma * (1.0 - batch["terminated"]) * self.critic_values(next_states)
-            loss = loss + real_mix * critic_loss(prediction[:, 0], to_raw(real_target))
+            real_states, real_target = real
+            real_prediction = prediction[:, 0] if real_states is None else self.value.raw(real_states)
+            loss = loss + real_mix * critic_loss(real_prediction, to_raw(real_target))
         norm = own_gradient_step(loss, self.critic_params, self.critic_optimizer, self.cfg.grad_clip)
         with torch.no_grad():
             torch._foreach_lerp_(list(self.target_value.parameters()), list(self.value.parameters()),

@@ -141,7 +141,11 @@ class Config(BaseModel):
                               json_schema_extra=seed_value(5000, "5k random steps would spend more than the whole 2k-step budget CartPole needs"))
     transition_steps: int = Field(1000, ge=0, description="env steps over which critic_real_mix goes 1.0 -> critic_real_mix_final",
                                   json_schema_extra=seed_value(5000, "as warmup_steps: the seed's boundaries suit budgets of 100k steps"))
-    critic_real_mix_final: float = Field(0.0, ge=0, le=1, description="weight of real one-step targets in the critic's loss after the transition")
+    critic_real_mix_final: float = Field(0.0, ge=0, le=1, description="weight of real targets in the critic's loss after the transition")
+    critic_real_length: int = Field(1, ge=1, le=64, description="replayed steps behind each real critic target: 1, one-step targets "
+                                    "from the update's batch; more, lambda-returns over that many consecutive replayed steps "
+                                    "(DreamerV3's replay value loss: a real ending reaches the states before it in one update), "
+                                    "from batch_size // critic_real_length extra sequences")
     replay_ratio: float = Field(2.0, gt=0, description="update rounds per env step")
     learning_starts: int = Field(128, ge=1, description="env steps before the first update")
     update_schedule: list[UpdateCounts] = Field(

@@ -28,7 +28,7 @@ from reverie.runs import latest_checkpoint, publish_status
 from .agent import Agent, EpisodePlayer, Window
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fidelity import imagination_fidelity
-from .config import FIXED_ON_RESUME, Config
+from .config import FIXED_ON_RESUME, Config, UpdateCounts
 from .diagnostics import diagnose, evidence, solved_return, window
 from .envs import make_env, space_info, world_space_info
 from .feed import ClientFeed
@@ -272,9 +272,7 @@ class Trainer:
         if (len(self.replay) < cfg.learning_starts or self.env_step < cfg.learning_starts
                 or self.updates >= cfg.idle_replay_ratio * self.env_step):
             return False
-        counts = self.schedule.updates(self.env_step)
-        self.averager.add(self.agent.update(self.sample_batch(), counts, self.schedule.critic_real_mix(self.env_step)))
-        self.updates += 1
+        self._update(self.schedule.updates(self.env_step), self.schedule.critic_real_mix(self.env_step))
         self.pace["idle_updates"] += 1
         return True
 
@@ -288,8 +286,18 @@ class Trainer:
         mix = self.schedule.critic_real_mix(self.env_step)
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
-            self.averager.add(self.agent.update(self.sample_batch(), counts, mix))
-            self.updates += 1
+            self._update(counts, mix)
+
+    def _update(self, counts: UpdateCounts, mix: float) -> None:
+        """One update round: its batch, and the replayed sequences of the critic's real targets when
+        they are lambda-returns (`critic_real_length` > 1) and weigh anything (`mix` > 0)."""
+        cfg, batch = self.cfg, self.sample_batch()
+        real = None
+        if mix > 0 and cfg.critic_real_length > 1:
+            real = self.replay.sample_sequences(max(1, cfg.batch_size // cfg.critic_real_length),
+                                                cfg.critic_real_length, self.rng, self.device)
+        self.averager.add(self.agent.update(batch, counts, mix, real))
+        self.updates += 1
 
     def sample_batch(self) -> dict[str, torch.Tensor]:
         """One update's batch: batch_size // sequence_length sequences in sequence mode, else batch_size

@@ -35,6 +35,27 @@ def lambda_return(
     return torch.stack(returns[::-1], 1)
 
 
+def replay_lambda_return(rewards: torch.Tensor, terminated: torch.Tensor, next_values: torch.Tensor, mask: torch.Tensor,
+                         gamma: float, lambda_: float) -> torch.Tensor:
+    """Lambda-returns of replayed sequences: the real rewards and endings, bootstrapped from the values
+    of the states each step reached (DreamerV3's replay value loss).
+
+    rewards, terminated, mask: [B, T] (`Replay.sample_sequences`); next_values: [B, T], the value of
+    step t's next state. A real ending stops the sum; a sequence's last real step (cut by the
+    sequence's length, a truncation or the ring's newest step) bootstraps from its next value alone.
+    Entries where `mask` is false are meaningless. Returns [B, T].
+    """
+    length = rewards.shape[1]
+    next_return = next_values[:, -1]
+    returns = []
+    for t in reversed(range(length)):
+        follows = mask[:, t + 1].to(rewards.dtype) if t + 1 < length else torch.zeros_like(rewards[:, t])
+        blend = lambda_ * follows
+        next_return = rewards[:, t] + gamma * (1.0 - terminated[:, t]) * ((1 - blend) * next_values[:, t] + blend * next_return)
+        returns.append(next_return)
+    return torch.stack(returns[::-1], 1)
+
+
 def discount_weights(continues: torch.Tensor) -> torch.Tensor:
     """w_t = prod_{k<t} c_k: how likely imagined step t is still inside the episode. [B, H]."""
     ones = torch.ones_like(continues[:, :1])
