@@ -54,6 +54,7 @@ COPY reverie /app/reverie
 COPY trainer /app/trainer
 COPY service /app/service
 COPY clients /app/clients
+COPY cli /app/cli
 
 FROM base AS serve
 COPY --from=serve-deps /opt/venv /opt/venv
@@ -79,7 +80,7 @@ FROM base AS up
 COPY --from=train-deps /opt/venv /opt/venv
 COPY --from=source /app /app
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
-    && python -c "import reverie.wire, torch, trainer.loop" \
+    && python -c "import reverie.wire, torch, reverie.trainer.loop" \
     && mkdir -p /data/run \
     && chown -R 10001:10001 /data
 USER 10001:10001

@@ -11,31 +11,21 @@ the head predicts, so an ending kind it misreads is one the policy never learns 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reverie.runs import latest_checkpoint  # noqa: E402
-from trainer.agent import Agent  # noqa: E402
-from trainer.checkpoint import load_checkpoint  # noqa: E402
-from trainer.replay import Replay  # noqa: E402
-from trainer.config import Config  # noqa: E402
-from trainer.envs import SpaceInfo, make_env, space_info  # noqa: E402
+from reverie.trainer.checkpoint import load_run_agent
+from reverie.trainer.replay import Replay
 
 TRACK = 2.4  # |x| beyond which CartPole-v1 terminates
 
 
 def continue_at_endings(run_dir: Path, step: int | None) -> tuple[int, np.ndarray, np.ndarray]:
     """(env step, p(continue) at edge endings, p(continue) at pole endings) of one checkpoint."""
-    cfg = Config.model_validate_json((run_dir / "config.json").read_text())
-    path = run_dir / "checkpoints" / f"step_{step:09d}.pt" if step is not None else latest_checkpoint(run_dir)
-    state = load_checkpoint(path)
-    space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_id))
-    agent = Agent(cfg, space)
-    agent.load_state_dict(state["agent"])
+    agent, state = load_run_agent(run_dir, step)
+    cfg, space = agent.cfg, agent.space
     replay = Replay(cfg.replay_capacity, space.obs_shape, ())
     replay.load_state_dict(state["replay"])
     steps = replay.steps()

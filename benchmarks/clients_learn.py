@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
-from clients.rest import RestClient  # noqa: E402
-from tests.serving import RedisServer  # noqa: E402
+from reverie.clients.rest import RestClient  # noqa: E402
+from loopback import RedisServer  # noqa: E402 (support/, on sys.path above)
 
 CLIENTS = {  # kind -> the teacher's command after `python -m` (EXPORT is the run's export folder)
-    "rest-session": ["clients.game_loop", "--teach", "--transport", "rest", "--memory", "session"],
-    "grpc-stream": ["clients.game_loop", "--teach", "--transport", "grpc", "--stream"],
+    "rest-session": ["reverie.clients.game_loop", "--teach", "--transport", "rest", "--memory", "session"],
+    "grpc-stream": ["reverie.clients.game_loop", "--teach", "--transport", "grpc", "--stream"],
     "local-rest": ["reverie.cli", "teach", "EXPORT", "--transport", "rest"],
     "local-grpc": ["reverie.cli", "teach", "EXPORT", "--transport", "grpc"],
 }

@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "support"))
 from benchmarks.serving import Process, http_ready  # noqa: E402  (a server process, up once /readyz answers)
-from tests.serving import free_ports  # noqa: E402
+from loopback import free_ports  # noqa: E402 (support/, on sys.path above)
 
 
 def default_bundle(out: Path) -> Path:
-    from trainer.agent import Agent
-    from trainer.config import build_config
-    from trainer.envs import make_env, space_info
-    from trainer.export import export_bundle
+    from reverie.trainer.agent import Agent
+    from reverie.trainer.config import build_config
+    from reverie.trainer.envs import make_env, space_info
+    from reverie.trainer.export import export_bundle
 
     cfg = build_config(None, ["pixels=true"])
     return export_bundle(Agent(cfg, space_info(make_env(cfg.env_spec))), out, 0, "warmup", None, 1)
@@ -66,8 +66,8 @@ def main() -> None:
     import orjson
     from PIL import Image
 
-    from clients.grpc_client import GrpcClient
-    from clients.rest import png_base64
+    from reverie.clients.grpc_client import GrpcClient
+    from reverie.clients.rest import png_base64
     from reverie.envs import EnvSpec
 
     frame = EnvSpec("CartPole-v1", pixels=True).make().reset(seed=0)[0]

@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 from reverie.envs import EnvSpec
 from reverie.evaluation import play_episodes
-from trainer.agent import Agent
-from trainer.config import build_config
-from trainer.envs import make_env, space_info
-from trainer.fidelity import imagination_fidelity
-from trainer.losses import world_model_loss
-from trainer.replay import Replay
-from trainer.world_model import WorldModel
+from reverie.trainer.agent import Agent
+from reverie.trainer.config import build_config
+from reverie.trainer.envs import make_env, space_info
+from reverie.trainer.fidelity import imagination_fidelity
+from reverie.trainer.losses import world_model_loss
+from reverie.trainer.replay import Replay
+from reverie.trainer.world_model import WorldModel
 
 ENVS = {"CartPole-v1": None, "CartPole-v1 obs_indices=[0,2]": [0, 2]}
 MODELS = {"mlp, flat": [], "transformer, flat": ["dynamics=transformer"], "mlp + memory": ["sequence_mode=true"],

@@ -11,7 +11,7 @@ Prints env, seed, steps to threshold (first eval mean >= threshold) and the trai
 to it, final eval return, wall seconds, updates per second and the time of one full update split
 into world model, imagination, actor backward and critic; then, per run, every evaluation with the
 critic's value at the eval episodes' first observations beside the discounted return observed from
-them. Results go to the README by hand, with the machine they came from.
+them. Results go to docs/results.md by hand, with the machine they came from.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trainer.config import build_config
-from trainer.loop import Trainer
-from trainer.metrics import read_metrics
+from reverie.trainer.config import build_config
+from reverie.trainer.loop import Trainer
+from reverie.trainer.metrics import read_metrics
 from update_speed import time_parts  # benchmarks/, the folder of this script, is on sys.path
 
 THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -200.0), "pong": ("ALE/Pong-v5", 0.0)}

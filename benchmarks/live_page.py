@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serving import Process, http_ready, wrk  # noqa: E402  (benchmarks/serving.py)
-from tests.serving import free_ports  # noqa: E402
+from loopback import free_ports  # noqa: E402 (support/, on sys.path above)
 
 OBS = [0.01, 0.02, 0.03, 0.04]
 

@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "support"))
 from benchmarks.serving import Process, http_ready  # noqa: E402
-from tests.serving import free_ports  # noqa: E402
+from loopback import free_ports  # noqa: E402 (support/, on sys.path above)
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=None, help="default: the trainer's eval_episodes")
     args = parser.parse_args()
 
-    from clients import game_loop
+    from reverie.clients import game_loop
     from reverie.bundle import latest_bundle, load_manifest
     from reverie.cli import main as reverie
 

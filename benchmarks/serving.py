@@ -33,16 +33,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from tests.serving import free_ports  # noqa: E402  (the tests' loopback port picker)
+sys.path.insert(0, str(ROOT / "support"))
+from loopback import free_ports  # noqa: E402 (support/, on sys.path above)
 OBS = [0.02, -0.3, 0.05, 0.4]
 
 
 def default_bundle(out: Path) -> Path:
-    from trainer.agent import Agent
-    from trainer.config import Config
-    from trainer.envs import make_env, space_info
-    from trainer.export import export_bundle
+    from reverie.trainer.agent import Agent
+    from reverie.trainer.config import Config
+    from reverie.trainer.envs import make_env, space_info
+    from reverie.trainer.export import export_bundle
 
     cfg = Config()
     return export_bundle(Agent(cfg, space_info(make_env(cfg.env_id))), out, 0, "warmup", None, 1)

@@ -33,10 +33,10 @@ def measure(threads: int, updates: int, overrides: list[str]) -> dict[str, float
     import numpy as np
     import torch
 
-    from trainer.agent import Agent
-    from trainer.config import UpdateCounts, build_config
-    from trainer.envs import make_env, space_info
-    from trainer.replay import Replay
+    from reverie.trainer.agent import Agent
+    from reverie.trainer.config import UpdateCounts, build_config
+    from reverie.trainer.envs import make_env, space_info
+    from reverie.trainer.replay import Replay
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -76,7 +76,7 @@ def time_parts(agent, sample_batch, repeats: int = 10) -> dict[str, float]:
     imagination alone, the actor step minus its imagination, and the critic step."""
     import torch
 
-    from trainer.imagination import imagine
+    from reverie.trainer.imagination import imagine
 
     parts: dict[str, list[float]] = {"world_model": [], "imagination": [], "actor": [], "critic": []}
     for _ in range(repeats):

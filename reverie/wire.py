@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 try:
     from reverie import v1 as _generated
     from reverie.v1 import agent_pb2, agent_pb2_grpc
@@ -34,15 +36,6 @@ check_generated(PROTO, _generated.PROTO_SHA256)
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 DTYPES = ("float32", "float64", "int64", "int32", "uint8")
 _LITTLE = {np.dtype(name).newbyteorder("<"): name for name in DTYPES}  # dtype.name is slow on a hot path
-
-
-class TensorError(ValueError):
-    """A Tensor message that does not decode: `field` names which part, `message` says what."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 def message_dict(message) -> dict:
@@ -82,12 +75,12 @@ def to_tensor(array) -> agent_pb2.Tensor:
 def from_tensor(tensor: agent_pb2.Tensor, field: str) -> np.ndarray:
     """Decode, checking dtype and that the byte length matches shape x itemsize (errors name the field)."""
     if tensor.dtype not in DTYPES:
-        raise TensorError(f"{field}.dtype", f"must be one of {', '.join(DTYPES)}")
+        raise InputError(f"{field}.dtype", f"must be one of {', '.join(DTYPES)}")
     shape = tuple(tensor.shape)
     if any(d < 0 for d in shape):
-        raise TensorError(f"{field}.shape", "dimensions must be non-negative")
+        raise InputError(f"{field}.shape", "dimensions must be non-negative")
     dtype = np.dtype(tensor.dtype).newbyteorder("<")
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
-        raise TensorError(f"{field}.data", f"holds {len(tensor.data)} bytes; shape {list(shape)} of {tensor.dtype} needs {expected}")
+        raise InputError(f"{field}.data", f"holds {len(tensor.data)} bytes; shape {list(shape)} of {tensor.dtype} needs {expected}")
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)

@@ -35,7 +35,7 @@ from .experience import ExperienceLog, NoExperience, check_fragment
 from .guard import Guard
 from .hot import HotPaths, HotRoute
 from .responses import error_response, json_response
-from .inputs import InputError
+from reverie.errors import InputError
 from .live import PAGE, MetricRows, live
 from .metrics import ServiceMetrics
 from .requests import (WriteDenied, evaluation, failure_status, finish_step, imagination_args, json_observations, model_info,

@@ -18,7 +18,7 @@ import asyncio
 import numpy as np
 from prometheus_client import Histogram
 
-from .runtime import ActResult, History, Runtime
+from .runtime import ActResult, HistoryInputs, Runtime
 
 
 class ActBatcher:
@@ -27,7 +27,7 @@ class ActBatcher:
         self.requests_per_call = requests_per_call
 
     async def act(self, runtime: Runtime, obs: np.ndarray, deterministic: bool, seed: int | None,
-                  history: History | None = None) -> ActResult:
+                  history: HistoryInputs | None = None) -> ActResult:
         loop = asyncio.get_running_loop()
         if not self.pending:
             loop.call_soon(self._flush)

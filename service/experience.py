@@ -21,7 +21,7 @@ from reverie.wire import from_tensor
 
 from . import inputs
 from .batching import settle
-from .inputs import InputError
+from reverie.errors import InputError
 from .runtime import Runtime
 from .schemas import COUNT_MAX, FragmentBody
 from .settings import ServiceSettings

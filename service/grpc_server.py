@@ -24,7 +24,7 @@ from .metrics import ServiceMetrics
 from reverie.history import Recent
 
 from .experience import ExperienceLog, NoExperience, check_tensor_fragment
-from .inputs import InputError
+from reverie.errors import InputError
 from .requests import (FAILURES, evaluation, failure_status, finish_step, imagination_args, model_info, outcome, request_memory,
                        tensor_observations)
 from .sessions import Session, Sessions

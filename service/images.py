@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .inputs import InputError
+from reverie.errors import InputError
 
 FORMATS = ("PNG", "JPEG")
 MODES = {3: ("RGB", "P"), 1: ("L",)}  # Pillow modes that give the model's channels (a palette is colour)

@@ -13,6 +13,7 @@ import numpy as np
 
 from reverie.actions import ActionCoding
 from reverie.bundle import ActionSpace, ObservationSpace
+from reverie.errors import InputError
 
 from .schemas import EncodedImage, RawImage
 
@@ -21,15 +22,6 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # anything it matches fits float32 (no nan, inf, underscores or 1e99).
 NUMBER_PATTERN = r"[-+]?(\d{1,20}(\.\d{0,20})?|\.\d{1,20})([eE](-\d{1,2}|\+?\d))?"
 _NUMBER = re.compile(NUMBER_PATTERN)
-
-
-class InputError(ValueError):
-    """Bad client input: `field` names where (e.g. `observations[3][1]`), `message` says what."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 def _index(field: str, index: tuple[int, ...]) -> str:

@@ -8,12 +8,12 @@ import numpy as np
 
 from reverie.experience import Fragment
 from reverie.runs import read_status, run_dir_of
-from reverie.wire import TensorError, from_tensor
+from reverie.wire import from_tensor
 
 from . import inputs
 from .experience import ExperienceLog, NoExperience, check_rewards
-from .inputs import InputError
-from .runtime import History, Runtime
+from reverie.errors import InputError
+from .runtime import HistoryInputs, Runtime
 from .sessions import Session, Sessions
 from .settings import ServiceSettings
 from .store import ModelStore, NotReady
@@ -39,8 +39,7 @@ class WriteDenied(Exception):
 FAILURES: dict[type[Exception], tuple[int, str]] = {  # the first that matches, in this order
     NothingToComplete: (409, "FAILED_PRECONDITION"),
     WriteDenied: (403, "PERMISSION_DENIED"),
-    InputError: (422, "INVALID_ARGUMENT"),  # bad input; the message names the field
-    TensorError: (422, "INVALID_ARGUMENT"),  # a gRPC Tensor that does not decode
+    InputError: (422, "INVALID_ARGUMENT"),  # bad input (a body, a Tensor that does not decode); the message names the field
     NotReady: (503, "UNAVAILABLE"),  # no bundle loaded yet: try again shortly
     NoExperience: (404, "UNIMPLEMENTED"),  # experience sent to a server that keeps no log
 }
@@ -70,7 +69,7 @@ def tensor_observations(tensor, runtime: Runtime, max_batch: int, field: str = "
     return batch
 
 
-def history_of(runtime: Runtime, observations, actions, field: str = "history") -> History | None:
+def history_of(runtime: Runtime, observations, actions, field: str = "history") -> HistoryInputs | None:
     """A client's history (observations as JSON lists or a decoded array [n, *obs], and the env action
     taken after each, oldest first) -> the graphs' history inputs. At most the bundle's history_length
     steps; the length is checked before anything walks the contents."""
@@ -93,7 +92,7 @@ def history_of(runtime: Runtime, observations, actions, field: str = "history") 
 
 
 def request_memory(runtime: Runtime, sessions: Sessions, batched: bool, history: tuple | None, session_id: str | None,
-                   reset: bool, acting: bool) -> tuple[History | None, Session | None]:
+                   reset: bool, acting: bool) -> tuple[HistoryInputs | None, Session | None]:
     """What the agent remembers for a request: the client's `history` (observations, actions), or its
     `session`'s steps (opened, or with `reset` restarted, when `acting`; only read otherwise), or nothing."""
     if reset and not session_id:

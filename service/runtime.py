@@ -19,12 +19,12 @@ from reverie.actions import ActionCoding
 from reverie.bundle import POLICY_OUTPUTS, BundleError, Manifest, load_manifest
 from reverie.returns import lambda_return
 
-from .inputs import InputError
+from reverie.errors import InputError
 
 
 # The graphs' history inputs for a batch (bundle.graph_contract): observations [B, L, *obs], agent actions
 # [B, L] or [B, L, dim], and the mask [B, L] of real steps, L being the manifest's history_length.
-History = tuple[np.ndarray, np.ndarray, np.ndarray]
+HistoryInputs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Runtime:
         self._act_value = self.outputs["act"].index("value")
         # Unseeded requests draw from one long-lived generator (numpy's are thread-safe): a fresh
         # one per call costs more OS entropy and setup than the sampling itself.
-        self.entropy = np.random.default_rng()
+        self.rng = np.random.default_rng()
 
     @classmethod
     def load(cls, bundle: Path) -> "Runtime":
@@ -110,7 +110,7 @@ class Runtime:
     def _run(self, graph: str, *inputs: np.ndarray) -> list[np.ndarray]:
         return self.sessions[graph].run(self.outputs[graph], dict(zip(self.inputs[graph], inputs)))
 
-    def history(self, observations: Sequence[np.ndarray], actions: Sequence) -> History | None:
+    def history(self, observations: Sequence[np.ndarray], actions: Sequence) -> HistoryInputs | None:
         """One observation's history, n <= history_length steps (observations, agent actions), oldest
         first, as the graphs take it: padded to history_length. None for a bundle without memory."""
         if not self.history_length:
@@ -139,7 +139,7 @@ class Runtime:
             past_state[:, :n], past_action[:, :n], mask[:, :n] = np.stack(states, 1), np.stack(actions, 1), True
         return [past_state, past_action, mask]
 
-    def _observed(self, obs: np.ndarray, history: History | None) -> list[np.ndarray]:
+    def _observed(self, obs: np.ndarray, history: HistoryInputs | None) -> list[np.ndarray]:
         """The inputs of a graph that reads observations: with a memory, a history for each row (none: empty)."""
         if not self.history_length:
             return [obs]
@@ -148,7 +148,7 @@ class Runtime:
             history = tuple(np.repeat(part, len(obs), axis=0) for part in empty)
         return [obs, *history]
 
-    def encode(self, obs: np.ndarray, history: History | None = None) -> np.ndarray:
+    def encode(self, obs: np.ndarray, history: HistoryInputs | None = None) -> np.ndarray:
         return self._run("encoder", *self._observed(obs, history))[0]
 
     def values_of(self, states: np.ndarray) -> np.ndarray:
@@ -189,7 +189,7 @@ class Runtime:
     def _generator(self, seed) -> np.random.Generator:
         if isinstance(seed, np.random.Generator):
             return seed
-        return self.entropy if seed is None else np.random.default_rng(seed)
+        return self.rng if seed is None else np.random.default_rng(seed)
 
     def to_env(self, actions: np.ndarray) -> list:
         return self.coding.to_env(actions).tolist()
@@ -200,13 +200,13 @@ class Runtime:
             if not np.isfinite(array).all():
                 raise InputError(field, "the model's output is not finite for this input")
 
-    def act(self, obs: np.ndarray, deterministic: bool, seed: int | None, history: History | None = None) -> ActResult:
+    def act(self, obs: np.ndarray, deterministic: bool, seed: int | None, history: HistoryInputs | None = None) -> ActResult:
         result = self.act_many([(obs, deterministic, seed, history)])[0]
         if isinstance(result, InputError):
             raise result
         return result
 
-    def act_many(self, requests: list[tuple[np.ndarray, bool, int | None, History | None]]) -> list[ActResult | InputError]:
+    def act_many(self, requests: list[tuple[np.ndarray, bool, int | None, HistoryInputs | None]]) -> list[ActResult | InputError]:
         """Several requests' (obs batch, deterministic, seed, history) answered from one call of the act
         graph (encoder, policy and value fused). Rows are independent in the graph, each request samples
         with its own seed, and a non-finite output fails only the request it belongs to."""
@@ -234,13 +234,13 @@ class Runtime:
         actions = self._greedy(params) if deterministic else self._draw(distribution, self._generator(seed))
         return ActResult(self.to_env(actions), actions, values, **distribution)
 
-    def value(self, obs: np.ndarray, history: History | None = None) -> np.ndarray:
+    def value(self, obs: np.ndarray, history: HistoryInputs | None = None) -> np.ndarray:
         values = self.values_of(self.encode(obs, history))
         self._finite("obs", values)
         return values
 
     def imagine(self, obs: np.ndarray, horizon: int, samples: int, deterministic: bool, seed: int | None,
-                plan: np.ndarray | None = None, history: History | None = None) -> Imagination:
+                plan: np.ndarray | None = None, history: HistoryInputs | None = None) -> Imagination:
         """Roll policy (or `plan`, agent-form actions [H, ...]) and world model from one observation
         (after its `history`, with a memory).
 

@@ -26,8 +26,8 @@ from cachetools import TTLCache
 
 from reverie.history import Recent
 
-from .inputs import InputError
-from .runtime import History, Runtime
+from reverie.errors import InputError
+from .runtime import HistoryInputs, Runtime
 
 SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 OVERHEAD_BYTES = 1024  # a session's objects and its id, beside its arrays
@@ -109,7 +109,7 @@ class Sessions:
             return self.cache.get(session_id)
 
     @staticmethod
-    def history(session: Session | None, runtime: Runtime) -> History | None:
+    def history(session: Session | None, runtime: Runtime) -> HistoryInputs | None:
         """The session's steps as the runtime's graphs take them: the last history_length of them."""
         length = runtime.history_length
         if not length:

@@ -1,4 +1,6 @@
-"""Service settings: one pydantic model, filled from `reverie serve` / `reverie up` flags and the environment."""
+"""Service settings: one pydantic-settings model. Every setting is a `reverie serve` / `reverie up` flag
+(`--max-batch`) and an environment variable (`REVERIE_MAX_BATCH`); a flag wins over the variable, the
+variable over the default. The two tokens are variables only, so that they never show in a process list."""
 
 from __future__ import annotations
 
@@ -8,20 +10,22 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TOKEN_ENV = "REVERIE_API_TOKEN"
-EXPERIENCE_TOKEN_ENV = "REVERIE_EXPERIENCE_TOKEN"
+ENV_PREFIX = "REVERIE_"
+SECRETS = ("api_token", "experience_token")  # from the environment only
 ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")  # what a browser sends as `Origin`
 
 
-class ServiceSettings(BaseModel):
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
+
     models: Path = Field(description="a run directory, its export folder, or one bundle")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    grpc_port: int = Field(50051, ge=0, le=65535)
-    api_token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None,
-                                  description=f"bearer token required on every non-health endpoint (env {TOKEN_ENV})")
+    host: str = Field("127.0.0.1", description="the address both front ends listen on")
+    port: int = Field(8000, ge=0, le=65535, description="the REST port")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="the gRPC port")
+    api_token: str | None = Field(None, description="bearer token required on every non-health endpoint")
     max_body_bytes: int = Field(4 << 20, ge=1024, description="larger request bodies get a 413 before they are read")
     max_batch: int = Field(1024, ge=1, description="observations per batched request")
     max_samples: int = Field(64, ge=1, description="imagined trajectories per /imagine request")
@@ -33,13 +37,18 @@ class ServiceSettings(BaseModel):
     experience: str | None = Field(None, description="the experience log (clients' episodes for the trainer): a folder "
                                    "of segment files, or redis://HOST:PORT[/DB][?stream=NAME] shared by several servers; "
                                    "None: this server takes no experience")
-    experience_token: str | None = Field(default_factory=lambda: os.environ.get(EXPERIENCE_TOKEN_ENV) or None,
-                                         description=f"bearer token required to write experience (env {EXPERIENCE_TOKEN_ENV}); "
+    experience_token: str | None = Field(None, description="bearer token required to write experience; "
                                          "without one, writing needs what reading does")
     max_fragment_steps: int = Field(1000, ge=1, description="steps in one uploaded fragment")
     reward_bound: float = Field(1e6, gt=0, description="a reported reward's largest magnitude")
     cors_origins: list[str] = Field(default_factory=list, description="origins whose pages may call the REST API "
                                     "(`scheme://host[:port]`, or `*` for any); none: no CORS headers at all")
+
+    @field_validator("api_token", "experience_token", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value):
+        """`REVERIE_API_TOKEN=` (empty) means no token, not an empty one that nothing could match."""
+        return value or None
 
     @field_validator("experience", mode="before")
     @classmethod

@@ -1,21 +1,17 @@
-"""Shared helpers for the learning-core tests: tiny configs and real-env transitions.
+"""The suite's fixtures: one thread and a fixed seed per test, and the agents and runs several tests share.
 
-Everything here runs on real gymnasium envs (CartPole-v1, Pendulum-v1) and the real
-trainer classes; nothing is mocked. Sizes are the "smoke" preset's so the suite stays cheap.
+Helpers that tests import by name live in builders.py (learning) and serving.py (servers and clients).
 """
 
 from __future__ import annotations
 
 import signal
 
-import numpy as np
 import pytest
 import torch
 
-from reverie.envs import EnvSpec
-from trainer.config import Config, build_config
-from trainer.envs import SpaceInfo, make_env, space_info
-from trainer.replay import Replay
+from builders import pixel_run, small_config
+from reverie.trainer.envs import make_env, space_info
 
 # One intra-op thread from the start, before any fixture of wider scope builds a model.
 torch.set_num_threads(1)
@@ -38,53 +34,14 @@ def _restore_stop_signals():
         signal.signal(signum, handler)
 
 
-def small_config(**fields) -> Config:
-    """The smoke preset (tiny networks) on one thread, with `fields` on top."""
-    return build_config("smoke", threads=1, **fields)
-
-
-def random_action(space: SpaceInfo, rng: np.random.Generator) -> np.ndarray:
-    """A random action in the agent's encoding: class index, or a vector in [-1, 1]."""
-    if space.discrete:
-        return np.asarray(rng.integers(space.action_dim))
-    return rng.uniform(-1.0, 1.0, space.action_dim).astype(np.float32)
-
-
-def collect_replay(env_id: str, steps: int, seed: int = 0, obs_indices: list[int] | None = None) -> tuple[Replay, SpaceInfo]:
-    """`steps` real env transitions under random actions (observing `obs_indices` only, when given),
-    stored the way the trainer stores them."""
-    env = make_env(EnvSpec(env_id, obs_indices))
-    space = space_info(env)
-    rng = np.random.default_rng(seed)
-    replay = Replay(2 * steps, space.obs_shape, () if space.discrete else (space.action_dim,))  # room for every episode's last obs
-    obs, _ = env.reset(seed=seed)
-    episode = 0
-    for _ in range(steps):
-        action = random_action(space, rng)
-        next_obs, reward, terminated, truncated, _ = env.step(space.to_env_action(action))
-        replay.add(obs, action, reward, next_obs, terminated, truncated)
-        obs = next_obs
-        if terminated or truncated:
-            episode += 1
-            obs, _ = env.reset(seed=seed * 1000 + episode)
-    env.close()
-    return replay, space
-
-
-def real_batch(env_id: str, batch_size: int = 16, steps: int = 200, seed: int = 0):
-    """A replay-style batch (float tensors obs, action, reward, next_obs, terminated) and the env's SpaceInfo."""
-    replay, space = collect_replay(env_id, steps, seed)
-    return replay.sample(batch_size, np.random.default_rng(seed)), space
-
-
 @pytest.fixture(scope="session")
 def exported_agents(tmp_path_factory):
     """{env_id: (agent, export_dir)}: a small agent per action kind, its normaliser fed, exported once.
 
     Untrained weights are enough for the serving contract; the trained-bundle tests train their own.
     """
-    from trainer.agent import Agent
-    from trainer.export import export_bundle
+    from reverie.trainer.agent import Agent
+    from reverie.trainer.export import export_bundle
 
     agents = {}
     for env_id in ("CartPole-v1", "Pendulum-v1"):
@@ -106,8 +63,8 @@ def memory_agent(tmp_path_factory):
     CartPole without velocities (history_length 3, dynamics_context 3), its policy far from uniform
     so that what it remembers moves its answers."""
     from reverie import envs
-    from trainer.agent import Agent
-    from trainer.export import export_bundle
+    from reverie.trainer.agent import Agent
+    from reverie.trainer.export import export_bundle
 
     torch.manual_seed(0)
     space = space_info(envs.make("CartPole-v1", [0, 2]))
@@ -121,18 +78,6 @@ def memory_agent(tmp_path_factory):
     export_dir = tmp_path_factory.mktemp("memory") / "export"
     export_bundle(agent, export_dir, training_step=100, phase="full", last_eval=20.0, keep=100)
     return agent, export_dir
-
-
-def pixel_run(run_dir, size: int):
-    """A trainer that saw frames of `size` for 40 CartPole steps (sequence mode, history_length 3), its
-    bundle published once at the end."""
-    from trainer.loop import Trainer
-
-    cfg = small_config(pixels=True, image_size=size, cnn_depth=8, sequence_length=4, total_steps=40, learning_starts=16,
-                       warmup_steps=20, transition_steps=10, eval_every=40, eval_episodes=1, log_every=20)
-    trainer = Trainer(cfg, run_dir)
-    trainer.run()
-    return trainer
 
 
 @pytest.fixture(scope="session")
@@ -175,7 +120,7 @@ def trained_cartpole(tmp_path_factory):
 @pytest.fixture(scope="session")
 def redis_server():
     """One real redis-server for the session (each test uses streams of its own names)."""
-    from serving import RedisServer
+    from loopback import RedisServer
 
     with RedisServer() as server:
         yield server

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import real_batch, small_config
-from trainer.agent import Agent
+from builders import real_batch, small_config
+from reverie.trainer.agent import Agent
 
 
 def rigged_agent(env_id: str, actor_gradient: str, prefer: int) -> tuple[Agent, torch.Tensor]:

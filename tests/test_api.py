@@ -9,9 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
-from clients.rest import ApiError, RestClient
+from reverie.clients.rest import ApiError, RestClient
 from reverie.bundle import latest_bundle
-from serving import ThreadServer, publish_copy, wait_until
+from loopback import wait_until
+from serving import ThreadServer, publish_copy
 
 OBS = [0.02, -0.3, 0.05, 0.4]
 

@@ -35,8 +35,10 @@ import httpx
 import numpy as np
 import pytest
 
-from serving import chrome, free_ports, logged_fragments, wait_until
-from trainer.metrics import read_metrics
+from loopback import free_ports, wait_until
+
+from serving import chrome, logged_fragments
+from reverie.trainer.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "clients"

@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import small_config
+from builders import small_config
 from serving import fragment, write
-from serving import wait_until
+from loopback import wait_until
 from reverie.experience import Fragment
 from reverie.runs import latest_checkpoint
-from trainer.checkpoint import load_checkpoint
-from trainer.config import Config
-from trainer.envs import SpaceInfo
-from trainer.feed import ClientFeed
-from trainer.loop import Trainer
-from trainer.metrics import read_metrics
+from reverie.trainer.checkpoint import load_checkpoint
+from reverie.trainer.config import Config
+from reverie.trainer.envs import SpaceInfo
+from reverie.trainer.feed import ClientFeed
+from reverie.trainer.loop import Trainer
+from reverie.trainer.metrics import read_metrics
 
 CARTPOLE = SpaceInfo((4,), True, 2)
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +125,7 @@ def test_source_both_keeps_env_episodes_and_client_runs_apart(tmp_path):
     assert read_metrics(tmp_path / "run")[-1]["client_episodes"] == 4
 
 
+@pytest.mark.slow  # trains, or runs real processes for tens of seconds
 @pytest.mark.timeout(120)
 def test_a_trainer_killed_with_minus_9_resumes_at_its_read_position(tmp_path):
     """Nothing read twice, nothing skipped: after kill -9 and --resume the replay holds each logged

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.grpc_client import GrpcClient
-from clients.rest import RestClient
+from reverie.clients.grpc_client import GrpcClient
+from reverie.clients.rest import RestClient
 from reverie.bundle import latest_bundle
 from reverie.cli import main
-from serving import fragment, free_ports, wait_until, write  # (fragments: 4 numbers, 2 actions)
-from trainer.metrics import read_metrics
+from loopback import free_ports, wait_until  # (fragments: 4 numbers, 2 actions)
+from serving import fragment, write  # (fragments: 4 numbers, 2 actions)
+from reverie.trainer.metrics import read_metrics
 
 SPACES = {"name": "reach", "observation_space": {"shape": [2], "dtype": "float32"},
           "action_space": {"kind": "discrete", "n": 3}}
@@ -111,6 +112,7 @@ def play(client: RestClient, world: Reach, session: str, evaluate: bool) -> tupl
             return total, versions
 
 
+@pytest.mark.slow  # trains, or runs real processes for tens of seconds
 @pytest.mark.timeout(240)
 def test_a_client_world_is_taught_evaluated_and_its_best_served_with_no_env(tmp_path):
     spaces = write_spaces(tmp_path, SPACES)
@@ -166,6 +168,7 @@ def test_a_client_world_is_taught_evaluated_and_its_best_served_with_no_env(tmp_
     assert main(["eval", "--bundle", str(run_dir)]) == 2
 
 
+@pytest.mark.slow  # trains, or runs real processes for tens of seconds
 def test_a_client_world_run_resumes_exports_and_reports_its_config(tmp_path, capsys):
     """No env anywhere: a --spaces run trains from its log, resumes from its checkpoint with the spaces
     it saved, exports, and `reverie config --spaces` names the world and its source."""

@@ -12,7 +12,7 @@ import re
 import httpx
 import pytest
 
-from clients import game_loop, preview
+from reverie.clients import game_loop, preview
 from serving import ThreadServer
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import real_batch, small_config
-from trainer.agent import Agent
-from trainer.components import (
+from builders import real_batch, small_config
+from reverie.trainer.agent import Agent
+from reverie.trainer.components import (
     ActionDistribution,
     CNNEncoder,
     DynamicsModel,
@@ -18,8 +18,8 @@ from trainer.components import (
     symexp,
     symlog,
 )
-from trainer.envs import SpaceInfo, make_env, space_info
-from trainer.imagination import imagine
+from reverie.trainer.envs import SpaceInfo, make_env, space_info
+from reverie.trainer.imagination import imagine
 
 IMAGE = SpaceInfo(obs_shape=(84, 84, 3), discrete=True, action_dim=3)
 
@@ -232,7 +232,7 @@ def test_imagination_matches_the_exported_step_one_transition_at_a_time(fields):
 
 
 def test_asking_for_cuda_without_one_is_a_clear_error():
-    from trainer.loop import resolve_device
+    from reverie.trainer.loop import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.config import PRESETS, Config, UpdateCounts, build_config, parse_override
+from reverie.trainer.config import PRESETS, Config, UpdateCounts, build_config, parse_override
 
 
 def test_defaults_without_preset_or_overrides():
@@ -125,7 +125,7 @@ def test_seed_given_structure_is_the_default():
 def test_seed_values_preset_is_the_seeds_stated_numbers():
     """Diagram 5's phases (warmup 0-5k, transition 5k-10k) and multi-update schedule (2/1/1 before 50k,
     1/2/2 after), the learning rates its remedies start from, its entropy weight, its plain losses."""
-    from trainer.schedule import Schedule
+    from reverie.trainer.schedule import Schedule
 
     cfg = build_config("seed_values")
     assert (cfg.warmup_steps, cfg.transition_steps) == (5000, 5000)
@@ -143,7 +143,7 @@ def test_seed_values_preset_is_the_seeds_stated_numbers():
 def test_every_departure_from_the_seed_is_stated_with_a_reason():
     """seed_deviations (what the README table and `reverie config` show) lists exactly the keys whose
     default differs from the seed preset, each with a reason."""
-    from trainer.config import seed_deviations
+    from reverie.trainer.config import seed_deviations
 
     deviations = seed_deviations()
     default, seed = Config().model_dump(), build_config("seed_values").model_dump()
@@ -152,7 +152,7 @@ def test_every_departure_from_the_seed_is_stated_with_a_reason():
 
 
 def test_resolve_config_names_where_each_value_came_from():
-    from trainer.config import resolve_config
+    from reverie.trainer.config import resolve_config
 
     cfg, sources = resolve_config("cartpole", ["horizon=9"], seed=4)
     assert sources["horizon"] == "--set" and sources["seed"] == "flag"
@@ -161,12 +161,12 @@ def test_resolve_config_names_where_each_value_came_from():
 
 
 def test_the_readme_table_lists_every_departure_from_the_seed():
-    """The README's table of departures is written by hand; it must not fall behind the config's notes."""
+    """The table of departures (docs/learning.md) is written by hand; it must not fall behind the config's notes."""
     from pathlib import Path
 
-    from trainer.config import STRUCTURAL_DEPARTURES, seed_deviations
+    from reverie.trainer.config import STRUCTURAL_DEPARTURES, seed_deviations
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "learning.md").read_text()
     missing = [key for key in seed_deviations() if f"| `{key}` |" not in readme]
     missing += [name for name in STRUCTURAL_DEPARTURES if f"| {name} |" not in readme]
     assert missing == []

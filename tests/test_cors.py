@@ -22,7 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from serving import ProcessServer, chrome, free_ports, stop_process, wait_until
+from loopback import free_ports, stop_process, wait_until
+
+from serving import ProcessServer, chrome
 
 TOKEN = "cors-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

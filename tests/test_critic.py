@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import collect_replay
-from trainer.agent import Agent
-from trainer.config import UpdateCounts, build_config
-from trainer.imagination import imagine
-from trainer.losses import lambda_return
+from builders import collect_replay
+from reverie.trainer.agent import Agent
+from reverie.trainer.config import UpdateCounts, build_config
+from reverie.trainer.imagination import imagine
+from reverie.trainer.losses import lambda_return
 
 
 @pytest.mark.slow
@@ -77,10 +77,10 @@ def test_the_critic_of_a_solved_cartpole_learns_the_returns_observed(trained_car
     400 updates, 0.75x at 600, 0.82x at 800."""
     from reverie.evaluation import play_episodes
     from reverie.runs import latest_checkpoint
-    from trainer.checkpoint import load_checkpoint
-    from trainer.config import Config
-    from trainer.envs import make_env
-    from trainer.replay import Replay
+    from reverie.trainer.checkpoint import load_checkpoint
+    from reverie.trainer.config import Config
+    from reverie.trainer.envs import make_env
+    from reverie.trainer.replay import Replay
 
     cfg = Config.model_validate_json((trained_cartpole / "config.json").read_text())
     state = load_checkpoint(latest_checkpoint(trained_cartpole))

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from trainer.config import PRESETS, Config, build_config
-from trainer.diagnostics import FAILURE_MODES, diagnose, solved_return, window
-from trainer.metrics import MetricsWriter, read_metrics
+from reverie.trainer.config import PRESETS, Config, build_config
+from reverie.trainer.diagnostics import FAILURE_MODES, diagnose, solved_return, window
+from reverie.trainer.metrics import MetricsWriter, read_metrics
 
 
 def rows_from(**columns: list) -> list[dict]:

@@ -12,10 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
-from clients.grpc_client import GrpcClient
-from clients.rest import ApiError, RestClient
+from reverie.clients.grpc_client import GrpcClient
+from reverie.clients.rest import ApiError, RestClient
 from reverie.experience import Fragment, SegmentReader, decode
-from service.experience import ExperienceLog
+from reverie.service.experience import ExperienceLog
 from serving import ThreadServer
 
 

@@ -12,7 +12,7 @@ from reverie.cli import main
 from reverie.experience import LogError, SegmentLog, StreamLog, StreamReader, encode, open_reader
 from serving import fragment
 from test_client_source import CARTPOLE, drain
-from trainer.feed import ClientFeed
+from reverie.trainer.feed import ClientFeed
 
 
 def test_writers_share_one_stream_with_gap_free_numbers_and_store_a_retry_once(redis_server):

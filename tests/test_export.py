@@ -9,15 +9,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import small_config
+from builders import small_config
 from reverie.bundle import FORMAT_VERSION, POINTER, BundleError, latest_bundle, load_manifest, versions
-from trainer.agent import Agent
-from trainer.envs import make_env, space_info
-from trainer.export import export_bundle, graph_specs
+from reverie.trainer.agent import Agent
+from reverie.trainer.envs import make_env, space_info
+from reverie.trainer.export import export_bundle, graph_specs
 
 
-@pytest.fixture(scope="module", params=[("CartPole-v1", {}), ("Pendulum-v1", {}),
-                                        ("CartPole-v1", {"dynamics": "transformer", "sequence_mode": True})],
+@pytest.fixture(scope="module", params=[("CartPole-v1", {}), ("Pendulum-v1", {}), pytest.param(
+    ("CartPole-v1", {"dynamics": "transformer", "sequence_mode": True}), marks=pytest.mark.slow)],  # its export: tens of seconds
                 ids=["CartPole-v1", "Pendulum-v1", "CartPole-v1-transformer-memory"])
 def exported(request, tmp_path_factory):
     env_id, fields = request.param
@@ -123,7 +123,7 @@ def test_versions_increase_pointer_moves_and_old_ones_are_pruned(tmp_path, expor
 def test_training_publishes_bundles_and_reverie_export_adds_one(tmp_path, monkeypatch):
     """`reverie train` exports at once, every export_every steps and at the end; `reverie export` adds one,
     from the checkpoint alone (its spaces are saved there: no env is made)."""
-    import trainer.envs
+    import reverie.trainer.envs
     from reverie.cli import main
 
     args = ["train", "--run-dir", str(tmp_path), "--preset", "smoke", "--steps", "200", "--set", "threads=1"]
@@ -134,7 +134,7 @@ def test_training_publishes_bundles_and_reverie_export_adds_one(tmp_path, monkey
     def no_env(*_):
         raise AssertionError("reverie export made an env")
 
-    monkeypatch.setattr(trainer.envs, "make_env", no_env)
+    monkeypatch.setattr(reverie.trainer.envs, "make_env", no_env)
     assert main(["export", "--run-dir", str(tmp_path)]) == 0
     newest = load_manifest(latest_bundle(tmp_path))
     assert newest.action_space == load_manifest(export_dir / "v000003").action_space

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import collect_replay, small_config
+from builders import collect_replay, small_config
 from reverie.evaluation import play_episodes
-from trainer.envs import make_env, space_info
-from trainer.fidelity import CONTEXT, episodes_replay, imagination_fidelity
-from trainer.losses import world_model_loss
-from trainer.world_model import WorldModel
+from reverie.trainer.envs import make_env, space_info
+from reverie.trainer.fidelity import CONTEXT, episodes_replay, imagination_fidelity
+from reverie.trainer.losses import world_model_loss
+from reverie.trainer.world_model import WorldModel
 
 WEIGHTS = {"dynamics": 1.0, "reward": 1.0, "continue": 1.0, "decoder": 1.0}
 

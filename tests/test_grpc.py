@@ -13,11 +13,12 @@ import grpc
 import numpy as np
 import pytest
 
-from clients.grpc_client import GrpcClient
-from clients.rest import ApiError, RestClient
+from reverie.clients.grpc_client import GrpcClient
+from reverie.clients.rest import ApiError, RestClient
 from reverie.bundle import latest_bundle
 from reverie.wire import agent_pb2, agent_pb2_grpc, to_tensor
-from serving import ProcessServer, ThreadServer, publish_copy, wait_until
+from loopback import wait_until
+from serving import ProcessServer, ThreadServer, publish_copy
 
 OBS = [0.02, -0.3, 0.05, 0.4]
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).with_name("grpcurl"))

@@ -13,12 +13,14 @@ import copy
 import pytest
 import torch
 
-from conftest import real_batch, small_config
-from trainer.agent import Agent
-from trainer.components import symlog
-from trainer.config import UpdateCounts
-from trainer.imagination import imagine
-from trainer.losses import actor_loss
+import numpy as np
+
+from builders import collect_replay, real_batch, small_config
+from reverie.trainer.agent import Agent
+from reverie.trainer.components import symlog
+from reverie.trainer.config import UpdateCounts
+from reverie.trainer.imagination import imagine
+from reverie.trainer.losses import actor_loss, replay_lambda_return
 
 ENVS = ["CartPole-v1", "Pendulum-v1"]
 GROUPS = ("world_model", "policy", "value", "target_value", "log_alpha", "return_scale", "reward_range")
@@ -101,7 +103,7 @@ def test_critic_step_changes_only_the_critic(setup):
         trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
         returns, weights, _ = agent.imagined_returns(trajectory)
     before = snapshot(agent)
-    metrics = agent.critic_step(trajectory, returns, weights, batch, next_states, real_mix=0.5)
+    metrics = agent.critic_step(trajectory, returns, weights, agent.real_targets(batch, next_states, None), real_mix=0.5)
     changed = changed_groups(agent, before)
     assert changed["world_model"] == [] and changed["policy"] == [] and changed["log_alpha"] == []
     assert changed["return_scale"] == [] and changed["reward_range"] == []
@@ -129,11 +131,33 @@ def test_critic_real_mix_blends_real_one_step_targets(setup):
     losses = {}
     for mix in (0.0, 1.0, 0.25):
         probe = copy.deepcopy(agent)
-        losses[mix] = probe.critic_step(trajectory, returns, weights, batch, next_states, real_mix=mix)["critic_loss"]
+        losses[mix] = probe.critic_step(trajectory, returns, weights, probe.real_targets(batch, next_states, None), real_mix=mix)["critic_loss"]
     torch.testing.assert_close(losses[1.0], expected_real)
     torch.testing.assert_close(losses[0.0], expected_imagined)
     torch.testing.assert_close(losses[0.25], 0.75 * expected_imagined + 0.25 * expected_real)
     assert abs(float(expected_real - expected_imagined)) > 1e-3  # the two targets differ, so the mix shows
+
+
+def test_critic_real_targets_from_replayed_sequences_are_their_lambda_returns():
+    """critic_real_length > 1: with real_mix=1 the critic regresses the replayed sequences' real states on
+    their lambda-returns (real rewards and endings, the target critic at each next state), mask-aware;
+    the run's endings are in the sample, so a real ending shapes the targets."""
+    replay, space = collect_replay("CartPole-v1", 300)
+    agent = Agent(small_config(env_id="CartPole-v1", critic_real_length=16), space)
+    real = replay.sample_sequences(8, 16, np.random.default_rng(0))
+    assert real["terminated"][real["mask"]].sum() > 0  # random CartPole play ends every ~20 steps
+    batch, _ = real_batch("CartPole-v1", batch_size=16)
+    with torch.no_grad():
+        states, next_states = agent.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
+        trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
+        returns, weights, _ = agent.imagined_returns(trajectory)
+        encoded = agent.world_model.encode(torch.cat([real["obs"], real["next_obs"][:, -1:]], 1))
+        mask = real["mask"]
+        targets = replay_lambda_return(real["reward"], real["terminated"], agent.target_value(encoded[:, 1:]), mask,
+                                       agent.cfg.gamma, agent.cfg.lambda_)
+        expected = (agent.value.raw(encoded[:, :-1][mask]) - symlog(targets[mask])).pow(2).mean()
+    loss = agent.critic_step(trajectory, returns, weights, agent.real_targets(batch, next_states, real), real_mix=1.0)
+    torch.testing.assert_close(loss["critic_loss"], expected)
 
 
 def test_world_model_step_changes_only_the_world_model(setup):
@@ -259,7 +283,7 @@ def test_each_optimizer_applies_gradients_clipped_to_grad_clip(setup, step):
     else:
         trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
         returns, weights, _ = agent.imagined_returns(trajectory.detach())
-        norm = agent.critic_step(trajectory.detach(), returns.detach(), weights, batch, next_states, 0.5)["critic_grad_norm"]
+        norm = agent.critic_step(trajectory.detach(), returns.detach(), weights, agent.real_targets(batch, next_states, None), 0.5)["critic_grad_norm"]
     hook.remove()
     assert float(norm) > agent.cfg.grad_clip  # the unclipped norm, as logged: clipping had work to do
     grads = applied[0]

@@ -9,15 +9,16 @@ import json
 import httpx
 import pytest
 
-from clients.rest import RestClient
+from reverie.clients.rest import RestClient
 from reverie.bundle import versions
-from service.live import MetricRows, _quantile, thin
+from reverie.service.live import MetricRows, _quantile, thin
 from serving import ThreadServer
-from trainer.metrics import read_metrics
+from reverie.trainer.metrics import read_metrics
 
 OBS = [0.01, 0.02, 0.03, 0.04]
 
 
+@pytest.mark.slow  # trained_cartpole: a run trained to 475
 def test_live_carries_the_runs_curves_and_what_is_served(trained_cartpole):
     rows = read_metrics(trained_cartpole)
     config = json.loads((trained_cartpole / "config.json").read_text())

@@ -19,7 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving import chrome, free_ports, wait_until
+from loopback import free_ports, wait_until
+
+from serving import chrome
 
 TOKEN = "page-s3cret"
 

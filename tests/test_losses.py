@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import real_batch, small_config
-from trainer.agent import to_floats
-from trainer.envs import SpaceInfo
-from trainer.losses import (actor_loss, continue_loss, critic_loss, discount_weights, lambda_return, replay_lambda_return,
+from builders import real_batch, small_config
+from reverie.trainer.agent import to_floats
+from reverie.trainer.envs import SpaceInfo
+from reverie.trainer.losses import (actor_loss, continue_loss, critic_loss, discount_weights, lambda_return, replay_lambda_return,
                             world_model_loss)
-from trainer.world_model import WorldModel
+from reverie.trainer.world_model import WorldModel
 
 
 def test_lambda_return_matches_hand_computation_with_terminal_cut():

@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from clients.grpc_client import GrpcClient, _request
-from clients.rest import ApiError, RestClient
+from reverie.clients.grpc_client import GrpcClient, _request
+from reverie.clients.rest import ApiError, RestClient
 from reverie import envs
 from reverie.bundle import latest_bundle
 from reverie.history import Recent
-from serving import ThreadServer, publish_copy, wait_until
-from service.runtime import Runtime
-from service.sessions import Sessions
-from trainer.agent import Agent, Window
-from trainer.components import Rollout
+from loopback import wait_until
+from serving import ThreadServer, publish_copy
+from reverie.service.runtime import Runtime
+from reverie.service.sessions import Sessions
+from reverie.trainer.agent import Agent, Window
+from reverie.trainer.components import Rollout
 
 OBS = [0.02, 0.05]  # cart position, pole angle
 

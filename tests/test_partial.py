@@ -9,14 +9,14 @@ import json
 import numpy as np
 import pytest
 
-from clients import game_loop
+from reverie.clients import game_loop
 from reverie import envs
-from conftest import small_config
+from builders import small_config
 from reverie.bundle import latest_bundle, load_manifest
 from reverie.cli import main
 from reverie.runs import read_status
 from serving import ThreadServer
-from trainer.metrics import read_metrics
+from reverie.trainer.metrics import read_metrics
 
 
 def test_kept_entries_are_the_full_observations_entries():
@@ -53,6 +53,7 @@ def partial_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow  # trains, or runs real processes for tens of seconds
 def test_a_partially_observed_bundle_records_its_entries_and_reverie_eval_plays_it(partial_run, capsys):
     manifest = json.loads((latest_bundle(partial_run / "export") / "manifest.json").read_text())
     assert manifest["obs_indices"] == [0, 2] and manifest["observation_space"]["shape"] == [2]
@@ -67,6 +68,7 @@ MODES = {"rest-history": ["--transport", "rest", "--memory", "history"],
          "grpc-stream": ["--transport", "grpc", "--stream"]}
 
 
+@pytest.mark.slow  # its fixture trains a run
 def test_the_served_agent_with_memory_plays_as_the_trainer_evaluated_it(partial_run, capsys):
     """The game loop sends 2-number observations (a 4-number one would be refused) and the agent's
     memory reaches the server by each route: the client's history over REST and gRPC, a REST session,

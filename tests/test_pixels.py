@@ -19,21 +19,21 @@ import pytest
 import torch
 from PIL import Image
 
-from clients import game_loop
-from clients import preview as preview_client
-from clients.grpc_client import GrpcClient
-from clients.rest import ApiError, RestClient, png_base64
-from conftest import pixel_run
+from reverie.clients import game_loop
+from reverie.clients import preview as preview_client
+from reverie.clients.grpc_client import GrpcClient
+from reverie.clients.rest import ApiError, RestClient, png_base64
+from builders import pixel_run
 from reverie.bundle import latest_bundle
 from reverie.cli import main
 from reverie.runs import latest_checkpoint
 from reverie.envs import EnvSpec
 from serving import ThreadServer
-from service import preview
-from service.runtime import Runtime
-from trainer.checkpoint import load_checkpoint
-from trainer.config import build_config
-from trainer.replay import Replay
+from reverie.service import preview
+from reverie.service.runtime import Runtime
+from reverie.trainer.checkpoint import load_checkpoint
+from reverie.trainer.config import build_config
+from reverie.trainer.replay import Replay
 
 SPEC = EnvSpec("CartPole-v1", pixels=True, image_size=64)
 
@@ -131,6 +131,7 @@ def test_a_replay_that_would_not_fit_is_refused_before_training(tmp_path, capsys
 
 
 # ---------------------------------------------------------------------------- models at any size
+@pytest.mark.slow  # trains, or runs real processes for tens of seconds
 @pytest.mark.parametrize("size", [96, 64])
 def test_pixel_models_of_any_size_train_and_export(size, pixel_agent, tmp_path):
     """A run from frames of `size` trains, evaluates and publishes a bundle whose graphs match torch on
@@ -171,6 +172,7 @@ def torch_probs(agent, frame: np.ndarray) -> np.ndarray:
         return agent.policy(agent.world_model.belief(state)).probs[0].numpy()
 
 
+@pytest.mark.slow  # its fixture trains a run
 def test_every_image_form_gives_the_torch_agents_answer(pixel_agent, server):
     """JSON numbers, raw base64 pixels, a PNG file, and gRPC's raw bytes: the torch agent's probabilities
     on real frames; a JPEG is answered as its decoded pixels are."""

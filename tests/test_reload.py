@@ -7,10 +7,11 @@ import threading
 import httpx
 import pytest
 
-from clients.rest import RestClient
+from reverie.clients.rest import RestClient
 from reverie.bundle import latest_bundle, versions
-from serving import ProcessServer, publish_broken, publish_copy, wait_until
-from service.store import ModelStore
+from loopback import wait_until
+from serving import ProcessServer, publish_broken, publish_copy
+from reverie.service.store import ModelStore
 
 OBS = [0.02, -0.3, 0.05, 0.4]
 VERSIONS = 22  # 1 to start with, then 21 more (two broken ones among them)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import collect_replay, real_batch, small_config
-from trainer.agent import Agent, own_gradient_step
-from trainer.config import UpdateCounts
-from trainer.imagination import imagine
+from builders import collect_replay, real_batch, small_config
+from reverie.trainer.agent import Agent, own_gradient_step
+from reverie.trainer.config import UpdateCounts
+from reverie.trainer.imagination import imagine
 
 
 def test_adaptive_entropy_raises_the_weight_when_entropy_is_below_target():

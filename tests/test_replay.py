@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import collect_replay
-from trainer.replay import Replay
+from builders import collect_replay
+from reverie.trainer.replay import Replay
 
 BATCH_KEYS = {"obs", "action", "reward", "next_obs", "terminated"}
 

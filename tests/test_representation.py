@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import collect_replay, small_config
-from trainer.agent import Agent
-from trainer.replay import Replay
+from builders import collect_replay, small_config
+from reverie.trainer.agent import Agent
+from reverie.trainer.replay import Replay
 
 UPDATES = 400
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_config
+from builders import small_config
 from reverie.bundle import versions
 from reverie.cli import main
 from reverie.signals import on_stop_signals
 from reverie.runs import latest_checkpoint, list_checkpoints
-from trainer.checkpoint import load_checkpoint
-from trainer.loop import Trainer
-from trainer.metrics import read_metrics
-from trainer.schedule import Phase
+from reverie.trainer.checkpoint import load_checkpoint
+from reverie.trainer.loop import Trainer
+from reverie.trainer.metrics import read_metrics
+from reverie.trainer.schedule import Phase
 
 STOP, END = 200, 400
 
@@ -175,6 +175,7 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path):
     assert resumed.replay.steps()["episode_end"][149]
 
 
+@pytest.mark.slow  # trains, or runs real processes for tens of seconds
 def test_a_stop_request_finishes_the_step_checkpoints_and_returns(tmp_path):
     """SIGTERM in `reverie train` sets `stop`: the export under way completes, then a checkpoint at that step."""
     trainer = Trainer(tiny(END, export_every=150), tmp_path, export=True)

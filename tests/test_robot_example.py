@@ -28,13 +28,15 @@ import pytest
 
 pytest.importorskip("mujoco", reason="the robot example needs the mujoco bindings: pip install -e '.[robot]'")
 
-from clients.examples.robot import pendulum  # noqa: E402
-from clients.examples.robot.pendulum import Pendulum, Ticker  # noqa: E402
-from serving import free_ports, logged_fragments, stop_process, wait_until  # noqa: E402
-from trainer.metrics import read_metrics  # noqa: E402
+from reverie.trainer.metrics import read_metrics  # noqa: E402
+from loopback import free_ports, stop_process, wait_until  # noqa: E402
+from serving import logged_fragments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ROBOT = ROOT / "clients" / "examples" / "robot"
+sys.path.insert(0, str(ROBOT))  # the example is a script beside its files, not part of the installed package
+import pendulum  # noqa: E402
+from pendulum import Pendulum, Ticker  # noqa: E402
 # Imported first by a Python process started with it on PYTHONPATH: importing gymnasium fails there.
 NO_GYMNASIUM = '''
 import sys
@@ -139,9 +141,9 @@ def test_seeded_resets_are_inverted_pendulum_v5s():
 
 def test_the_example_imports_no_gymnasium():
     done = subprocess.run(
-        [sys.executable, "-c", "import sys; import clients.examples.robot.pendulum as p; p.Pendulum(0).reset();"
+        [sys.executable, "-c", "import sys; import pendulum as p; p.Pendulum(0).reset();"
          "print(sorted(m for m in sys.modules if m.partition('.')[0] in ('gymnasium', 'torch')))"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        cwd=ROBOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -291,7 +293,7 @@ def test_the_robot_teaches_over_a_stream_and_its_evaluations_are_the_trainers(tm
         site = tmp_path / "site"
         site.mkdir()
         (site / "sitecustomize.py").write_text(NO_GYMNASIUM)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
         done = subprocess.run([sys.executable, str(ROBOT / "pendulum.py"), "--server", target, "--steps", "40",
                                "--rate", "50", "--evaluate-every", "2", "--eval-episodes", "1", "--seed", "4", "--json"],
                               env=env, capture_output=True, text=True, timeout=120)

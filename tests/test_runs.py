@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from conftest import small_config
+from builders import small_config
 from reverie.runs import STATUS_KEYS, publish_status, read_status, run_dir_of
-from trainer.loop import Trainer
-from trainer.metrics import read_metrics
+from reverie.trainer.loop import Trainer
+from reverie.trainer.metrics import read_metrics
 
 
 def test_status_carries_the_last_evaluation_forward(tmp_path):

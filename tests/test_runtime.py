@@ -16,10 +16,11 @@ import torch
 from prometheus_client import CollectorRegistry, Histogram
 
 from reverie.bundle import BundleError, latest_bundle, load_manifest, sha256_of
-from service.batching import ActBatcher
-from service.inputs import InputError, observation_batch, plan
-from service.runtime import Runtime
-from trainer.losses import lambda_return
+from reverie.service.batching import ActBatcher
+from reverie.errors import InputError
+from reverie.service.inputs import observation_batch, plan
+from reverie.service.runtime import Runtime
+from reverie.trainer.losses import lambda_return
 
 
 @pytest.fixture(params=["CartPole-v1", "Pendulum-v1"])

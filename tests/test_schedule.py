@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import small_config
-from trainer.config import UpdateCounts
-from trainer.loop import Trainer
-from trainer.metrics import read_metrics
-from trainer.schedule import Phase, Schedule
+from builders import small_config
+from reverie.trainer.config import UpdateCounts
+from reverie.trainer.loop import Trainer
+from reverie.trainer.metrics import read_metrics
+from reverie.trainer.schedule import Phase, Schedule
 
 WARMUP, TRANSITION = 100, 200
 
@@ -129,8 +129,8 @@ def test_the_trainer_drives_the_parts_it_is_given(tmp_path):
     import gymnasium as gym
     import numpy as np
 
-    from trainer.checkpoint import load_checkpoint
-    from trainer.loop import Parts
+    from reverie.trainer.checkpoint import load_checkpoint
+    from reverie.trainer.loop import Parts
     from reverie.runs import latest_checkpoint
 
     cfg = small_config(total_steps=100, warmup_steps=50, transition_steps=50, eval_every=10_000, checkpoint_every=100)

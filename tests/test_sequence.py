@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import collect_replay, small_config
+from builders import collect_replay, small_config
 from test_isolation import changed_groups, snapshot
-from trainer.agent import Agent
-from trainer.config import UpdateCounts
-from trainer.losses import world_model_loss
-from trainer.sequence import causal_mask, context_of
-from trainer.world_model import WorldModel
+from reverie.trainer.agent import Agent
+from reverie.trainer.config import UpdateCounts
+from reverie.trainer.losses import world_model_loss
+from reverie.trainer.sequence import causal_mask, context_of
+from reverie.trainer.world_model import WorldModel
 
 WEIGHTS = {"dynamics": 1.0, "reward": 1.0, "continue": 1.0, "decoder": 1.0}
 VARIANTS = [{"dynamics": "mlp"}, {"dynamics": "transformer"}, {"dynamics": "transformer", "dynamics_ensemble": 3},
@@ -170,6 +170,7 @@ def test_the_ensembles_disagreement_is_higher_off_the_data(replay):
     assert far_value > 1.5 * near_value > 0, (near_value, far_value)
 
 
+@pytest.mark.slow  # trains, or runs real processes for tens of seconds
 def test_the_memory_predicts_what_one_observation_cannot(replay):
     """CartPole without velocities: where the cart and pole go next depends on how they were moving,
     which only the steps before say. Trained alike on the same sequences, the world model with a
@@ -205,7 +206,7 @@ def test_acting_reads_the_memory_of_the_last_history_length_steps(replay):
     window holds min(k, history_length) of them, and `belief_after` with them padded to full length
     (mask False on the pads) equals the belief the player acted on. A step older than the window is
     forgotten: changing it changes nothing."""
-    from trainer.agent import Window
+    from reverie.trainer.agent import Window
 
     torch.manual_seed(0)
     agent = Agent(small_config(sequence_mode=True, sequence_length=5), replay[1])

@@ -39,7 +39,7 @@ def test_the_game_loop_plays_cartpole_over_the_network(trained_cartpole, fresh_e
     """The example client, in its own process, plays fresh episodes through `reverie serve` exactly as the
     bundle plays them in process, and that is a trained agent's play (a random one scores ~22)."""
     with ProcessServer(trained_cartpole) as server:
-        out = subprocess.run([sys.executable, "-m", "clients.game_loop", "--url", server.url, "--target", server.grpc_target,
+        out = subprocess.run([sys.executable, "-m", "reverie.clients.game_loop", "--url", server.url, "--target", server.grpc_target,
                               *transport, "--episodes", "10", "--seed", "7", "--json"],
                              capture_output=True, text=True, check=True, timeout=300).stdout
     summary = json.loads(out)
@@ -51,7 +51,7 @@ def test_the_game_loop_plays_cartpole_over_the_network(trained_cartpole, fresh_e
 
 def test_the_preview_example_saves_a_png(trained_cartpole, tmp_path):
     with ProcessServer(trained_cartpole) as server:
-        out = subprocess.run([sys.executable, "-m", "clients.preview", "--url", server.url, "--samples", "4",
+        out = subprocess.run([sys.executable, "-m", "reverie.clients.preview", "--url", server.url, "--samples", "4",
                               "--out", str(tmp_path / "preview.png")], capture_output=True, text=True, check=True,
                              timeout=120).stdout
     assert (tmp_path / "preview.png").read_bytes()[:4] == b"\x89PNG" and "lambda-return" in out

@@ -15,13 +15,14 @@ import httpx
 import numpy as np
 import pytest
 
-from clients.game_loop import LocalTeacher, Player, teach
-from clients.grpc_client import GrpcClient
-from clients.rest import ApiError, RestClient
+from reverie.clients.game_loop import LocalTeacher, Player, teach
+from reverie.clients.grpc_client import GrpcClient
+from reverie.clients.rest import ApiError, RestClient
 from reverie import envs
 from reverie.experience import SegmentReader, decode, open_reader
-from service.runtime import Runtime
-from serving import ProcessServer, ThreadServer, wait_until
+from reverie.service.runtime import Runtime
+from loopback import wait_until
+from serving import ProcessServer, ThreadServer
 
 
 def logged(folder) -> list:
@@ -194,6 +195,7 @@ def player(k: int, url: str, reported: Counter, stop: threading.Event) -> None:
             return
 
 
+@pytest.mark.slow  # trains, or runs real processes for tens of seconds
 @pytest.mark.parametrize("backend", ["segments", "redis"])
 def test_nothing_acknowledged_is_lost_when_a_server_is_killed(backend, exported_agents, tmp_path, request):
     """`kill -9` of `reverie serve` while four clients send experience (two uploading fragments, two

@@ -27,7 +27,8 @@ import pytest
 
 from reverie.bundle import latest_bundle
 from reverie.experience import SegmentReader, decode
-from serving import ProcessServer, free_ports, publish_copy, wait_until
+from loopback import free_ports, wait_until
+from serving import ProcessServer, publish_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "clients" / "ts"
@@ -74,6 +75,7 @@ def metric(url: str, endpoint: str, status: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.MULTILINE))
 
 
+@pytest.mark.slow  # trains, or runs real processes for tens of seconds
 @pytest.mark.timeout(300)
 def test_the_typescript_client_holds_the_rest_contract_against_real_servers(built, exported_agents, tmp_path):
     cartpole = exported_agents["CartPole-v1"][1]

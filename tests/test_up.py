@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from serving import free_ports
+from loopback import free_ports
 
 
 @pytest.mark.timeout(60)

@@ -19,7 +19,7 @@ from torch import nn
 from .components import PolicyHead, ValueFunction, orthogonal_init, symexp, symlog
 from .config import Config, UpdateCounts
 from .envs import SpaceInfo
-from .imagination import Trajectory, imagine
+from .imagination import Imagination, imagine
 from .losses import actor_loss, critic_loss, discount_weights, lambda_return, replay_lambda_return, world_model_loss
 from .world_model import WorldModel
 
@@ -173,7 +173,7 @@ class Agent(nn.Module):
                real: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         """One batch: `counts` world-model, actor and critic steps, in that order. Diagram 3 computes
         every loss in one forward pass and steps the three optimizers at the end; here the world model
-        steps first and the actor and critic imagine with the updated one (a departure, in the README's
+        steps first and the actor and critic imagine with the updated one (a departure, in docs/learning.md's
         table). Each step still writes its own parameters only.
 
         `real` (replayed sequences, when `critic_real_length` > 1) gives the critic's real targets as
@@ -231,7 +231,7 @@ class Agent(nn.Module):
             layers=self.world_model_layers, metrics=metrics)
         return metrics
 
-    def imagined_returns(self, trajectory: Trajectory) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def imagined_returns(self, trajectory: Imagination) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(lambda-returns [B, H], discount weights [B, H], bootstrap values [B, H + 1]) of an imagined trajectory."""
         values = self.critic_values(trajectory.states)
         returns = lambda_return(trajectory.rewards, trajectory.continues, values, self.cfg.gamma, self.cfg.lambda_)
@@ -289,7 +289,7 @@ class Agent(nn.Module):
                                        self.cfg.gamma, self.cfg.lambda_)
         return states[mask], returns[mask]
 
-    def critic_step(self, trajectory: Trajectory, returns: torch.Tensor, weights: torch.Tensor,
+    def critic_step(self, trajectory: Imagination, returns: torch.Tensor, weights: torch.Tensor,
                     real: tuple[torch.Tensor | None, torch.Tensor] | None, real_mix: float) -> dict[str, torch.Tensor]:
         """MSE to detached imagined lambda-returns, blended with real targets (`real_targets`) by `real_mix`."""
         to_raw = symlog if self.cfg.symlog else (lambda x: x)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from reverie.runs import checkpoint_path, list_checkpoints
+from reverie.runs import checkpoint_path, latest_checkpoint, list_checkpoints
 
 
 def save_checkpoint(run_dir: Path, env_step: int, state: dict, keep: int = 2) -> Path:
@@ -27,3 +27,24 @@ def save_checkpoint(run_dir: Path, env_step: int, state: dict, keep: int = 2) ->
 
 def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_run_agent(run_dir: Path, env_step: int | None = None):
+    """(agent, checkpoint state) of a run directory at `env_step` (default: its newest checkpoint):
+    the run's own config and spaces, its trained weights. What `reverie export` and the analyses of a
+    finished run start from."""
+    from .agent import Agent
+    from .config import Config
+    from .envs import SpaceInfo, make_env, space_info
+
+    run_dir = Path(run_dir)
+    path = latest_checkpoint(run_dir) if env_step is None else checkpoint_path(run_dir, env_step)
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"no checkpoint{'' if env_step is None else f' at env step {env_step}'} in {run_dir / 'checkpoints'}")
+    cfg = Config.model_validate_json((run_dir / "config.json").read_text())
+    state = load_checkpoint(path)
+    # The checkpoint names its spaces; one written before it did needs the env to learn them.
+    space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_spec))
+    agent = Agent(cfg, space)
+    agent.load_state_dict(state["agent"])
+    return agent, state

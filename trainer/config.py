@@ -3,7 +3,7 @@
 Every knob the seed names (sizes, learning rates, schedule boundaries, the remedies of
 diagram 6) lives here, so a run is fully described by one `Config` saved beside it. Where our
 default differs from a value the seed states, the field says so (`seed_value`): the `seed`
-preset, `reverie config` and the README's table of deviations are all read from those notes.
+preset, `reverie config` and the table of departures in docs/learning.md are all read from those notes.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Config(BaseModel):
     dynamics_sample: bool = Field(False, description="imagination samples each next state from the dynamics' Normal "
                                   "(reparameterised, so the actor's gradient still flows), not its mean: rollouts carry model noise",
                                   json_schema_extra=seed_value(True, "the mean is what the ensemble votes for; sampling learned sooner on "
-                                                               "2 of 5 CartPole seeds and held worse on all (README)"))
+                                                               "2 of 5 CartPole seeds and held worse on all (docs/results.md)"))
     world_model_lr: float = Field(1e-3, gt=0, description="world-model optimizer learning rate", json_schema_extra=seed_value(
         1e-4, "the seed's failure-1 remedy raises 1e-4 to 1e-3 when the world model learns too slowly; small budgets start there"))
     symlog: bool = Field(True, description="reward and value heads predict in symlog space", json_schema_extra=seed_value(
@@ -269,8 +269,8 @@ FIXED_ON_RESUME = ("env_id", "spaces", "obs_indices", "pixels", "image_size", "a
                    "adaptive_entropy", "replay_capacity")
 
 
-# Departures from the seed that are no single default's value: (the seed, ours, why). The README's
-# table of departures lists these beside seed_deviations(); a test keeps both complete.
+# Departures from the seed that are no single default's value: (the seed, ours, why). The table of
+# departures in docs/learning.md lists these beside seed_deviations(); a test keeps both complete.
 STRUCTURAL_DEPARTURES: dict[str, tuple[str, str, str]] = {
     "dynamics target": ("the encoded next state", "the stop-gradient encoded next state",
                         "the encoder cannot make the dynamics loss trivially small by moving its own target (collapse)"),
@@ -315,7 +315,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "export_every": 100},
     # The seed's stated numbers, on our algorithm: diagram 5's phases and multi-update schedule, the
     # learning rates its remedies start from, its entropy weight, raw (not symlog, not normalised)
-    # returns and its example batch. What stays ours is in the README's table of departures.
+    # returns and its example batch. What stays ours is in the table of departures (docs/learning.md).
     "seed_values": {key: seed for key, (seed, _, _) in seed_deviations().items()},
 }
 

@@ -145,23 +145,10 @@ def export_bundle(agent: Agent, export_dir: Path, training_step: int, phase: str
 
 def export_run(run_dir: Path) -> Path:
     """`reverie export`: publish a bundle from the newest checkpoint of a run directory."""
-    from reverie.runs import latest_checkpoint
-
-    from .checkpoint import load_checkpoint
-    from .config import Config
-    from .envs import SpaceInfo, make_env, space_info
+    from .checkpoint import load_run_agent
     from .schedule import Schedule
 
-    run_dir = Path(run_dir)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
-    cfg = Config.model_validate_json((run_dir / "config.json").read_text())
-    state = load_checkpoint(checkpoint)
-    # The checkpoint names its spaces; one written before it did needs the env to learn them.
-    space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_spec))
-    agent = Agent(cfg, space)
-    agent.load_state_dict(state["agent"])
+    agent, state = load_run_agent(run_dir)
     step = state["position"]["env_step"]
-    return export_bundle(agent, run_dir / "export", step, Schedule(cfg).phase(step).value,
-                         state["position"]["last_eval"], cfg.export_keep)
+    return export_bundle(agent, Path(run_dir) / "export", step, Schedule(agent.cfg).phase(step).value,
+                         state["position"]["last_eval"], agent.cfg.export_keep)

@@ -11,18 +11,18 @@ from .world_model import WorldModel
 
 
 @dataclass
-class Trajectory:
+class Imagination:
     states: torch.Tensor  # [B, H + 1, state_dim]; states[:, 0] are the real start states
     actions: torch.Tensor  # [B, H, action_dim] (one-hot or [-1, 1] vector)
     rewards: torch.Tensor  # [B, H]: reward of transition t
     continues: torch.Tensor  # [B, H]: continue probability of the state reached by transition t
     entropies: torch.Tensor  # [B, H]
 
-    def detach(self) -> "Trajectory":
-        return Trajectory(*(getattr(self, f.name).detach() for f in fields(self)))
+    def detach(self) -> "Imagination":
+        return Imagination(*(getattr(self, f.name).detach() for f in fields(self)))
 
 
-def imagine(wm: WorldModel, policy: PolicyHead, start: torch.Tensor, horizon: int) -> Trajectory:
+def imagine(wm: WorldModel, policy: PolicyHead, start: torch.Tensor, horizon: int) -> Imagination:
     """Roll the policy through the learned dynamics; differentiable with respect to the actions.
 
     Only policy and dynamics are recurrent, so they alone run step by step; reward and continue
@@ -42,4 +42,4 @@ def imagine(wm: WorldModel, policy: PolicyHead, start: torch.Tensor, horizon: in
         states.append(state)
     states_t, actions_t = torch.stack(states, 1), torch.stack(actions, 1)
     rewards, continues = wm.outcome(states_t[:, :-1], actions_t, states_t[:, 1:])
-    return Trajectory(states_t, actions_t, rewards, continues, torch.stack(entropies, 1))
+    return Imagination(states_t, actions_t, rewards, continues, torch.stack(entropies, 1))

@@ -32,11 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: python clients/examples/robot/compare.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-
-from clients.examples.robot import pendulum  # noqa: E402
-from clients.grpc_client import GrpcClient  # noqa: E402
+import pendulum  # the example beside this one (this script's folder is on sys.path)
+from reverie.clients.grpc_client import GrpcClient
 
 ENV_ID = "InvertedPendulum-v5"
 

@@ -2,7 +2,7 @@
 control rate, taught and evaluated over one gRPC ActStream.
 
     reverie up --spaces clients/examples/robot/spaces.json             # the trainer has no env: it learns from this
-    python -m clients.examples.robot.pendulum --server 127.0.0.1:50051 --rate 25 --steps 20000 --evaluate-every 10
+    python clients/examples/robot/pendulum.py --server 127.0.0.1:50051 --rate 25 --steps 20000 --evaluate-every 10
 
 The model is the one gymnasium's InvertedPendulum-v5 wraps (`inverted_pendulum.xml` beside this file),
 loaded and stepped with the `mujoco` bindings directly; nothing here imports gymnasium. Its dynamics are
@@ -44,11 +44,8 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: python clients/examples/robot/pendulum.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-
-from clients.grpc_client import GrpcClient  # noqa: E402
-from clients.rest import ApiError  # noqa: E402
+from reverie.clients.grpc_client import GrpcClient
+from reverie.clients.rest import ApiError
 
 MODEL_XML = Path(__file__).with_name("inverted_pendulum.xml")
 SPACES_JSON = Path(__file__).with_name("spaces.json")

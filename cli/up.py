@@ -17,8 +17,8 @@ from pathlib import Path
 
 from reverie.runs import latest_checkpoint
 from reverie.signals import on_stop_signals
-from service.server import Service
-from service.settings import ServiceSettings
+from reverie.service.server import Service
+from reverie.service.settings import ServiceSettings
 
 log = logging.getLogger("reverie.up")
 STOP_TIMEOUT_S = 120

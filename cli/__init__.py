@@ -29,8 +29,8 @@ def _spaces(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.config import resolve_config
-    from trainer.loop import Trainer
+    from reverie.trainer.config import resolve_config
+    from reverie.trainer.loop import Trainer
 
     cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps,
                                   source=args.source, spaces=_spaces(args))
@@ -50,7 +50,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     """The resolved configuration: each key's value, where it came from, what it does, and the seed's value."""
     import json
 
-    from trainer.config import Config, resolve_config, seed_deviations
+    from reverie.trainer.config import Config, resolve_config, seed_deviations
 
     cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps,
                                   spaces=_spaces(args))
@@ -70,9 +70,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """The failure modes of a finished or running run: when they fired, the evidence, what to try."""
-    from trainer.config import Config
-    from trainer.diagnostics import findings, solved_return
-    from trainer.metrics import read_metrics
+    from reverie.trainer.config import Config
+    from reverie.trainer.diagnostics import findings, solved_return
+    from reverie.trainer.metrics import read_metrics
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.json").is_file():
@@ -94,22 +94,27 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from trainer.export import export_run
+    from reverie.trainer.export import export_run
 
     print(export_run(Path(args.run_dir)))
     return 0
 
 
 def _settings(args: argparse.Namespace, models: Path):
-    from service.settings import ServiceSettings
+    """The service's settings: the flags given, then the REVERIE_* variables, then the defaults (`reverie up`
+    follows BEST by default, `reverie serve` the newest export)."""
+    import os
 
-    return ServiceSettings(models=models, host=args.host, port=args.port, grpc_port=args.grpc_port,
-                           poll_interval=args.poll_interval, follow=args.follow, experience=getattr(args, "experience", None),
-                           cors_origins=args.cors_origins)
+    from reverie.service.settings import ENV_PREFIX, ServiceSettings
+
+    given = {name: value for name, value in vars(args).items() if name in ServiceSettings.model_fields and name != "models"}
+    if "follow" not in given and f"{ENV_PREFIX}FOLLOW" not in os.environ:
+        given["follow"] = args.default_follow
+    return ServiceSettings(models=models, **given)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.server import Service
+    from reverie.service.server import Service
 
     models = Path(args.models)
     if not models.exists():
@@ -147,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from reverie.envs import EnvSpec
     from reverie.evaluation import evaluate_policy
     from reverie.history import Recent
-    from service.runtime import Runtime
+    from reverie.service.runtime import Runtime
 
     bundle = latest_bundle(Path(args.bundle))
     if bundle is None:
@@ -180,23 +185,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_teach(args: argparse.Namespace) -> int:
     """The game loop teaching as a robot would: acting here with the newest bundle's graphs, uploading."""
-    from clients.game_loop import main as game_loop
-    from service.runtime import Runtime
+    from reverie.clients.game_loop import main as game_loop
+    from reverie.service.runtime import Runtime
 
     return game_loop(["--teach", "--local", args.export, *args.flags], load=Runtime.load)
 
 
 def _server_flags(parser: argparse.ArgumentParser, follow: str = "latest") -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="REST port")
-    parser.add_argument("--grpc-port", type=int, default=50051, help="gRPC port")
-    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between checks for a newer bundle")
-    parser.add_argument("--follow", choices=("latest", "best"), default=follow,
-                        help=f"serve the newest export, or BEST: a newer version only once its evaluation is within the "
-                             f"run's promotion_tolerance of the best so far (default: {follow})")
-    parser.add_argument("--cors-origin", action="append", default=[], dest="cors_origins", metavar="ORIGIN",
-                        help="let pages from ORIGIN (scheme://host[:port], or * for any) call the REST API; repeatable; "
-                             "default: none (no CORS headers)")
+    """A flag for every service setting but the models (the command's own) and the tokens (variables
+    only); a flag left out leaves the setting to its REVERIE_* variable or its default."""
+    from reverie.service.settings import ENV_PREFIX, SECRETS, ServiceSettings
+
+    parser.set_defaults(default_follow=follow)
+    special = {
+        "follow": dict(choices=("latest", "best"), help="serve the newest export, or BEST: a newer version only once its "
+                       "evaluation is within the run's promotion_tolerance of the best so far (default: %s)" % follow),
+        "cors_origins": dict(action="append", metavar="ORIGIN", flag="--cors-origin",
+                             help="let pages from ORIGIN (scheme://host[:port], or * for any) call the REST API; repeatable; "
+                                  "default: none (no CORS headers)"),
+    }
+    for name, field in ServiceSettings.model_fields.items():
+        if name in ("models", "experience", *SECRETS):
+            continue
+        options = dict(special.get(name, {}))
+        flag = options.pop("flag", "--" + name.replace("_", "-"))
+        if "action" not in options and "choices" not in options:
+            options["type"] = field.annotation if field.annotation in (int, float, str) else str
+        if "help" not in options:
+            options["help"] = f"{field.description or name} (default: {field.default})"
+        options["help"] += f"; env {ENV_PREFIX}{name.upper()}"
+        parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +294,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reverie {args.command}: {err}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

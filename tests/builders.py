@@ -1,0 +1,66 @@
+"""Builders the learning-core tests share: tiny configs, real-env transitions, a short frame run.
+
+Everything here runs on real gymnasium envs (CartPole-v1, Pendulum-v1) and the real trainer
+classes; nothing is mocked. Sizes are the "smoke" preset's so the suite stays cheap. Tests import
+these by name (`from builders import small_config`); the fixtures stay in conftest.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reverie.envs import EnvSpec
+from reverie.trainer.config import Config, build_config
+from reverie.trainer.envs import SpaceInfo, make_env, space_info
+from reverie.trainer.replay import Replay
+
+
+def small_config(**fields) -> Config:
+    """The smoke preset (tiny networks) on one thread, with `fields` on top."""
+    return build_config("smoke", threads=1, **fields)
+
+
+def random_action(space: SpaceInfo, rng: np.random.Generator) -> np.ndarray:
+    """A random action in the agent's encoding: class index, or a vector in [-1, 1]."""
+    if space.discrete:
+        return np.asarray(rng.integers(space.action_dim))
+    return rng.uniform(-1.0, 1.0, space.action_dim).astype(np.float32)
+
+
+def collect_replay(env_id: str, steps: int, seed: int = 0, obs_indices: list[int] | None = None) -> tuple[Replay, SpaceInfo]:
+    """`steps` real env transitions under random actions (observing `obs_indices` only, when given),
+    stored the way the trainer stores them."""
+    env = make_env(EnvSpec(env_id, obs_indices))
+    space = space_info(env)
+    rng = np.random.default_rng(seed)
+    replay = Replay(2 * steps, space.obs_shape, () if space.discrete else (space.action_dim,))  # room for every episode's last obs
+    obs, _ = env.reset(seed=seed)
+    episode = 0
+    for _ in range(steps):
+        action = random_action(space, rng)
+        next_obs, reward, terminated, truncated, _ = env.step(space.to_env_action(action))
+        replay.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = next_obs
+        if terminated or truncated:
+            episode += 1
+            obs, _ = env.reset(seed=seed * 1000 + episode)
+    env.close()
+    return replay, space
+
+
+def real_batch(env_id: str, batch_size: int = 16, steps: int = 200, seed: int = 0):
+    """A replay-style batch (float tensors obs, action, reward, next_obs, terminated) and the env's SpaceInfo."""
+    replay, space = collect_replay(env_id, steps, seed)
+    return replay.sample(batch_size, np.random.default_rng(seed)), space
+
+
+def pixel_run(run_dir, size: int):
+    """A trainer that saw frames of `size` for 40 CartPole steps (sequence mode, history_length 3), its
+    bundle published once at the end."""
+    from reverie.trainer.loop import Trainer
+
+    cfg = small_config(pixels=True, image_size=size, cnn_depth=8, sequence_length=4, total_steps=40, learning_starts=16,
+                       warmup_steps=20, transition_steps=10, eval_every=40, eval_episodes=1, log_every=20)
+    trainer = Trainer(cfg, run_dir)
+    trainer.run()
+    return trainer
