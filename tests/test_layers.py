@@ -81,12 +81,16 @@ def test_nothing_installs_at_the_top_level_but_reverie(tmp_path):
     import sys
     import zipfile
 
-    source = tmp_path / "source"  # the sources a wheel is built from (as the Dockerfile's source stage), built outside the tree
+    # The sources a wheel is built from, as a clean checkout holds them (no generated reverie/v1), built outside the tree
+    source = tmp_path / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "build_proto.py"):
         shutil.copy2(ROOT / name, source / name)
+    def generated(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if n in ("__pycache__", "node_modules", "dist") or Path(folder, n) == ROOT / "reverie" / "v1"]
+
     for name in ("proto", "reverie", "trainer", "service", "clients", "cli"):
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "node_modules", "dist"))
+        shutil.copytree(ROOT / name, source / name, ignore=generated)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
                    check=True, timeout=300)
     (wheel,) = tmp_path.glob("reverie-*.whl")
