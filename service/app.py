@@ -28,24 +28,20 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 import reverie
+from reverie.errors import InputError
 
 from . import inputs, openapi, preview
-from .batching import ActBatcher
-from .experience import ExperienceLog, NoExperience, check_fragment
+from .calls import ActCall, Calls, ImagineCall, ValueCall
+from .experience import NoExperience, check_fragment
 from .guard import Guard
 from .hot import HotPaths, HotRoute
-from .responses import error_response, json_response
-from reverie.errors import InputError
 from .live import PAGE, MetricRows, live
 from .metrics import ServiceMetrics
-from .requests import (WriteDenied, evaluation, failure_status, finish_step, imagination_args, json_observations, model_info,
-                       outcome, request_memory)
-from .runtime import Runtime
+from .requests import WriteDenied, failure_status, json_observations
+from .responses import error_response, json_response
 from .schemas import (OBSERVATION_FORMS, SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ExperienceResponse,
                       ExperienceUpload, ImagineRequest, ImagineResponse, ObservationRequest, ValueBatchResponse, ValueResponse)
-from .sessions import Sessions
-from .settings import ServiceSettings
-from .store import ModelStore, NotReady
+from .store import NotReady
 
 log = logging.getLogger("reverie.service")
 MAX_FORM_PARTS = 64  # files and fields of one multipart upload (a batch of frames, with its options)
@@ -175,14 +171,127 @@ def served(app: FastAPI) -> ASGIApp:
                           max_age=600)
 
 
-def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
+class Endpoints:
+    """The REST endpoints, each a translator: its body or query into a call of `calls`, the answer into JSON."""
+
+    def __init__(self, calls: Calls, metrics: ServiceMetrics):
+        self.calls, self.metrics, self.settings = calls, metrics, calls.settings
+        self.rows = MetricRows()
+
+    # -------------------------------------------------------------- agent
+    async def act(self, raw: Request):
+        """An action for one observation (`obs`) or for each of a batch (`observations`)."""
+        request = await parse(raw, ActRequest)
+        answer = await self.calls.act(ActCall(
+            functools.partial(json_observations, request.obs, request.observations), pair(request.history),
+            request.session, request.reset, request.reward, request.terminated, request.truncated, request.evaluate,
+            request.deterministic, request.seed, raw.headers.get("authorization") if request.reward is not None else None))
+        result = answer.result
+        params = {k: v for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
+        if answer.batched:
+            return json_response({"actions": result.actions, "values": result.values,
+                                  "model_version": answer.model_version, **params})
+        reply = {"action": result.actions[0], "value": float(result.values[0]), "model_version": answer.model_version,
+                 **{k: v[0] for k, v in params.items()}}
+        if answer.session_step is not None:
+            reply["session_step"] = answer.session_step
+        return json_response(reply)
+
+    async def value(self, raw: Request):
+        """The critic's value of one observation or of each of a batch."""
+        request = await parse(raw, ObservationRequest)
+        answer = self.calls.value(ValueCall(functools.partial(json_observations, request.obs, request.observations),
+                                            pair(request.history), request.session))
+        if answer.batched:
+            return json_response({"values": answer.values, "model_version": answer.model_version})
+        return json_response({"value": float(answer.values[0]), "model_version": answer.model_version})
+
+    async def _imagine(self, call: ImagineCall, fmt: str) -> Response:
+        answer = self.calls.imagine(call)
+        result, version = answer.imagination, answer.runtime.version
+        if fmt != "json":
+            picture = await anyio.to_thread.run_sync(preview.render, answer.runtime, result, fmt)
+            return Response(picture, media_type=f"image/{fmt}", headers={"X-Model-Version": str(version)})
+        trajectories = [{"states": result.states[i], "actions": result.actions[i], "rewards": result.rewards[i],
+                         "continues": result.continues[i], "values": result.values[i],
+                         "lambda_return": result.lambda_return[i], "disagreement": result.disagreement[i]}
+                        for i in range(len(result.states))]
+        return json_response({"model_version": version, "horizon": result.horizon, "trajectories": trajectories})
+
+    async def imagine_get(
+        self,
+        obs: str = Query(description="one vector observation, comma-separated"),
+        horizon: int = Query(None, ge=1),
+        samples: int = Query(1, ge=1),
+        deterministic: bool = False,
+        seed: int = Query(None, ge=0, le=SEED_MAX),
+        format: Literal["json", "png"] = "json",  # (gif: image models, whose observations only POST takes)
+        session: str = Query(None, pattern=r"^[A-Za-z0-9._-]{1,128}$", description="imagine after this session's steps"),
+    ):
+        """Imagined rollouts of the policy through the world model (`format=png`: the preview picture)."""
+        def observation(runtime):
+            if len(runtime.manifest.observation_space.shape) != 1:
+                raise InputError("obs", "GET takes vector observations; POST /imagine takes any observation")
+            return inputs.observation_batch(inputs.csv_observation(obs), runtime.manifest.observation_space, "obs",
+                                            batched=False)
+        return await self._imagine(ImagineCall(observation, horizon, samples, deterministic, seed, session=session), format)
+
+    async def imagine_post(self, raw: Request):
+        """Imagined rollouts of the policy, or of the client's `actions` plan, through the world model."""
+        request = await parse(raw, ImagineRequest)
+        observation = lambda runtime: inputs.observation_batch(  # noqa: E731
+            request.obs, runtime.manifest.observation_space, "obs", batched=False)
+        return await self._imagine(ImagineCall(observation, request.horizon, request.samples, request.deterministic,
+                                               request.seed, request.actions, pair(request.history),
+                                               frames=request.format == "gif"), request.format)
+
+    # -------------------------------------------------------------- experience
+    async def upload(self, raw: Request):
+        """Episode fragments acted by the client, for the trainer: durable in the experience log when
+        the answer comes; a retried fragment (same episode and index) is stored once."""
+        body = await parse(raw, ExperienceUpload)
+        stored = await self.calls.upload(lambda runtime: [check_fragment(f, runtime, self.settings, f"fragments[{i}]")
+                                                          for i, f in enumerate(body.fragments)])
+        return json_response({
+            "fragments": [{"episode": f.episode, "index": f.index, "seq": seq, "stored": new} for f, seq, new in stored],
+            "steps": sum(f.steps for f, _, new in stored if new)})
+
+    # -------------------------------------------------------------- status
+    async def model(self):
+        """The served bundle's manifest, when it was loaded, and the run's training progress."""
+        return json_response(self.calls.model())
+
+    async def healthz(self):
+        """Alive; and whether the data endpoints want a bearer token (the live page asks for one only then)."""
+        return {"status": "ok", "token_required": self.settings.api_token is not None}
+
+    async def readyz(self):
+        runtime = self.calls.store.current
+        if runtime is None:
+            return error_response(503, f"no bundle loaded yet from {self.settings.models}", None, {"Retry-After": "1"})
+        return json_response({"status": "ready", "model_version": runtime.version})
+
+    async def prometheus(self):
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def live_numbers(self):
+        """Everything the live page shows, for scripts too: training curves, phases and failure modes,
+        served / newest / best versions, reloads, requests, errors and latency per endpoint and transport."""
+        return json_response(await anyio.to_thread.run_sync(live, self.calls.store, self.metrics, self.settings, self.rows,
+                                                            len(self.calls.sessions)))
+
+    async def page(self):
+        """The live page: static, no data in it (the data comes from /live, with the token if one is set)."""
+        return Response(PAGE.read_bytes(), media_type="text/html; charset=utf-8")
+
+
+def create_app(calls: Calls, metrics: ServiceMetrics) -> FastAPI:
+    """The FastAPI app over the process's call layer: routes, their documentation, tokens and error handling."""
+    settings = calls.settings
     # FastAPI's own OpenTelemetry is off: the service's metrics are Prometheus' (/metrics), and the
     # hot paths never pass through FastAPI's stack, so its telemetry would see only the cold routes.
     app = FastAPI(title="Reverie", version=reverie.__version__, telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="A world-model agent: actions, values and imagined rollouts from the newest exported bundle.")
-    sessions = Sessions(int(settings.session_memory_mb * 2**20), settings.session_ttl_s)
-    metrics = ServiceMetrics(store, sessions)
-    batcher = ActBatcher(metrics.act_requests_per_call)
     bearer = HTTPBearer(auto_error=False, description="set when the server has REVERIE_API_TOKEN")
 
     def authorized(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -202,160 +311,33 @@ def create_app(store: ModelStore, settings: ServiceSettings) -> FastAPI:
             raise FieldError(401, "Authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         raise FieldError(403, "Authorization", "this token may act but not write experience: send the experience token")
 
-    experience = ExperienceLog(settings.experience) if settings.experience is not None else None
-
-    def hot_post(path: str, model: type[BaseModel], **doc):
+    def hot_post(path: str, endpoint, model: type[BaseModel], **doc) -> None:
         """A POST route on every client's per-step path (see hot.py): its body is parsed by `parse`,
         its token checked here, since the hot paths skip FastAPI's dependencies."""
-        def register(endpoint):
-            @functools.wraps(endpoint)
-            async def checked(request: Request):
-                authorized(request, None)
-                return await endpoint(request)
+        @functools.wraps(endpoint)
+        async def checked(request: Request):
+            authorized(request, None)
+            return await endpoint(request)
 
-            app.router.add_api_route(path, checked if settings.api_token else endpoint, methods=["POST"],
-                                     dependencies=guarded, openapi_extra=body_of(model), route_class_override=HotRoute, **doc)
-            return endpoint
-        return register
+        app.router.add_api_route(path, checked if settings.api_token else endpoint, methods=["POST"],
+                                 dependencies=guarded, openapi_extra=body_of(model), route_class_override=HotRoute, **doc)
 
     add_error_handlers(app)
-
-    # -------------------------------------------------------------- agent
-    @hot_post("/act", ActRequest, response_model=ActResponse | ActBatchResponse, responses=ACT_ERRORS)
-    async def act(raw: Request):
-        """An action for one observation (`obs`) or for each of a batch (`observations`)."""
-        request = await parse(raw, ActRequest)
-        runtime = store.require()
-        obs, batched = json_observations(request.obs, request.observations, runtime, settings.max_batch)
-        history, session = request_memory(runtime, sessions, batched, pair(request.history), request.session,
-                                          request.reset, acting=True)
-        transition = outcome(session, request.reward, request.terminated, request.truncated, obs, runtime, settings,
-                             lambda: settings.writer_accepts(raw.headers.get("authorization")), experience)
-        runtime = evaluation(session, request.evaluate, request.reset, runtime, store)
-        deterministic = request.deterministic or (session is not None and session.pinned is not None)
-        result = await batcher.act(runtime, obs, deterministic, request.seed, history)
-        params = {k: v for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
-        if batched:
-            return json_response({"actions": result.actions, "values": result.values,
-                                  "model_version": runtime.version, **params})
-        answer = {"action": result.actions[0], "value": float(result.values[0]), "model_version": runtime.version,
-                  **{k: v[0] for k, v in params.items()}}
-        if transition is not None:
-            await experience.store_async([transition])  # durable before the answer
-        if session is not None:
-            answer["session_step"] = finish_step(session, transition, lambda: sessions.record(
-                request.session, session, obs[0], result.agent_actions[0], runtime.version))
-        return json_response(answer)
-
-    @hot_post("/value", ObservationRequest, response_model=ValueResponse | ValueBatchResponse, responses=ERRORS)
-    async def value(raw: Request):
-        """The critic's value of one observation or of each of a batch."""
-        request = await parse(raw, ObservationRequest)
-        runtime = store.require()
-        obs, batched = json_observations(request.obs, request.observations, runtime, settings.max_batch)
-        history, _ = request_memory(runtime, sessions, batched, pair(request.history), request.session, False, acting=False)
-        values = runtime.value(obs, history)
-        if batched:
-            return json_response({"values": values, "model_version": runtime.version})
-        return json_response({"value": float(values[0]), "model_version": runtime.version})
-
-    async def imagine(runtime: Runtime, obs, horizon, samples, deterministic, seed, actions, fmt,
-                      history: tuple | None, session: str | None) -> Response:
-        horizon, samples, plan = imagination_args(runtime, settings, horizon, samples, actions)
-        if fmt == "gif" and len(runtime.manifest.observation_space.shape) != 3:
-            raise InputError("format", "gif animates an image model's imagined frames; this model's preview is png")
-        batch = inputs.observation_batch(obs, runtime.manifest.observation_space, "obs", batched=False)
-        remembered, _ = request_memory(runtime, sessions, False, history, session, False, acting=False)
-        result = runtime.imagine(batch, horizon, samples, deterministic, seed, plan, remembered)
-        if fmt != "json":
-            picture = await anyio.to_thread.run_sync(preview.render, runtime, result, fmt)
-            return Response(picture, media_type=f"image/{fmt}", headers={"X-Model-Version": str(runtime.version)})
-        trajectories = [{"states": result.states[i], "actions": result.actions[i], "rewards": result.rewards[i],
-                         "continues": result.continues[i], "values": result.values[i],
-                         "lambda_return": result.lambda_return[i], "disagreement": result.disagreement[i]}
-                        for i in range(samples)]
-        return json_response({"model_version": runtime.version, "horizon": horizon, "trajectories": trajectories})
-
-    @app.get("/imagine", response_model=ImagineResponse, dependencies=guarded, responses={**ERRORS, **PNG})
-    async def imagine_get(
-        obs: str = Query(description="one vector observation, comma-separated"),
-        horizon: int = Query(None, ge=1),
-        samples: int = Query(1, ge=1),
-        deterministic: bool = False,
-        seed: int = Query(None, ge=0, le=SEED_MAX),
-        format: Literal["json", "png"] = "json",  # (gif: image models, whose observations only POST takes)
-        session: str = Query(None, pattern=r"^[A-Za-z0-9._-]{1,128}$", description="imagine after this session's steps"),
-    ):
-        """Imagined rollouts of the policy through the world model (`format=png`: the preview picture)."""
-        runtime = store.require()
-        if len(runtime.manifest.observation_space.shape) != 1:
-            raise InputError("obs", "GET takes vector observations; POST /imagine takes any observation")
-        return await imagine(runtime, inputs.csv_observation(obs), horizon, samples, deterministic, seed, None, format,
-                             None, session)
-
-    @hot_post("/imagine", ImagineRequest, response_model=ImagineResponse, responses={**ERRORS, **PNG})
-    async def imagine_post(raw: Request):
-        """Imagined rollouts of the policy, or of the client's `actions` plan, through the world model."""
-        request = await parse(raw, ImagineRequest)
-        runtime = store.require()
-        return await imagine(runtime, request.obs, request.horizon, request.samples, request.deterministic,
-                             request.seed, request.actions, request.format, pair(request.history), None)
-
-    # -------------------------------------------------------------- experience
+    rest = Endpoints(calls, metrics)
+    hot_post("/act", rest.act, ActRequest, response_model=ActResponse | ActBatchResponse, responses=ACT_ERRORS)
+    hot_post("/value", rest.value, ObservationRequest, response_model=ValueResponse | ValueBatchResponse, responses=ERRORS)
+    app.get("/imagine", response_model=ImagineResponse, dependencies=guarded, responses={**ERRORS, **PNG})(rest.imagine_get)
+    hot_post("/imagine", rest.imagine_post, ImagineRequest, response_model=ImagineResponse, responses={**ERRORS, **PNG})
     writer = [Depends(may_write)] if settings.api_token or settings.experience_token else []
+    app.post("/experience", response_model=ExperienceResponse, dependencies=writer, responses=WRITE_ERRORS,
+             openapi_extra=body_of(ExperienceUpload))(rest.upload)
+    app.get("/model", dependencies=guarded, responses=ERRORS)(rest.model)
+    app.get("/healthz")(rest.healthz)
+    app.get("/readyz", responses={503: {"model": Error}})(rest.readyz)
+    app.get("/metrics", dependencies=guarded, responses={**ERRORS, **METRICS})(rest.prometheus)
+    app.get("/live", dependencies=guarded, responses=ERRORS)(rest.live_numbers)
+    app.get("/", include_in_schema=False)(rest.page)
 
-    @app.post("/experience", response_model=ExperienceResponse, dependencies=writer, responses=WRITE_ERRORS,
-              openapi_extra=body_of(ExperienceUpload))
-    async def upload(raw: Request):
-        """Episode fragments acted by the client, for the trainer: durable in the experience log when
-        the answer comes; a retried fragment (same episode and index) is stored once."""
-        body = await parse(raw, ExperienceUpload)
-        if experience is None:
-            raise NoExperience()
-        runtime = store.require()
-        fragments = [check_fragment(f, runtime, settings, f"fragments[{i}]") for i, f in enumerate(body.fragments)]
-        results = await experience.store_async(fragments)
-        return json_response({
-            "fragments": [{"episode": f.episode, "index": f.index, "seq": seq, "stored": stored}
-                          for f, (seq, stored) in zip(fragments, results)],
-            "steps": sum(f.steps for f, (_, stored) in zip(fragments, results) if stored)})
-
-    # -------------------------------------------------------------- status
-    @app.get("/model", dependencies=guarded, responses=ERRORS)
-    async def model():
-        """The served bundle's manifest, when it was loaded, and the run's training progress."""
-        return json_response(model_info(store, settings))
-
-    @app.get("/healthz")
-    async def healthz():
-        """Alive; and whether the data endpoints want a bearer token (the live page asks for one only then)."""
-        return {"status": "ok", "token_required": settings.api_token is not None}
-
-    @app.get("/readyz", responses={503: {"model": Error}})
-    async def readyz():
-        runtime = store.current
-        if runtime is None:
-            return error_response(503, f"no bundle loaded yet from {settings.models}", None, {"Retry-After": "1"})
-        return json_response({"status": "ready", "model_version": runtime.version})
-
-    @app.get("/metrics", dependencies=guarded, responses={**ERRORS, **METRICS})
-    async def prometheus():
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    rows = MetricRows()
-
-    @app.get("/live", dependencies=guarded, responses=ERRORS)
-    async def live_numbers():
-        """Everything the live page shows, for scripts too: training curves, phases and failure modes,
-        served / newest / best versions, reloads, requests, errors and latency per endpoint and transport."""
-        return json_response(await anyio.to_thread.run_sync(live, store, metrics, settings, rows, len(sessions)))
-
-    @app.get("/", include_in_schema=False)
-    async def page():
-        """The live page: static, no data in it (the data comes from /live, with the token if one is set)."""
-        return Response(PAGE.read_bytes(), media_type="text/html; charset=utf-8")
-
-    openapi.install(app, store, settings, BODIES)
-    app.state.store, app.state.metrics, app.state.settings, app.state.sessions = store, metrics, settings, sessions
-    app.state.experience = experience
+    openapi.install(app, calls.store, settings, BODIES)
+    app.state.settings, app.state.metrics = settings, metrics
     return app

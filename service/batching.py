@@ -9,11 +9,16 @@ runtimes (a reload between them) never share a call. Only the float rounding may
 graph's kernels block their work by batch size, so a value can move in its last bit (1e-7
 relative). A request with a `seed` asks for an answer it can reproduce exactly, so it gets a call
 of its own.
+
+gRPC's requests come on worker threads (`act_blocking`) and coalesce the same way: a request that
+finds no call running makes one at once; those that arrive while it runs share the next, made by
+the first of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 from prometheus_client import Histogram
@@ -25,6 +30,9 @@ class ActBatcher:
     def __init__(self, requests_per_call: Histogram):
         self.pending: list[tuple[Runtime, tuple, asyncio.Future]] = []
         self.requests_per_call = requests_per_call
+        self._lock = threading.Lock()
+        self._waiting: list[_Waiting] = []  # worker threads' requests, while a call runs
+        self._calling = False
 
     async def act(self, runtime: Runtime, obs: np.ndarray, deterministic: bool, seed: int | None,
                   history: HistoryInputs | None = None) -> ActResult:
@@ -37,17 +45,68 @@ class ActBatcher:
 
     def _flush(self) -> None:
         pending, self.pending = self.pending, []
-        groups: dict[tuple, list] = {}
-        for i, entry in enumerate(pending):
-            seeded = entry[1][2] is not None
-            groups.setdefault((entry[0], i if seeded else None), []).append(entry)
+        for group, results in self._calls([(runtime, request) for runtime, request, _ in pending]):
+            settle([(pending[i][2], result) for i, result in zip(group, results)])
+
+    def act_blocking(self, runtime: Runtime, obs: np.ndarray, deterministic: bool, seed: int | None,
+                     history: HistoryInputs | None = None) -> ActResult:
+        """`act` for a worker thread: returns when its answer is there."""
+        mine = _Waiting(runtime, (obs, deterministic, seed, history))
+        with self._lock:
+            if self._calling:
+                mine.done = threading.Event()
+                self._waiting.append(mine)
+            else:
+                self._calling = True
+        if mine.done is not None:
+            mine.done.wait()
+            if not mine.lead:
+                return mine.outcome()
+        with self._lock:  # this thread makes the call for itself and everyone waiting, then hands the next call on
+            waiting, self._waiting = self._waiting, []
+        if mine.done is None:
+            waiting.insert(0, mine)
+        for group, results in self._calls([(w.runtime, w.request) for w in waiting]):
+            for i, result in zip(group, results):
+                waiting[i].answer = result
+        for w in waiting:
+            if w is not mine:
+                w.done.set()
+        with self._lock:
+            if self._waiting:
+                self._waiting[0].lead = True
+                self._waiting[0].done.set()
+            else:
+                self._calling = False
+        return mine.outcome()
+
+    def _calls(self, requests: list[tuple[Runtime, tuple]]):
+        """(indices, results) per graph call: requests of one runtime share one, a seeded request has its own."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (runtime, request) in enumerate(requests):
+            groups.setdefault((runtime, i if request[2] is not None else None), []).append(i)
         for group in groups.values():
             self.requests_per_call.observe(len(group))
             try:
-                results = group[0][0].act_many([request for _, request, _ in group])
+                results = requests[group[0]][0].act_many([requests[i][1] for i in group])
             except Exception as err:  # a bug, not a client's mistake: every request of the call reports it
                 results = [err] * len(group)
-            settle([(future, result) for (_, _, future), result in zip(group, results)])
+            yield group, results
+
+
+class _Waiting:
+    """A worker thread's request: its answer (a result or the error it gets) once a call made it."""
+
+    def __init__(self, runtime: Runtime, request: tuple):
+        self.runtime, self.request = runtime, request
+        self.answer: ActResult | Exception | None = None
+        self.lead = False  # woken to make the next call rather than with its answer
+        self.done: threading.Event | None = None  # set when it waits: a request that finds no call running makes one
+
+    def outcome(self) -> ActResult:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
 
 
 def settle(answers) -> None:

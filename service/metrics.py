@@ -46,7 +46,7 @@ class ServiceMetrics:
                                 ["transport", "endpoint", "status"], registry=self.registry)
         self.latency = Histogram("reverie_request_seconds", "Request latency by endpoint",
                                  ["transport", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.act_requests_per_call = Histogram("reverie_act_requests_per_call", "REST /act requests answered by one act-graph call",
+        self.act_requests_per_call = Histogram("reverie_act_requests_per_call", "/act requests (REST or gRPC) answered by one act-graph call",
                                                buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.registry.register(_StoreCollector(store, sessions))
 

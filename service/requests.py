@@ -1,22 +1,18 @@
-"""What a request means, whichever front end it came by: REST (app.py) and gRPC (grpc_server.py) both
-call these, so the checks, their order and their messages exist once.
+"""A request's wire forms read for the call layer (observations from JSON or from a Tensor, a client's
+history), and how each failure of a call reaches its client on either front end.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from reverie.experience import Fragment
-from reverie.runs import read_status, run_dir_of
+from reverie.errors import InputError
 from reverie.wire import from_tensor
 
 from . import inputs
-from .experience import ExperienceLog, NoExperience, check_rewards
-from reverie.errors import InputError
+from .experience import NoExperience
 from .runtime import HistoryInputs, Runtime
-from .sessions import Session, Sessions
-from .settings import ServiceSettings
-from .store import ModelStore, NotReady
+from .store import NotReady
 
 
 class NothingToComplete(InputError):
@@ -89,104 +85,3 @@ def history_of(runtime: Runtime, observations, actions, field: str = "history") 
     else:
         obs = inputs.observation_batch(list(observations), space, name, batched=True)
     return runtime.history(obs, inputs.plan(list(actions), runtime.manifest.action_space, f"{field}.actions"))
-
-
-def request_memory(runtime: Runtime, sessions: Sessions, batched: bool, history: tuple | None, session_id: str | None,
-                   reset: bool, acting: bool) -> tuple[HistoryInputs | None, Session | None]:
-    """What the agent remembers for a request: the client's `history` (observations, actions), or its
-    `session`'s steps (opened, or with `reset` restarted, when `acting`; only read otherwise), or nothing."""
-    if reset and not session_id:
-        raise InputError("reset", "starts a new episode in a `session`: give one")
-    if history is not None and session_id:
-        raise InputError("history", "give a `history` or a `session`, not both")
-    if batched and (history is not None or session_id):
-        raise InputError("observations", "a history or a session goes with one observation (`obs`), not a batch")
-    if session_id:
-        session = sessions.open(session_id, runtime, reset) if acting else sessions.peek(session_id)
-        return sessions.history(session, runtime), session
-    return (history_of(runtime, *history) if history is not None else None), None
-
-
-def evaluation(session: Session | None, evaluate: bool, reset: bool, runtime: Runtime, store: ModelStore) -> Runtime:
-    """The model that answers a request: an evaluation episode's own (pinned by `evaluate` with `reset`
-    at its start, released at its end: the newest version, `store.evaluated()`), so its return is one
-    version's; else `runtime`, the served one."""
-    if evaluate:
-        if session is None:
-            raise InputError("evaluate", "an evaluation plays one episode in a `session` (or on an ActStream): give one")
-        if not reset:
-            raise InputError("evaluate", "starts an evaluation episode: send it with `reset: true`")
-        session.pinned = store.evaluated()
-    return session.pinned if session is not None and session.pinned is not None else runtime
-
-
-def outcome(session: Session | None, reward: float | None, terminated: bool, truncated: bool, obs: np.ndarray,
-            runtime: Runtime, settings: ServiceSettings, may_write, experience: ExperienceLog | None) -> Fragment | None:
-    """The transition a request's reported outcome completes: the session's last step (observation,
-    action, the version that chose it), the `reward` and end flags that followed, and `obs`, what
-    followed. None when the request reports nothing. Checked before the request acts, so a refused
-    report changes nothing. `may_write()` (the token check) is asked only of a report."""
-    if reward is None:
-        if terminated or truncated:
-            raise InputError("terminated" if terminated else "truncated", "an episode's end comes with its last reward: send `reward`")
-        return None
-    if session is None:
-        raise InputError("reward", "an outcome is reported in a `session` (or on an ActStream): give one")
-    if experience is None:
-        raise NoExperience()
-    if not may_write():
-        raise WriteDenied()
-    check_rewards(np.asarray([reward]), settings, lambda _: "reward")
-    with session.lock:
-        last, episode, step = session.last, session.episode, session.step
-    if last is None:
-        raise NothingToComplete()
-    previous, action, version = last
-    space = runtime.manifest.observation_space
-    return Fragment(episode=episode, index=step - 1, observations=np.stack([previous, obs[0].astype(space.dtype)]),
-                    actions=action[None].astype(np.int64 if runtime.discrete else np.float32),
-                    rewards=np.asarray([reward], np.float32), model_versions=np.asarray([version], np.int64),
-                    terminated=terminated, truncated=truncated, source=session.source,
-                    evaluation=session.pinned is not None)
-
-
-def finish_step(session: Session, transition: Fragment | None, record) -> int:
-    """After an answer: the session's step index. An episode's end (the transition says so) starts the
-    session's next episode and records nothing; any other step is recorded (`record()`)."""
-    if transition is not None and (transition.terminated or transition.truncated):
-        step = session.step  # the episode's last observation
-        session.reset()
-        return step
-    return record()
-
-
-def imagination_args(runtime: Runtime, settings: ServiceSettings, horizon: int | None, samples: int,
-                     actions) -> tuple[int, int, np.ndarray | None]:
-    """(horizon, samples, plan): the horizon defaults to the bundle's, or is the plan's length, and must
-    agree with a plan when both are given; both stay within the bundle's max_horizon."""
-    manifest = runtime.manifest
-    inputs.check_range("samples", samples, 1, settings.max_samples)
-    plan = None
-    if actions is not None:
-        plan = inputs.plan(actions, manifest.action_space)
-        if horizon is not None and horizon != len(plan):
-            raise InputError("horizon", f"disagrees with the plan: `actions` holds {len(plan)} steps")
-        horizon = inputs.check_range("actions", len(plan), 1, manifest.max_horizon)
-    horizon = inputs.check_range("horizon", horizon if horizon is not None else manifest.default_horizon,
-                                 1, manifest.max_horizon)
-    return horizon, samples, plan
-
-
-def model_info(store: ModelStore, settings: ServiceSettings) -> dict:
-    """GET /model and GetModel: the served bundle's manifest, its loading history, the run's progress."""
-    runtime = store.require()
-    return {
-        "model_version": runtime.version,
-        "bundle": str(runtime.bundle),
-        "follow": settings.follow,
-        "loaded_at": store.loaded_at,
-        "reloads": store.reloads,
-        "refused": [{"bundle": str(b), "reason": reason} for b, (_, reason) in store.refused.items()],
-        "manifest": runtime.manifest.model_dump(),
-        "training": read_status(run_dir_of(settings.models)),  # looked up each time: `up` starts before the run
-    }

@@ -7,7 +7,12 @@ import logging
 import uvicorn
 
 from .app import create_app, served
+from .batching import ActBatcher
+from .calls import Calls
+from .experience import ExperienceLog
 from .grpc_server import build_grpc_server
+from .metrics import ServiceMetrics
+from .sessions import Sessions
 from .settings import ServiceSettings
 from .store import ModelStore
 
@@ -15,17 +20,20 @@ log = logging.getLogger("reverie.service")
 
 
 class Service:
-    """The store, the REST server and the gRPC server of one process, started and stopped together."""
+    """One process's objects, built once (store, sessions, metrics, batcher, experience log, and the call
+    layer over them), and its two front ends over that call layer, started and stopped together."""
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
         self.store = ModelStore(settings.models, settings.poll_interval, settings.follow)
-        app = create_app(self.store, settings)
-        self.experience = app.state.experience
-        config = uvicorn.Config(served(app), host=settings.host, port=settings.port, access_log=False, log_level="warning",
-                                lifespan="off", timeout_graceful_shutdown=5)
+        sessions = Sessions(int(settings.session_memory_mb * 2**20), settings.session_ttl_s)
+        metrics = ServiceMetrics(self.store, sessions)
+        self.experience = ExperienceLog(settings.experience) if settings.experience is not None else None
+        self.calls = Calls(self.store, settings, sessions, ActBatcher(metrics.act_requests_per_call), self.experience)
+        config = uvicorn.Config(served(create_app(self.calls, metrics)), host=settings.host, port=settings.port,
+                                access_log=False, log_level="warning", lifespan="off", timeout_graceful_shutdown=5)
         self.http = uvicorn.Server(config)
-        self.grpc = build_grpc_server(self.store, settings, app.state.metrics, app.state.sessions, self.experience)
+        self.grpc = build_grpc_server(self.calls, metrics)
 
     def run(self) -> None:
         """Serve until SIGINT / SIGTERM (or `stop()`); the newest bundle is followed all along."""

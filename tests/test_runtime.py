@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 
 import gymnasium as gym
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 from prometheus_client import CollectorRegistry, Histogram
 
+from loopback import wait_until
 from reverie.bundle import BundleError, latest_bundle, load_manifest, sha256_of
 from reverie.service.batching import ActBatcher
 from reverie.errors import InputError
@@ -123,6 +125,59 @@ def test_concurrent_acts_share_one_graph_call_and_each_gets_its_own_answer(expor
         for name in ("values", "probs", "mean", "std"):
             if getattr(alone, name) is not None:
                 np.testing.assert_allclose(getattr(answer, name), getattr(alone, name), rtol=0 if exact else 1e-6)
+
+
+def test_worker_threads_coalesce_like_the_event_loop_and_each_gets_its_own_answer(exported_agents):
+    """gRPC's worker threads (`act_blocking`): a request that finds no call running makes one at once;
+    the requests that arrive meanwhile share the next call, grouped as on the event loop (one call per
+    runtime, a seeded request alone), each with its own answer and a failure staying with its request."""
+    runtimes = {env: Runtime.load(latest_bundle(export_dir)) for env, (_, export_dir) in exported_agents.items()}
+    cartpole, pendulum = runtimes["CartPole-v1"], runtimes["Pendulum-v1"]
+    obs = {env: observations(exported_agents[env][0], 6) for env in runtimes}
+    requests = [(cartpole, obs["CartPole-v1"][0:1], True, None), (cartpole, obs["CartPole-v1"][1:3], False, None),
+                (pendulum, obs["Pendulum-v1"][0:1], False, 7), (cartpole, np.full((1, 4), np.nan, np.float32), False, None),
+                (pendulum, obs["Pendulum-v1"][1:4], True, None), (pendulum, obs["Pendulum-v1"][4:5], False, None)]
+    registry = CollectorRegistry()
+    batcher = ActBatcher(Histogram("calls", "requests per call", buckets=(1, 2, 3, 4), registry=registry))
+    running, release, act_many = threading.Event(), threading.Event(), cartpole.act_many
+
+    def held_first_call(batch):  # the first call stays running until the others are all waiting
+        if not running.is_set():
+            running.set()
+            release.wait(30)
+        return act_many(batch)
+
+    cartpole.act_many = held_first_call
+    answers: dict[int, object] = {}
+
+    def ask(i: int, request) -> None:
+        try:
+            answers[i] = batcher.act_blocking(*request)
+        except InputError as err:
+            answers[i] = err
+
+    first = threading.Thread(target=ask, args=(-1, (cartpole, obs["CartPole-v1"][5:6], True, None)))
+    first.start()
+    assert running.wait(30)
+    threads = [threading.Thread(target=ask, args=(i, request)) for i, request in enumerate(requests)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(batcher._waiting) == len(requests), 30, "every request waiting")
+    release.set()
+    for thread in [first, *threads]:
+        thread.join(30)
+    cartpole.act_many = act_many
+    # The first call alone; then CartPole's three requests share one, Pendulum's two unseeded theirs, the seeded one alone.
+    assert registry.get_sample_value("calls_count") == 4 and registry.get_sample_value("calls_sum") == 7
+    assert [registry.get_sample_value("calls_bucket", {"le": le}) for le in ("1.0", "2.0", "3.0")] == [2, 3, 4]
+    for i, (runtime, batch, deterministic, seed) in enumerate(requests):
+        if np.isnan(batch).any():
+            assert isinstance(answers[i], InputError) and answers[i].field == "obs"
+            continue
+        alone = runtime.act(batch, deterministic, seed)
+        if seed is not None or deterministic:
+            np.testing.assert_allclose(answers[i].actions, alone.actions, rtol=0 if seed is not None else 1e-6)
+        np.testing.assert_allclose(answers[i].values, alone.values, rtol=0 if seed is not None else 1e-6)
 
 
 def test_imagine_matches_torch_rollout_and_lambda_returns(pair):
