@@ -94,7 +94,8 @@ def time_parts(agent, sample_batch, repeats: int = 10) -> dict[str, float]:
         t2 = time.perf_counter()
         _, imagined = agent.actor_step(states)
         t3 = time.perf_counter()
-        agent.critic_step(*imagined, batch, next_states, 0.0)
+        real = (None,) if hasattr(agent, "real_targets") else (batch, next_states)  # (a revision before critic_real_length)
+        agent.critic_step(*imagined, *real, 0.0)
         t4 = time.perf_counter()
         for key, value in zip(parts, (t1 - t0, t2 - t1, (t3 - t2) - (t2 - t1), t4 - t3)):
             parts[key].append(value)
