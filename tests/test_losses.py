@@ -153,6 +153,15 @@ def test_world_model_loss_trains_the_continue_head_on_the_extra_endings():
     assert a["continue_loss"] != b["continue_loss"]
     for key in ("dynamics_loss", "reward_loss", "decoder_loss"):
         assert a[key] == b[key], key
+    # Unadjusted (continue_endings_adjusted=false): the plain BCE over the batch and its extra endings together.
+    with torch.no_grad():
+        logits = torch.cat([wm.continue_(wm.encode(with_endings["next_obs"])).logits,
+                            wm.continue_(wm.encode(with_endings["ending_next_obs"])).logits])
+        targets = torch.cat([1.0 - with_endings["terminated"], torch.zeros(8)])
+        plain_bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    c = world_model_loss(wm, with_endings, weights, True, adjust_endings=False).metrics
+    torch.testing.assert_close(c["continue_loss"], plain_bce)
+    assert abs(float(c["continue_loss"] - b["continue_loss"])) > 1e-4  # the adjustment moved the loss
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])

@@ -223,7 +223,7 @@ class Agent(nn.Module):
             self.world_model, batch,
             {"dynamics": self.cfg.dynamics_weight, "reward": self.cfg.reward_weight,
              "continue": self.cfg.continue_weight, "decoder": self.cfg.decoder_weight},
-            self.cfg.symlog,
+            self.cfg.symlog, self.cfg.continue_endings_adjusted,
         )
         metrics = dict(losses.metrics)
         metrics["world_model_grad_norm"] = own_gradient_step(

@@ -171,6 +171,9 @@ class Config(BaseModel):
                                  "episode's last one (each frame once); refused at start when it would not fit in memory")
     continue_endings: float = Field(0.0, ge=0, lt=1, description="the least share of episode endings the continue head sees per batch: "
                                     "when the replay holds fewer, extra ones are drawn for it alone, logit-adjusted (its rare class); 0: off")
+    continue_endings_adjusted: bool = Field(True, description="the extra endings' logits adjusted back to the replay's odds; "
+                                            "false: the head learns the enriched odds, reading states near an ending as "
+                                            "likelier endings (a pessimistic head: imagination keeps further from them)")
     log_every: int = Field(250, ge=1, description="env steps between metric rows")
     eval_every: int = Field(500, ge=1, description="env steps between evaluations")
     eval_episodes: int = Field(10, ge=1, description="deterministic episodes per evaluation")

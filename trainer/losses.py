@@ -70,8 +70,12 @@ class WorldModelLosses:
     next_states: torch.Tensor
 
 
-def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: dict[str, float], symlog_rewards: bool) -> WorldModelLosses:
+def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: dict[str, float], symlog_rewards: bool,
+                     adjust_endings: bool = True) -> WorldModelLosses:
     """dynamics (MSE to the stop-gradient encoded next state) + reward (NLL) + continue (BCE) + decoder (MSE).
+
+    Extra endings (`ending_next_obs`) are logit-adjusted back to the replay's odds with `adjust_endings`;
+    without it the head learns the enriched batch's odds, reading near-ending states as more likely endings.
 
     A flat batch holds [B, ...] transitions; a sequence batch (`Replay.sample_sequences`) [B, T, ...]
     ones and a `mask`: its steps pass the sequence context to the components, and every loss
@@ -95,9 +99,9 @@ def world_model_loss(wm: WorldModel, batch: dict[str, torch.Tensor], weights: di
     if "ending_next_obs" in batch:  # extra endings for the continue head alone (Replay.sample's `endings`)
         ending_logits = wm.continue_(wm.first_belief(batch["ending_next_obs"])).logits
         p, k, n = batch["ending_share"], len(ending_logits), len(continue_logits)
+        share = (k + n * p) / (k + n)  # the endings' share of this batch; unadjusted, the head learns it, not the replay's
         cont = continue_loss(torch.cat([continue_logits, ending_logits]),
-                             torch.cat([batch["terminated"], torch.ones_like(ending_logits)]),
-                             (k + n * p) / (k + n), p)
+                             torch.cat([batch["terminated"], torch.ones_like(ending_logits)]), share, p if adjust_endings else share)
     else:
         cont = continue_loss(continue_logits, batch["terminated"], mask=mask)
 
