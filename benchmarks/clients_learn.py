@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
 from reverie.clients.rest import RestClient  # noqa: E402
+from reverie.runs import read_metrics  # noqa: E402
 from loopback import RedisServer  # noqa: E402 (support/, on sys.path above)
 
 CLIENTS = {  # kind -> the teacher's command after `python -m` (EXPORT is the run's export folder)
@@ -38,12 +39,6 @@ CLIENTS = {  # kind -> the teacher's command after `python -m` (EXPORT is the ru
     "local-rest": ["reverie.cli", "teach", "EXPORT", "--transport", "rest"],
     "local-grpc": ["reverie.cli", "teach", "EXPORT", "--transport", "grpc"],
 }
-
-
-def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def episodes_of(path: Path) -> list[dict]:
@@ -114,7 +109,7 @@ def main() -> int:
     try:
         while time.time() - started < args.timeout:
             time.sleep(1.0)
-            rows = read_rows(run_dir / "metrics.jsonl")
+            rows = read_metrics(run_dir)
             played = sum(e[-1]["client_steps"] for e in (episodes_of(log) for _, log, _ in teachers) if e)
             for index, row in enumerate(rows[seen:], seen):
                 if "eval_return" in row:
@@ -146,7 +141,7 @@ def main() -> int:
         if redis is not None:
             redis.__exit__()
 
-    rows = read_rows(run_dir / "metrics.jsonl")
+    rows = read_metrics(run_dir)
     print(f"\nCartPole-v1, reverie up --source clients, {len(args.clients)} clients ({', '.join(args.clients)}) "
           f"at {args.rate:g} steps/s each" + (", the log on Redis, 2 replicas" if args.redis else "") +
           f"; run dir {run_dir}\n")

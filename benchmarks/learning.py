@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from reverie.trainer.config import build_config
 from reverie.trainer.loop import Trainer
-from reverie.trainer.metrics import read_metrics
+from reverie.runs import read_metrics
 from update_speed import time_parts  # benchmarks/, the folder of this script, is on sys.path
 
 THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -200.0), "pong": ("ALE/Pong-v5", 0.0)}

@@ -12,15 +12,15 @@ served one; then over all runs, the worst such drop against the newest version's
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from reverie.bundle import promotes
+from reverie.runs import read_metrics
 
 
 def exports(run_dir: Path, every: int) -> list[tuple[int, float]]:
     """(env step, eval return) of each export that carried an evaluation."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    rows = read_metrics(run_dir)
     return [(r["env_step"], r["eval_return"]) for r in rows if "eval_return" in r and r["env_step"] % every == 0]
 
 

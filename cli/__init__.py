@@ -72,12 +72,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     """The failure modes of a finished or running run: when they fired, the evidence, what to try."""
     from reverie.trainer.config import Config
     from reverie.trainer.diagnostics import findings, solved_return
-    from reverie.trainer.metrics import read_metrics
+    from reverie.runs import read_config, read_metrics
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} holds no run (no config.json)")
-    cfg = Config.model_validate_json((run_dir / "config.json").read_text())
+    cfg = Config.model_validate(read_config(run_dir))
     rows = read_metrics(run_dir)
     found = findings(rows, cfg.diagnostics_window, solved_return(cfg))
     span = f"{len(rows)} logged rows, env steps {rows[0]['env_step']:,}-{rows[-1]['env_step']:,}" if rows else "no logged rows"

@@ -8,14 +8,12 @@ the last call stopped; the Prometheus registry), so a page left open costs `/act
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 import time
 from pathlib import Path
 
 from reverie.bundle import evaluations, latest_bundle, versions
-from reverie.runs import read_status, run_dir_of
+from reverie.runs import METRICS_FILE, MetricRows, read_config, read_status, run_dir_of
 
 from .metrics import ServiceMetrics
 from .settings import ServiceSettings
@@ -32,33 +30,6 @@ CURVES = (  # the metric-row keys the page draws; a row without one has no point
 )
 
 
-class MetricRows:
-    """A run's metrics.jsonl, read incrementally: each call parses only the lines added since the last."""
-
-    def __init__(self):
-        self.path: Path | None = None
-        self.rows: list[dict] = []
-        self._offset = 0
-        self._lock = threading.Lock()
-
-    def read(self, path: Path) -> list[dict]:
-        with self._lock:
-            if path != self.path:
-                self.path, self.rows, self._offset = path, [], 0
-            try:
-                with open(path, "rb") as f:
-                    if f.seek(0, 2) < self._offset:  # a new run in the same place
-                        self.rows, self._offset = [], 0
-                    f.seek(self._offset)
-                    data = f.read()
-            except FileNotFoundError:
-                return self.rows
-            complete = data[:data.rfind(b"\n") + 1]  # a line being written is read next time
-            self._offset += len(complete)
-            self.rows += [json.loads(line) for line in complete.splitlines() if line.strip()]
-            return self.rows
-
-
 def thin(rows: list[dict], limit: int = MAX_POINTS) -> list[dict]:
     """At most `limit` rows, evenly spaced over the run, the first and the newest kept."""
     if len(rows) <= limit:
@@ -69,11 +40,11 @@ def thin(rows: list[dict], limit: int = MAX_POINTS) -> list[dict]:
 
 def training(run_dir: Path | None, rows_reader: MetricRows) -> dict | None:
     """Curves (env_step plus each drawn key), phase boundaries, rates, and every failure mode's firings."""
-    if run_dir is None or not (run_dir / "metrics.jsonl").exists():
+    if run_dir is None or not (run_dir / METRICS_FILE).exists():
         return None
-    rows = rows_reader.read(run_dir / "metrics.jsonl")
+    rows = rows_reader.read(run_dir)
     try:
-        config = json.loads((run_dir / "config.json").read_text())
+        config = read_config(run_dir)
     except (OSError, ValueError):
         config = {}
     shown = thin(rows)

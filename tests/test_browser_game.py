@@ -38,7 +38,7 @@ import pytest
 from loopback import free_ports, wait_until
 
 from serving import chrome, logged_fragments
-from reverie.trainer.metrics import read_metrics
+from reverie.runs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "clients"

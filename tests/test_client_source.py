@@ -24,7 +24,7 @@ from reverie.trainer.config import Config
 from reverie.trainer.envs import SpaceInfo
 from reverie.trainer.feed import ClientFeed
 from reverie.trainer.loop import Trainer
-from reverie.trainer.metrics import read_metrics
+from reverie.runs import read_metrics
 
 CARTPOLE = SpaceInfo((4,), True, 2)
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from reverie.bundle import latest_bundle
 from reverie.cli import main
 from loopback import free_ports, wait_until  # (fragments: 4 numbers, 2 actions)
 from serving import fragment, write  # (fragments: 4 numbers, 2 actions)
-from reverie.trainer.metrics import read_metrics
+from reverie.runs import read_metrics
 
 SPACES = {"name": "reach", "observation_space": {"shape": [2], "dtype": "float32"},
           "action_space": {"kind": "discrete", "n": 3}}

@@ -8,7 +8,8 @@ import pytest
 
 from reverie.trainer.config import PRESETS, Config, build_config
 from reverie.trainer.diagnostics import FAILURE_MODES, diagnose, solved_return, window
-from reverie.trainer.metrics import MetricsWriter, read_metrics
+from reverie.runs import read_metrics
+from reverie.trainer.metrics import MetricsWriter
 
 
 def rows_from(**columns: list) -> list[dict]:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from reverie.runs import latest_checkpoint
-from reverie.trainer.metrics import read_metrics
+from reverie.runs import read_metrics
 
 pytestmark = pytest.mark.slow  # the solved CartPole run
 

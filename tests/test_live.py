@@ -5,15 +5,16 @@ the page itself, which holds no data, so it loads without the token the data end
 from __future__ import annotations
 
 import json
+import math
 
 import httpx
 import pytest
 
 from reverie.clients.rest import RestClient
 from reverie.bundle import versions
-from reverie.service.live import MetricRows, _quantile, thin
+from reverie.runs import MetricRows, read_metrics
+from reverie.service.live import _quantile, thin
 from serving import ThreadServer
-from reverie.trainer.metrics import read_metrics
 
 OBS = [0.01, 0.02, 0.03, 0.04]
 
@@ -56,14 +57,19 @@ def test_the_data_wants_the_token_and_the_page_does_not(exported_agents):
 
 
 def test_metric_rows_are_read_on_from_where_the_last_read_stopped(tmp_path):
+    """The live page's reader parses only what was added, never half a line, and restores what JSON
+    cannot hold (a NaN loss is written "nan") as the trainer's own reader does."""
     path, reader = tmp_path / "metrics.jsonl", MetricRows()
     path.write_text('{"env_step": 1}\n{"env_step": 2}\n{"env_st')  # the trainer is mid-line
-    assert [r["env_step"] for r in reader.read(path)] == [1, 2]
+    assert [r["env_step"] for r in reader.read(tmp_path)] == [1, 2]
     with open(path, "a") as f:
-        f.write('ep": 3}\n')
-    assert [r["env_step"] for r in reader.read(path)] == [1, 2, 3]
+        f.write('ep": 3, "critic_loss": "nan", "actor_grad_norm": "inf"}\n')
+    rows = reader.read(tmp_path)
+    assert [r["env_step"] for r in rows] == [1, 2, 3]
+    assert math.isnan(rows[2]["critic_loss"]) and rows[2]["actor_grad_norm"] == math.inf
+    assert str(read_metrics(tmp_path)) == str(rows)
     path.write_text('{"env_step": 7}\n')  # a new run in the same place
-    assert [r["env_step"] for r in reader.read(path)] == [7]
+    assert [r["env_step"] for r in reader.read(tmp_path)] == [7]
 
 
 def test_thinning_keeps_the_first_and_the_newest_rows_evenly():

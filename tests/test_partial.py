@@ -16,7 +16,7 @@ from reverie.bundle import latest_bundle, load_manifest
 from reverie.cli import main
 from reverie.runs import read_status
 from serving import ThreadServer
-from reverie.trainer.metrics import read_metrics
+from reverie.runs import read_metrics
 
 
 def test_kept_entries_are_the_full_observations_entries():

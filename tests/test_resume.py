@@ -19,7 +19,7 @@ from reverie.signals import on_stop_signals
 from reverie.runs import latest_checkpoint, list_checkpoints
 from reverie.trainer.checkpoint import load_checkpoint
 from reverie.trainer.loop import Trainer
-from reverie.trainer.metrics import read_metrics
+from reverie.runs import read_metrics
 from reverie.trainer.schedule import Phase
 
 STOP, END = 200, 400

@@ -28,7 +28,7 @@ import pytest
 
 pytest.importorskip("mujoco", reason="the robot example needs the mujoco bindings: pip install -e '.[robot]'")
 
-from reverie.trainer.metrics import read_metrics  # noqa: E402
+from reverie.runs import read_metrics  # noqa: E402
 from loopback import free_ports, stop_process, wait_until  # noqa: E402
 from serving import logged_fragments  # noqa: E402
 

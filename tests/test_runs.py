@@ -5,7 +5,7 @@ from __future__ import annotations
 from builders import small_config
 from reverie.runs import STATUS_KEYS, publish_status, read_status, run_dir_of
 from reverie.trainer.loop import Trainer
-from reverie.trainer.metrics import read_metrics
+from reverie.runs import read_metrics
 
 
 def test_status_carries_the_last_evaluation_forward(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from builders import small_config
 from reverie.trainer.config import UpdateCounts
 from reverie.trainer.loop import Trainer
-from reverie.trainer.metrics import read_metrics
+from reverie.runs import read_metrics
 from reverie.trainer.schedule import Phase, Schedule
 
 WARMUP, TRANSITION = 100, 200

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from reverie.runs import checkpoint_path, latest_checkpoint, list_checkpoints
+from reverie.runs import checkpoint_path, latest_checkpoint, list_checkpoints, read_config
 
 
 def save_checkpoint(run_dir: Path, env_step: int, state: dict, keep: int = 2) -> Path:
@@ -41,7 +41,7 @@ def load_run_agent(run_dir: Path, env_step: int | None = None):
     path = latest_checkpoint(run_dir) if env_step is None else checkpoint_path(run_dir, env_step)
     if path is None or not path.exists():
         raise FileNotFoundError(f"no checkpoint{'' if env_step is None else f' at env step {env_step}'} in {run_dir / 'checkpoints'}")
-    cfg = Config.model_validate_json((run_dir / "config.json").read_text())
+    cfg = Config.model_validate(read_config(run_dir))
     state = load_checkpoint(path)
     # The checkpoint names its spaces; one written before it did needs the env to learn them.
     space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_spec))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from reverie.bundle import latest_bundle, record_evaluation, versions
 from reverie.evaluation import play_episodes
-from reverie.runs import latest_checkpoint, publish_status
+from reverie.runs import CONFIG_FILE, METRICS_FILE, latest_checkpoint, publish_status, read_config, read_metrics
 
 from .agent import Agent, EpisodePlayer, Window
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -32,7 +32,7 @@ from .config import FIXED_ON_RESUME, Config, UpdateCounts
 from .diagnostics import diagnose, evidence, solved_return, window
 from .envs import make_env, space_info, world_space_info
 from .feed import ClientFeed
-from .metrics import MetricAverager, MetricsWriter, plot_training_curves, read_metrics
+from .metrics import MetricAverager, MetricsWriter, plot_training_curves
 from .replay import Replay, available_memory
 from .schedule import Schedule
 
@@ -90,11 +90,11 @@ class Trainer:
         checkpoint = latest_checkpoint(self.run_dir)
         if resume and checkpoint is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
-        if not resume and (checkpoint is not None or (self.run_dir / "metrics.jsonl").exists()):
+        if not resume and (checkpoint is not None or (self.run_dir / METRICS_FILE).exists()):
             # Two runs in one directory would share checkpoints and metrics: refuse rather than mix them.
             raise FileExistsError(f"{self.run_dir} already holds a run: continue it with --resume, or pick a new --run-dir")
         if checkpoint is not None:
-            saved = Config.model_validate_json((self.run_dir / "config.json").read_text())
+            saved = Config.model_validate(read_config(self.run_dir))
             changed = {k: getattr(cfg, k) for k in sorted(given - {"total_steps"}) if getattr(cfg, k) != getattr(saved, k)}
             fixed = [f"{k} ({getattr(saved, k)!r} -> {v!r})" for k, v in changed.items() if k in FIXED_ON_RESUME]
             if fixed:
@@ -105,7 +105,7 @@ class Trainer:
             cfg = saved.model_copy(update={**changed, "total_steps": max(cfg.total_steps, saved.total_steps)})
             cfg = Config.model_validate(cfg.model_dump())  # the combination is validated like any config
         self.cfg = cfg
-        (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+        (self.run_dir / CONFIG_FILE).write_text(cfg.model_dump_json(indent=2))
 
         torch.set_num_threads(cfg.threads)
         random.seed(cfg.seed)

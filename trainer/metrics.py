@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
+from reverie.runs import METRICS_FILE  # noqa: E402
+
 
 class MetricAverager:
     """Averages the per-update metrics between two log rows."""
@@ -41,25 +43,10 @@ def _json_safe(value):
     return value
 
 
-NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def _from_json(value):
-    return NON_FINITE.get(value, value) if isinstance(value, str) else value
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """All rows of a run's metrics.jsonl, oldest first, with non-finite values restored as floats."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [{k: _from_json(v) for k, v in json.loads(line).items()} for line in path.read_text().splitlines() if line.strip()]
-
-
 class MetricsWriter:
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, row: dict) -> None:
