@@ -1,5 +1,8 @@
 """Checkpoints for exact resume: models, the three optimizers, schedule position, RNG, replay.
 
+Every random draw of a run comes from generators seeded here (`seed_everything`), and their states
+go into each checkpoint (`rng_state`, `restore_rng`), so a resumed run draws what it would have.
+
 Written to a temporary name and renamed, so a crash mid-write never leaves a torn file that a
 resume would pick up.
 """
@@ -7,8 +10,10 @@ resume would pick up.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from reverie.runs import checkpoint_path, latest_checkpoint, list_checkpoints, read_config
@@ -23,6 +28,26 @@ def save_checkpoint(run_dir: Path, env_step: int, state: dict, keep: int = 2) ->
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python's, numpy's and torch's global generators; the loop's own generator, returned."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "generator": rng.bit_generator.state}
+
+
+def restore_rng(state: dict, rng: np.random.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    rng.bit_generator.state = state["generator"]
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -9,7 +9,6 @@ while none has arrived; with `both`, a client's run goes in between two of the e
 from __future__ import annotations
 
 import logging
-import random
 import resource
 import threading
 import time
@@ -23,17 +22,18 @@ from tqdm import tqdm
 
 from reverie.bundle import latest_bundle, record_evaluation, versions
 from reverie.evaluation import play_episodes
-from reverie.runs import CONFIG_FILE, METRICS_FILE, latest_checkpoint, publish_status, read_config, read_metrics
+from reverie.runs import publish_status, read_metrics
 
 from .agent import Agent, EpisodePlayer, Window
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything
 from .fidelity import imagination_fidelity
-from .config import FIXED_ON_RESUME, Config, UpdateCounts
+from .config import Config, UpdateCounts
 from .diagnostics import diagnose, evidence, solved_return, window
 from .envs import make_env, space_info, world_space_info
 from .feed import ClientFeed
 from .metrics import MetricAverager, MetricsWriter, plot_training_curves
 from .replay import Replay, available_memory
+from .resume import reconcile
 from .schedule import Schedule
 
 log = logging.getLogger("reverie.trainer")
@@ -87,31 +87,11 @@ class Trainer:
         self.stop = stop if stop is not None else threading.Event()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = latest_checkpoint(self.run_dir)
-        if resume and checkpoint is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
-        if not resume and (checkpoint is not None or (self.run_dir / METRICS_FILE).exists()):
-            # Two runs in one directory would share checkpoints and metrics: refuse rather than mix them.
-            raise FileExistsError(f"{self.run_dir} already holds a run: continue it with --resume, or pick a new --run-dir")
-        if checkpoint is not None:
-            saved = Config.model_validate(read_config(self.run_dir))
-            changed = {k: getattr(cfg, k) for k in sorted(given - {"total_steps"}) if getattr(cfg, k) != getattr(saved, k)}
-            fixed = [f"{k} ({getattr(saved, k)!r} -> {v!r})" for k, v in changed.items() if k in FIXED_ON_RESUME]
-            if fixed:
-                raise ValueError(f"--resume cannot change {', '.join(fixed)}: the checkpoint was trained with the "
-                                 "saved values; start a new --run-dir to change them")
-            for key, value in changed.items():
-                log.info("resume: %s %r -> %r (given)", key, getattr(saved, key), value)
-            cfg = saved.model_copy(update={**changed, "total_steps": max(cfg.total_steps, saved.total_steps)})
-            cfg = Config.model_validate(cfg.model_dump())  # the combination is validated like any config
+        cfg, checkpoint = reconcile(self.run_dir, cfg, resume, given)
         self.cfg = cfg
-        (self.run_dir / CONFIG_FILE).write_text(cfg.model_dump_json(indent=2))
 
         torch.set_num_threads(cfg.threads)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = seed_everything(cfg.seed)
 
         parts = parts or Parts.build(cfg, self.run_dir)
         self.env, self.eval_env, self.agent, self.replay, self.writer = (
@@ -407,8 +387,7 @@ class Trainer:
             position={"env_step": self.env_step, "updates": self.updates, "update_credit": self.update_credit,
                       "episodes": self.episodes, "last_eval": self.last_eval, "wall_s": elapsed,
                       "client_evals": {str(v): r for v, r in self.client_evals.items()}},
-            rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                 "generator": self.rng.bit_generator.state},
+            rng=rng_state(self.rng),
         )
         return save_checkpoint(self.run_dir, self.env_step, state)
 
@@ -421,10 +400,7 @@ class Trainer:
         self.env_step, self.updates, self.update_credit = pos["env_step"], pos["updates"], pos["update_credit"]
         self.episodes, self.last_eval, self.wall_offset = pos["episodes"], pos["last_eval"], pos["wall_s"]
         self.client_evals = {int(v): r for v, r in pos.get("client_evals", {}).items()}
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.rng.bit_generator.state = state["rng"]["generator"]
+        restore_rng(state["rng"], self.rng)
         # The episode in progress at the stop cannot be continued: close it as truncated.
         self.replay.close_episode()
 
