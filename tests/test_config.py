@@ -158,6 +158,11 @@ def test_resolve_config_names_where_each_value_came_from():
     assert sources["horizon"] == "--set" and sources["seed"] == "flag"
     assert sources["warmup_steps"] == "preset cartpole" and sources["gamma"] == "default"
     assert (cfg.horizon, cfg.seed, cfg.warmup_steps) == (9, 4, 500)
+    # A frame run's own defaults are named as what they are; what the run sets itself stays its own.
+    cfg, sources = resolve_config(None, ["pixels=true", "eval_every=100"])
+    assert (cfg.sequence_mode, cfg.replay_ratio, cfg.eval_every) == (True, 0.25, 100)
+    assert sources["sequence_mode"] == sources["replay_ratio"] == "frames default" and sources["eval_every"] == "--set"
+    assert resolve_config()[1]["sequence_mode"] == "default"
 
 
 def test_the_readme_table_lists_every_departure_from_the_seed():

@@ -17,6 +17,9 @@ from reverie.bundle import WorldSpaces
 from reverie.envs import EnvSpec
 
 FRAME_REPLAY_CAPACITY = 100_000  # the replay's default with frames: 2.1 GB at 84x84x3
+# The defaults of a run on frames (`Config._frame_defaults` says why); `reverie config` names them so.
+FRAME_DEFAULTS = {"sequence_mode": True, "replay_capacity": FRAME_REPLAY_CAPACITY, "checkpoint_replay": False,
+                  "replay_ratio": 0.25, "eval_every": 2500, "export_every": 5000}
 
 
 class UpdateCounts(BaseModel):
@@ -243,8 +246,7 @@ class Config(BaseModel):
         quarter of an update round per env step, and evaluations and exports every 2,500 and 5,000
         steps, keep a CPU run near 9 env steps/s. What the run set itself stays."""
         if self.frames:
-            for key, value in (("sequence_mode", True), ("replay_capacity", FRAME_REPLAY_CAPACITY), ("checkpoint_replay", False),
-                               ("replay_ratio", 0.25), ("eval_every", 2500), ("export_every", 5000)):
+            for key, value in FRAME_DEFAULTS.items():
                 if key not in self.model_fields_set:
                     object.__setattr__(self, key, value)  # no re-validation loop
         return self
@@ -337,7 +339,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def resolve_config(preset: str | None = None, overrides: list[str] | None = None,
                    **fields: Any) -> tuple[Config, dict[str, str]]:
-    """The config and, per key, where its value came from: default, preset NAME, --set, or flag."""
+    """The config and, per key, where its value came from: default, frames default, preset NAME, --set, or flag."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if preset is not None:
@@ -355,7 +357,8 @@ def resolve_config(preset: str | None = None, overrides: list[str] | None = None
     values.update(given)
     sources.update(dict.fromkeys(given, "flag"))
     cfg = Config(**values)
-    return cfg, {key: sources.get(key, "default") for key in Config.model_fields}
+    default = lambda key: "frames default" if cfg.frames and key in FRAME_DEFAULTS else "default"  # noqa: E731
+    return cfg, {key: sources.get(key, default(key)) for key in Config.model_fields}
 
 
 def build_config(preset: str | None = None, overrides: list[str] | None = None, **fields: Any) -> Config:
