@@ -50,21 +50,24 @@ def cmd_config(args: argparse.Namespace) -> int:
     """The resolved configuration: each key's value, where it came from, what it does, and the seed's value."""
     import json
 
-    from reverie.trainer.config import Config, resolve_config, seed_deviations
+    from reverie.trainer.config import BLOCKS, Config, resolve_config, seed_deviations
 
     cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps,
                                   spaces=_spaces(args))
     values, seed = cfg.model_dump(mode="json"), seed_deviations()
-    rows = {key: {"value": values[key], "source": sources[key], "description": field.description or "",
-                  **({"seed": seed[key][0]} if key in seed else {})} for key, field in Config.model_fields.items()}
+    rows = {key: {"block": block, "value": values[key], "source": sources[key],
+                  "description": Config.model_fields[key].description or "", **({"seed": seed[key][0]} if key in seed else {})}
+            for block, keys in BLOCKS.items() for key in keys}
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     width = max(map(len, rows))
-    for key, row in rows.items():
-        value = json.dumps(row["value"])
-        note = f"  [seed: {json.dumps(row['seed'])}]" if "seed" in row and row["seed"] != row["value"] else ""
-        print(f"{key:<{width}}  {value:<14} {row['source']:<16} {row['description']}{note}")
+    for block, keys in BLOCKS.items():
+        print(f"\n[{block}]")
+        for key in keys:
+            row, value = rows[key], json.dumps(rows[key]["value"])
+            note = f"  [seed: {json.dumps(row['seed'])}]" if "seed" in row and row["seed"] != row["value"] else ""
+            print(f"{key:<{width}}  {value:<14} {row['source']:<16} {row['description']}{note}")
     return 0
 
 

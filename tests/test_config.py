@@ -184,10 +184,21 @@ def test_reverie_config_names_value_source_and_the_seeds_value(capsys):
 
     assert main(["config", "--preset", "cartpole", "--set", "horizon=9", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows["horizon"] == {"value": 9, "source": "--set", "description": rows["horizon"]["description"]}
+    assert rows["horizon"] == {"block": "actor and critic (diagrams 2 and 3)", "value": 9, "source": "--set",
+                               "description": rows["horizon"]["description"]}
     assert rows["warmup_steps"]["source"] == "preset cartpole" and rows["warmup_steps"]["seed"] == 5000
     assert rows["actor_lr"]["value"] == 3e-4 and rows["actor_lr"]["seed"] == 3e-5
     assert all(row["description"] for row in rows.values())
     assert main(["config", "--preset", "seed_values"]) == 0
     text = capsys.readouterr().out
     assert "actor_lr" in text and "[seed:" not in text  # the seed preset departs from nothing
+    assert text.index("[run]") < text.index("env_id") < text.index("[actor and critic (diagrams 2 and 3)]") < text.index("actor_lr")
+
+
+def test_the_config_blocks_hold_every_key_once():
+    """`reverie config` prints by block: every key in exactly one, none that is not a key."""
+    from reverie.trainer.config import BLOCKS, Config
+
+    keys = [key for block in BLOCKS.values() for key in block]
+    assert sorted(keys) == sorted(Config.model_fields)
+

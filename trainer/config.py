@@ -274,6 +274,32 @@ FIXED_ON_RESUME = ("env_id", "spaces", "obs_indices", "pixels", "image_size", "a
                    "adaptive_entropy", "replay_capacity")
 
 
+# The config's blocks, in the order `reverie config` prints them: what each part of the system reads.
+BLOCKS: dict[str, tuple[str, ...]] = {
+    "run": ("env_id", "spaces", "obs_indices", "pixels", "image_size", "action_repeat", "seed", "total_steps", "threads",
+            "device"),
+    "clients": ("source", "experience", "max_policy_lag", "client_backlog", "idle_replay_ratio", "client_run_steps",
+                "client_eval_episodes"),
+    "model sizes (diagram 1)": ("feature_dim", "state_dim", "hidden_dim", "hidden_layers", "cnn_depth", "dynamics",
+                                "transformer_layers", "attention_heads"),
+    "sequences and memory (diagram 4)": ("sequence_mode", "sequence_length", "memory", "memory_dim"),
+    "world model (diagram 2)": ("dynamics_weight", "reward_weight", "continue_weight", "decoder_weight", "dynamics_std",
+                                "dynamics_sample", "world_model_lr", "symlog", "continue_endings", "continue_endings_adjusted"),
+    "actor and critic (diagrams 2 and 3)": ("horizon", "gamma", "lambda_", "actor_lr", "critic_lr", "entropy_coef",
+                                            "return_norm", "grad_clip", "actor_gradient", "actor_grad_normalize",
+                                            "batch_size"),
+    "schedule (diagram 5)": ("warmup_steps", "transition_steps", "critic_real_mix_final", "critic_real_length",
+                             "replay_ratio", "learning_starts", "update_schedule"),
+    "remedies (diagram 6)": ("orthogonal_init", "obs_norm", "dynamics_ensemble", "world_model_weight_decay",
+                             "target_critic", "target_critic_tau", "critic_target_clip", "return_bounds",
+                             "adaptive_entropy", "target_entropy", "epsilon"),
+    "replay": ("replay_capacity", "checkpoint_replay"),
+    "evaluation and diagnostics": ("log_every", "eval_every", "eval_episodes", "solved_return", "target_return",
+                                   "diagnostics_window"),
+    "checkpoints and export": ("checkpoint_every", "export_every", "export_keep", "promotion_tolerance"),
+}
+
+
 # Departures from the seed that are no single default's value: (the seed, ours, why). The table of
 # departures in docs/learning.md lists these beside seed_deviations(); a test keeps both complete.
 STRUCTURAL_DEPARTURES: dict[str, tuple[str, str, str]] = {
