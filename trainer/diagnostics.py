@@ -9,6 +9,7 @@ advising a switch that is already on), and `reverie diagnose RUN_DIR` replays th
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -16,6 +17,8 @@ from typing import Callable
 import gymnasium as gym
 
 from .config import FIXED_ON_RESUME, Config
+
+log = logging.getLogger("reverie.trainer")
 
 Row = dict[str, object]
 
@@ -248,3 +251,17 @@ def findings(rows: list[Row], evaluations: int, solved_return: float | None = No
                 found[mode.name] = Finding(mode, [], evidence(mode, recent))
             found[mode.name].steps.append(int(rows[i]["env_step"]))
     return list(found.values())
+
+
+def judge(recent: list[Row], row: Row, cfg: Config, solved: float | None) -> tuple[list[Row], dict[str, dict]]:
+    """A new metric row judged with the window before it: (the window the next row is judged with,
+    the failure modes that fired, by name, each with its env step, evidence and --set lines), logged."""
+    judged = window([*recent, row], cfg.diagnostics_window)
+    failures = diagnose(judged, solved)
+    findings = {f.name: {"env_step": row["env_step"], "evidence": evidence(f, judged), "set_lines": f.set_lines(cfg)}
+                for f in failures}
+    for f in failures:
+        log.warning("failure mode %s at env step %d (%s); try: %s", f.name, row["env_step"],
+                    ", ".join(f"{k} {v}" for k, v in findings[f.name]["evidence"].items()), f.advice(cfg))
+    return judged, findings
+

@@ -28,7 +28,7 @@ from .agent import Agent, EpisodePlayer, Window
 from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything
 from .fidelity import imagination_fidelity
 from .config import Config, UpdateCounts
-from .diagnostics import diagnose, evidence, solved_return, window
+from .diagnostics import judge, solved_return, window
 from .envs import make_env, space_info, world_space_info
 from .feed import ClientFeed
 from .metrics import MetricAverager, MetricsWriter, plot_training_curves
@@ -343,17 +343,10 @@ class Trainer:
             self.pace = dict.fromkeys(self.pace, 0)
         if evaluated:
             row.update(eval_return=self.last_eval, **evaluation)
-        judged = window([*self.recent_rows, row], self.cfg.diagnostics_window)
-        failures = diagnose(judged, self.solved_return)
-        row["failure_modes"] = [f.name for f in failures]
-        findings = {f.name: {"env_step": self.env_step, "evidence": evidence(f, judged),
-                             "set_lines": f.set_lines(self.cfg)} for f in failures}
-        for f in failures:
-            log.warning("failure mode %s at env step %d (%s); try: %s", f.name, self.env_step,
-                        ", ".join(f"{k} {v}" for k, v in findings[f.name]["evidence"].items()), f.advice(self.cfg))
+        self.recent_rows, findings = judge(self.recent_rows, row, self.cfg, self.solved_return)
+        row["failure_modes"] = list(findings)
         self.writer.write(row)
         publish_status(self.run_dir, row, self.fidelity if evaluated else None, findings)
-        self.recent_rows = judged
         if evaluated:
             plot_training_curves(
                 read_metrics(self.run_dir), self.run_dir / "training_curves.png",
