@@ -19,17 +19,24 @@ from .store import ModelStore
 log = logging.getLogger("reverie.service")
 
 
+def build_calls(settings: ServiceSettings) -> tuple[Calls, ServiceMetrics]:
+    """The process's objects, built once: the store, sessions, metrics, batcher and experience log, and
+    the call layer over them that both front ends use."""
+    store = ModelStore(settings.models, settings.poll_interval, settings.follow)
+    sessions = Sessions(int(settings.session_memory_mb * 2**20), settings.session_ttl_s)
+    metrics = ServiceMetrics(store, sessions)
+    experience = ExperienceLog(settings.experience) if settings.experience is not None else None
+    return Calls(store, settings, sessions, ActBatcher(metrics.act_requests_per_call), experience), metrics
+
+
 class Service:
     """One process's objects, built once (store, sessions, metrics, batcher, experience log, and the call
     layer over them), and its two front ends over that call layer, started and stopped together."""
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
-        self.store = ModelStore(settings.models, settings.poll_interval, settings.follow)
-        sessions = Sessions(int(settings.session_memory_mb * 2**20), settings.session_ttl_s)
-        metrics = ServiceMetrics(self.store, sessions)
-        self.experience = ExperienceLog(settings.experience) if settings.experience is not None else None
-        self.calls = Calls(self.store, settings, sessions, ActBatcher(metrics.act_requests_per_call), self.experience)
+        self.calls, metrics = build_calls(settings)
+        self.store, self.experience = self.calls.store, self.calls.experience
         config = uvicorn.Config(served(create_app(self.calls, metrics)), host=settings.host, port=settings.port,
                                 access_log=False, log_level="warning", lifespan="off", timeout_graceful_shutdown=5)
         self.http = uvicorn.Server(config)

@@ -31,12 +31,12 @@ const HEADER = `/**
 const DOCUMENT = `
 import json, sys, tempfile
 from pathlib import Path
-from service.app import create_app
-from service.settings import ServiceSettings
-from service.store import ModelStore
+from reverie.service.app import create_app
+from reverie.service.server import build_calls
+from reverie.service.settings import ServiceSettings
 with tempfile.TemporaryDirectory() as empty:
     settings = ServiceSettings(models=Path(empty), api_token=None, experience_token=None)
-    json.dump(create_app(ModelStore(settings.models), settings).openapi(), sys.stdout)
+    json.dump(create_app(*build_calls(settings)).openapi(), sys.stdout)
 `;
 
 export async function generate() {
