@@ -88,6 +88,7 @@ def test_the_served_agent_with_memory_plays_as_the_trainer_evaluated_it(partial_
             assert summary["mean_return"] == pytest.approx(manifest.last_eval_return), mode
 
 
+@pytest.mark.slow  # its fixture trains a run
 def test_the_sequence_run_exports_beliefs_and_publishes_its_imagination(partial_run):
     """Sequence mode through the CLI: the memory beside the state in every exported graph (state_size =
     state + memory), the ensemble's disagreement and the losses logged, and the imagination measured on
