@@ -51,34 +51,44 @@ class ActBatcher:
     def act_blocking(self, runtime: Runtime, obs: np.ndarray, deterministic: bool, seed: int | None,
                      history: HistoryInputs | None = None) -> ActResult:
         """`act` for a worker thread: returns when its answer is there."""
-        mine = _Waiting(runtime, (obs, deterministic, seed, history))
+        request = (obs, deterministic, seed, history)
         with self._lock:
-            if self._calling:
-                mine.done = threading.Event()
-                self._waiting.append(mine)
-            else:
+            alone = not self._calling
+            if alone:
                 self._calling = True
-        if mine.done is not None:
-            mine.done.wait()
-            if not mine.lead:
-                return mine.outcome()
-        with self._lock:  # this thread makes the call for itself and everyone waiting, then hands the next call on
-            waiting, self._waiting = self._waiting, []
-        if mine.done is None:
-            waiting.insert(0, mine)
-        for group, results in self._calls([(w.runtime, w.request) for w in waiting]):
-            for i, result in zip(group, results):
-                waiting[i].answer = result
-        for w in waiting:
-            if w is not mine:
-                w.done.set()
+            else:
+                mine = _Waiting(runtime, request)
+                self._waiting.append(mine)
+        if alone:  # no call running: make one at once, for this request alone
+            self.requests_per_call.observe(1)
+            try:
+                result = runtime.act_many([request])[0]
+            finally:
+                self._hand_on()
+            if isinstance(result, Exception):
+                raise result
+            return result
+        mine.done.wait()
+        if mine.lead:  # woken to make the next call: for everyone waiting, this request among them
+            with self._lock:
+                waiting, self._waiting = self._waiting, []
+            for group, results in self._calls([(w.runtime, w.request) for w in waiting]):
+                for i, result in zip(group, results):
+                    waiting[i].answer = result
+            for w in waiting:
+                if w is not mine:
+                    w.done.set()
+            self._hand_on()
+        return mine.outcome()
+
+    def _hand_on(self) -> None:
+        """After a call: the first request that waited for it makes the next one, or nobody is calling."""
         with self._lock:
             if self._waiting:
                 self._waiting[0].lead = True
                 self._waiting[0].done.set()
             else:
                 self._calling = False
-        return mine.outcome()
 
     def _calls(self, requests: list[tuple[Runtime, tuple]]):
         """(indices, results) per graph call: requests of one runtime share one, a seeded request has its own."""
@@ -101,7 +111,7 @@ class _Waiting:
         self.runtime, self.request = runtime, request
         self.answer: ActResult | Exception | None = None
         self.lead = False  # woken to make the next call rather than with its answer
-        self.done: threading.Event | None = None  # set when it waits: a request that finds no call running makes one
+        self.done = threading.Event()
 
     def outcome(self) -> ActResult:
         if isinstance(self.answer, Exception):
