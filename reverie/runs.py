@@ -26,7 +26,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}  # written as strings: JSON has no NaN
 STATUS_KEYS = ("env_step", "phase", "updates", "episodes", "wall_s", "eval_return", "eval_env_step", "failure_modes",
-               "imagination_fidelity", "diagnosis")
+               "imagination_fidelity", "diagnosis", "phases")
 
 
 def checkpoint_path(run_dir: Path, env_step: int) -> Path:
@@ -56,11 +56,13 @@ def read_status(run_dir: Path | None) -> dict | None:
         return None
 
 
-def publish_status(run_dir: Path, row: dict, fidelity: dict | None = None, findings: dict | None = None) -> None:
+def publish_status(run_dir: Path, row: dict, fidelity: dict | None = None, findings: dict | None = None,
+                   phases: dict[str, int] | None = None) -> None:
     """Publish a metric row's progress; an evaluation, and the imagination fidelity measured with it
     (env_step and, per imagined step, state_error, obs_error, reward_error, continue_accuracy), are
     carried forward until the next one. `findings`: the failure modes that fired on this row, each
-    with its env step, evidence and --set lines to try; `diagnosis` keeps each mode's latest."""
+    with its env step, evidence and --set lines to try; `diagnosis` keeps each mode's latest.
+    `phases`: the env step each phase after warmup starts at, as the trainer's schedule has them."""
     previous = read_status(run_dir) or {}
     status = {key: row.get(key) for key in STATUS_KEYS[:5]}
     evaluated = row.get("eval_return") is not None
@@ -69,6 +71,7 @@ def publish_status(run_dir: Path, row: dict, fidelity: dict | None = None, findi
     status["failure_modes"] = list(row.get("failure_modes", []))
     status["imagination_fidelity"] = fidelity if fidelity is not None else previous.get("imagination_fidelity")
     status["diagnosis"] = {**previous.get("diagnosis", {}), **(findings or {})}
+    status["phases"] = phases if phases is not None else previous.get("phases", {})
     path = Path(run_dir) / STATUS_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(status))

@@ -59,11 +59,11 @@ def training(run_dir: Path | None, rows_reader: MetricRows) -> dict | None:
         seconds = last["wall_s"] - before["wall_s"]
         rates = {"env_steps_per_s": (last["env_step"] - before["env_step"]) / seconds,
                  "updates_per_s": (last["updates"] - before["updates"]) / seconds}
-    warmup = config.get("warmup_steps")
+    status = read_status(run_dir) or {}
     return {
         "env_id": config.get("env_id"), "source": config.get("source", "env"), "rows": len(rows),
-        "status": read_status(run_dir), "curves": curves, **rates,
-        "phases": {"transition": warmup, "full": warmup + config["transition_steps"]} if warmup is not None else {},
+        "status": status or None, "curves": curves, **rates,
+        "phases": status.get("phases", {}),  # the trainer's schedule, as it published it
         "failure_modes": [{"mode": mode, "rows": len(steps), "first_env_step": steps[0], "last_env_step": steps[-1]}
                           for mode, steps in fired.items()],
     }

@@ -13,13 +13,15 @@ def test_status_carries_the_last_evaluation_forward(tmp_path):
     fidelity = {"env_step": 500, "state_error": [0.1, 0.2], "obs_error": [0.01, 0.03], "reward_error": [0.0, 0.1],
                 "continue_accuracy": [1.0, 0.9]}
     publish_status(tmp_path, {"env_step": 500, "phase": "full", "updates": 9, "episodes": 3, "wall_s": 1.0,
-                              "eval_return": 42.0, "failure_modes": ["critic_divergence"], "dynamics_loss": 0.1}, fidelity)
+                              "eval_return": 42.0, "failure_modes": ["critic_divergence"], "dynamics_loss": 0.1}, fidelity,
+                   phases={"transition": 100, "full": 300})
     publish_status(tmp_path, {"env_step": 750, "phase": "full", "updates": 12, "episodes": 4, "wall_s": 2.0,
                               "failure_modes": []})
     status = read_status(tmp_path)
     assert tuple(status) == STATUS_KEYS  # progress only: the loss columns stay in the trainer's log
     assert status["env_step"] == 750 and status["eval_return"] == 42.0 and status["eval_env_step"] == 500
     assert status["failure_modes"] == [] and status["imagination_fidelity"] == fidelity
+    assert status["phases"] == {"transition": 100, "full": 300}  # the schedule's boundaries, carried forward
     finding = {"env_step": 1000, "evidence": {"critic_value_mean": [1.0, 9.0]}, "set_lines": ["--set target_critic=true"]}
     publish_status(tmp_path, {"env_step": 1000, "failure_modes": ["critic_divergence"]}, findings={"critic_divergence": finding})
     publish_status(tmp_path, {"env_step": 1250, "failure_modes": ["entropy_collapse"]},

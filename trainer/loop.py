@@ -346,7 +346,8 @@ class Trainer:
         self.recent_rows, findings = judge(self.recent_rows, row, self.cfg, self.solved_return)
         row["failure_modes"] = list(findings)
         self.writer.write(row)
-        publish_status(self.run_dir, row, self.fidelity if evaluated else None, findings)
+        publish_status(self.run_dir, row, self.fidelity if evaluated else None, findings,
+                       {"transition": self.schedule.warmup_end, "full": self.schedule.transition_end})
         if evaluated:
             plot_training_curves(
                 read_metrics(self.run_dir), self.run_dir / "training_curves.png",
