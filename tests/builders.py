@@ -64,3 +64,22 @@ def pixel_run(run_dir, size: int):
     trainer = Trainer(cfg, run_dir)
     trainer.run()
     return trainer
+
+
+# Replays whose every step is recognisable: obs(k) is step k's observation.
+def obs(i: float) -> np.ndarray:
+    """A recognisable observation for step i."""
+    return np.array([i, i + 0.5, -i, 2 * i], dtype=np.float32)
+
+
+def fill(replay: Replay, steps: list[tuple[bool, bool]], start: int = 0) -> None:
+    """Add one step per (terminated, truncated) pair, with obs/reward/action identifying the step."""
+    for k, (terminated, truncated) in enumerate(steps, start):
+        replay.add(obs(k), np.asarray(k % 2), float(k), obs(k + 1), terminated, truncated)
+
+
+def ending_every(period: int, steps: int, capacity: int | None = None) -> Replay:
+    """A replay whose episodes terminate every `period` steps (the last step of each is the terminal one)."""
+    replay = Replay(capacity or 2 * steps, (4,), ())
+    fill(replay, [((k + 1) % period == 0, False) for k in range(steps)])
+    return replay

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from builders import real_batch, small_config
+from builders import ending_every, real_batch, small_config
 from reverie.trainer.agent import to_floats
 from reverie.trainer.envs import SpaceInfo
 from reverie.trainer.losses import (actor_loss, continue_loss, critic_loss, discount_weights, lambda_return, replay_lambda_return,
@@ -119,8 +119,6 @@ WM_METRICS = {"dynamics_loss", "reward_loss", "continue_loss", "decoder_loss", "
 def test_continue_loss_with_extra_endings_learns_the_replays_odds():
     """A one-logit continue head, fed 32 extra endings per 128 transitions where the replay holds 2% endings:
     with the shares it learns the replay's continue probability (0.98); without, the batch's (0.78)."""
-    from test_replay import ending_every
-
     replay = ending_every(50, 2000)
     learned = {}
     for adjusted in (True, False):
@@ -142,8 +140,6 @@ def test_continue_loss_with_extra_endings_learns_the_replays_odds():
 
 def test_world_model_loss_trains_the_continue_head_on_the_extra_endings():
     """world_model_loss takes the extra endings into the continue BCE (the loss changes) and nowhere else."""
-    from test_replay import ending_every
-
     replay = ending_every(10, 200)
     wm = WorldModel(small_config(), SpaceInfo((4,), True, 2))
     with_endings = replay.sample(32, np.random.default_rng(0), endings=8)

@@ -6,21 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from builders import collect_replay
+from builders import collect_replay, ending_every, fill
 from reverie.trainer.replay import Replay
 
 BATCH_KEYS = {"obs", "action", "reward", "next_obs", "terminated"}
-
-
-def obs(i: float) -> np.ndarray:
-    """A recognisable observation for step i."""
-    return np.array([i, i + 0.5, -i, 2 * i], dtype=np.float32)
-
-
-def fill(replay: Replay, steps: list[tuple[bool, bool]], start: int = 0) -> None:
-    """Add one step per (terminated, truncated) pair, with obs/reward/action identifying the step."""
-    for k, (terminated, truncated) in enumerate(steps, start):
-        replay.add(obs(k), np.asarray(k % 2), float(k), obs(k + 1), terminated, truncated)
 
 
 def test_sample_shapes_and_dtypes_discrete_and_box():
@@ -50,13 +39,6 @@ def test_sampled_transitions_are_stored_ones():
     torch.testing.assert_close(batch["obs"][:, 0], k)
     torch.testing.assert_close(batch["next_obs"][:, 0], k + 1)
     torch.testing.assert_close(batch["action"], k % 2)
-
-
-def ending_every(period: int, steps: int, capacity: int | None = None) -> Replay:
-    """A replay whose episodes terminate every `period` steps (the last step of each is the terminal one)."""
-    replay = Replay(capacity or 2 * steps, (4,), ())
-    fill(replay, [((k + 1) % period == 0, False) for k in range(steps)])
-    return replay
 
 
 def test_endings_draws_extra_terminal_observations_and_their_replay_share():
