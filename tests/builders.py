@@ -8,10 +8,13 @@ these by name (`from builders import small_config`); the fixtures stay in confte
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from reverie.envs import EnvSpec
+from reverie.trainer.agent import Agent
 from reverie.trainer.config import Config, build_config
 from reverie.trainer.envs import SpaceInfo, make_env, space_info
+from reverie.trainer.feed import ClientFeed
 from reverie.trainer.replay import Replay
 
 
@@ -83,3 +86,46 @@ def ending_every(period: int, steps: int, capacity: int | None = None) -> Replay
     replay = Replay(capacity or 2 * steps, (4,), ())
     fill(replay, [((k + 1) % period == 0, False) for k in range(steps)])
     return replay
+
+
+# What an update changed: an agent's parameters and buffers by group (its top-level module).
+GROUPS = ("world_model", "policy", "value", "target_value", "log_alpha", "return_scale", "reward_range")
+
+
+def group_of(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def state_tensors(agent: Agent):
+    """Parameters and buffers alike: normaliser statistics, return scale and bounds are state too."""
+    yield from agent.named_parameters()
+    yield from agent.named_buffers()
+
+
+def snapshot(agent: Agent) -> dict[str, torch.Tensor]:
+    return {name: t.detach().clone() for name, t in state_tensors(agent)}
+
+
+def changed_groups(agent: Agent, before: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """For each group, the names of the parameters and buffers that are no longer bit-identical."""
+    out: dict[str, list[str]] = {g: [] for g in GROUPS}
+    for name, t in state_tensors(agent):
+        if not torch.equal(t.detach(), before[name]):
+            out[group_of(name)].append(name)
+    return out
+
+
+def group_names(agent: Agent, group: str) -> list[str]:
+    return [n for n, _ in agent.named_parameters() if group_of(n) == group]
+
+
+# Clients' experience, as the trainer's feed hands it over.
+CARTPOLE = SpaceInfo((4,), True, 2)
+
+
+def drain(feed: ClientFeed, version: int = 1) -> list:
+    feed.poll(version)
+    out = []
+    while (step := feed.take()) is not None:
+        out.append(step)
+    return out

@@ -14,28 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders import small_config
+from builders import CARTPOLE, drain, small_config
 from serving import fragment, write
 from loopback import wait_until
 from reverie.experience import Fragment
 from reverie.runs import latest_checkpoint
 from reverie.trainer.checkpoint import load_checkpoint
 from reverie.trainer.config import Config
-from reverie.trainer.envs import SpaceInfo
 from reverie.trainer.feed import ClientFeed
 from reverie.trainer.loop import Trainer
 from reverie.runs import read_metrics
 
-CARTPOLE = SpaceInfo((4,), True, 2)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def drain(feed: ClientFeed, version: int = 1) -> list:
-    feed.poll(version)
-    out = []
-    while (step := feed.take()) is not None:
-        out.append(step)
-    return out
 
 
 def runs(steps: list) -> list[list]:

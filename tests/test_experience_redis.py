@@ -11,7 +11,7 @@ import pytest
 from reverie.cli import main
 from reverie.experience import LogError, SegmentLog, StreamLog, StreamReader, encode, open_reader
 from serving import fragment
-from test_client_source import CARTPOLE, drain
+from builders import CARTPOLE, drain
 from reverie.trainer.feed import ClientFeed
 
 

@@ -15,7 +15,7 @@ import torch
 
 import numpy as np
 
-from builders import collect_replay, real_batch, small_config
+from builders import changed_groups, collect_replay, group_names, real_batch, small_config, snapshot
 from reverie.trainer.agent import Agent
 from reverie.trainer.components import symlog
 from reverie.trainer.config import UpdateCounts
@@ -23,36 +23,6 @@ from reverie.trainer.imagination import imagine
 from reverie.trainer.losses import actor_loss, replay_lambda_return
 
 ENVS = ["CartPole-v1", "Pendulum-v1"]
-GROUPS = ("world_model", "policy", "value", "target_value", "log_alpha", "return_scale", "reward_range")
-
-
-def group_of(name: str) -> str:
-    return name.split(".", 1)[0]
-
-
-def state_tensors(agent: Agent):
-    """Parameters and buffers alike: normaliser statistics, return scale and bounds are state too."""
-    yield from agent.named_parameters()
-    yield from agent.named_buffers()
-
-
-def snapshot(agent: Agent) -> dict[str, torch.Tensor]:
-    return {name: t.detach().clone() for name, t in state_tensors(agent)}
-
-
-def changed_groups(agent: Agent, before: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-    """For each group, the names of the parameters and buffers that are no longer bit-identical."""
-    out: dict[str, list[str]] = {g: [] for g in GROUPS}
-    for name, t in state_tensors(agent):
-        if not torch.equal(t.detach(), before[name]):
-            out[group_of(name)].append(name)
-    return out
-
-
-def group_names(agent: Agent, group: str) -> list[str]:
-    return [n for n, _ in agent.named_parameters() if group_of(n) == group]
-
-
 @pytest.fixture(params=ENVS)
 def setup(request):
     """(agent, batch, start states) for one env; the agent's normaliser has seen the batch, as in training."""

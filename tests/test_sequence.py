@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from builders import collect_replay, small_config
-from test_isolation import changed_groups, snapshot
+from builders import changed_groups, collect_replay, small_config, snapshot
 from reverie.trainer.agent import Agent
 from reverie.trainer.config import UpdateCounts
 from reverie.trainer.losses import world_model_loss
