@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import signal
 
+import hashlib
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -34,14 +38,47 @@ def _restore_stop_signals():
         signal.signal(signum, handler)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+# What shapes an exported bundle: the trainer and the contract's code, the proto, and how these fixtures build their agents.
+EXPORT_SOURCES = ("trainer", "reverie", "proto", "tests/conftest.py", "tests/builders.py")
+
+
+def cached_export(request, tmp_path_factory, name: str, agent) -> Path:
+    """`agent` exported to an export folder of its own. The export (ONNX: seconds per graph) is kept in
+    pytest's cache between runs under a digest of every source file that shapes it and of the torch,
+    onnx and onnxscript versions; the fixtures build their agents from fixed seeds, so one digest is one
+    bundle. Each session gets a fresh copy, so what a test writes there never reaches the next run."""
+    import onnx
+    import onnxscript
+
+    from reverie.trainer.export import export_bundle
+
+    out = tmp_path_factory.mktemp(name) / "export"
+    cache = getattr(request.config, "cache", None)
+    if cache is None:  # -p no:cacheprovider
+        export_bundle(agent, out, training_step=100, phase="full", last_eval=20.0, keep=100)
+        return out
+    digest = hashlib.sha256(f"{torch.__version__} {onnx.__version__} {onnxscript.__version__}".encode())
+    files = [ROOT / s for s in EXPORT_SOURCES if (ROOT / s).is_file()]
+    files += [f for s in EXPORT_SOURCES if (ROOT / s).is_dir() for f in (ROOT / s).rglob("*") if f.suffix in (".py", ".proto")]
+    for path in sorted(files):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    kept = cache.mkdir(f"reverie-export-{name}-{digest.hexdigest()[:16]}")
+    if not (kept / "export").is_dir():
+        shutil.rmtree(kept / "partial", ignore_errors=True)
+        export_bundle(agent, kept / "partial", training_step=100, phase="full", last_eval=20.0, keep=100)
+        (kept / "partial").rename(kept / "export")  # complete or absent: an interrupted export is redone
+    shutil.copytree(kept / "export", out)
+    return out
+
+
 @pytest.fixture(scope="session")
-def exported_agents(tmp_path_factory):
+def exported_agents(request, tmp_path_factory):
     """{env_id: (agent, export_dir)}: a small agent per action kind, its normaliser fed, exported once.
 
     Untrained weights are enough for the serving contract; the trained-bundle tests train their own.
     """
     from reverie.trainer.agent import Agent
-    from reverie.trainer.export import export_bundle
 
     agents = {}
     for env_id in ("CartPole-v1", "Pendulum-v1"):
@@ -51,20 +88,17 @@ def exported_agents(tmp_path_factory):
         agent.world_model.normalizer.update(torch.randn(64, *space.obs_shape) * 2 + 0.5)
         with torch.no_grad():  # a policy far from uniform: actions, probabilities and env units then differ by state
             agent.policy.net[-1].weight.normal_(0.0, 0.5)
-        export_dir = tmp_path_factory.mktemp(env_id) / "export"
-        export_bundle(agent, export_dir, training_step=100, phase="full", last_eval=20.0, keep=100)
-        agents[env_id] = (agent, export_dir)
+        agents[env_id] = (agent, cached_export(request, tmp_path_factory, env_id, agent))
     return agents
 
 
 @pytest.fixture(scope="session")
-def memory_agent(tmp_path_factory):
+def memory_agent(request, tmp_path_factory):
     """(agent, export dir): a small sequence-mode agent with two transformer dynamics members on
     CartPole without velocities (history_length 3, dynamics_context 3), its policy far from uniform
     so that what it remembers moves its answers."""
     from reverie import envs
     from reverie.trainer.agent import Agent
-    from reverie.trainer.export import export_bundle
 
     torch.manual_seed(0)
     space = space_info(envs.make("CartPole-v1", [0, 2]))
@@ -75,9 +109,7 @@ def memory_agent(tmp_path_factory):
         agent.policy.net[-1].weight.normal_(0.0, 0.5)
         for member in agent.world_model.dynamics.members:  # positions that matter, as trained ones would
             member.position.normal_(0.0, 0.5)
-    export_dir = tmp_path_factory.mktemp("memory") / "export"
-    export_bundle(agent, export_dir, training_step=100, phase="full", last_eval=20.0, keep=100)
-    return agent, export_dir
+    return agent, cached_export(request, tmp_path_factory, "memory", agent)
 
 
 @pytest.fixture(scope="session")
