@@ -1,4 +1,4 @@
-"""Sample efficiency and update cost: CartPole-v1 and Pendulum-v1, several seeds, one table.
+"""Sample efficiency and update cost: CartPole-v1, Pendulum-v1 and Acrobot-v1, several seeds, one table.
 
     python benchmarks/learning.py --envs cartpole --seeds 0 1 2 3 4 --steps 10000   # the defaults, as a user gets them
     python benchmarks/learning.py --envs cartpole --presets none seed_values --steps 10000  # the defaults beside the seed's numbers
@@ -36,7 +36,8 @@ from reverie.trainer.loop import Trainer
 from reverie.runs import read_metrics
 from update_speed import time_parts  # benchmarks/, the folder of this script, is on sys.path
 
-THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -200.0), "pong": ("ALE/Pong-v5", 0.0)}
+THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -200.0), "acrobot": ("Acrobot-v1", -100.0),
+              "pong": ("ALE/Pong-v5", 0.0)}
 
 
 def time_update(trainer: Trainer) -> dict[str, float]:
