@@ -1,4 +1,5 @@
-"""The actor's two estimators (`actor_gradient`): through the dynamics, or by likelihood ratio.
+"""The actor's estimators (`actor_gradient`): through the dynamics, by likelihood ratio, or (discrete
+actions) by every action's one-step value.
 
 Both are run on a world model whose reward is rigged to prefer one CartPole action, so the right
 answer is known: the policy must move toward that action, and away from it when the sign flips.
@@ -45,8 +46,9 @@ def preference(agent: Agent, states: torch.Tensor, prefer: int) -> float:
     return (torch.tanh(dist.mean) * (1 if prefer == 0 else -1)).mean().item()
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-@pytest.mark.parametrize("actor_gradient", ["reinforce", "dynamics"])
+@pytest.mark.parametrize("env_id, actor_gradient", [
+    (env_id, gradient) for env_id in ("CartPole-v1", "Pendulum-v1") for gradient in ("reinforce", "dynamics")
+] + [("CartPole-v1", "all_actions")])
 @pytest.mark.parametrize("prefer", [0, 1])
 def test_the_actor_moves_toward_the_rewarded_action(env_id, actor_gradient, prefer):
     agent, states = rigged_agent(env_id, actor_gradient, prefer)
@@ -76,3 +78,27 @@ def test_log_prob_of_a_sample_is_the_density_it_was_drawn_from(env_id):
                 assert torch.equal(dist.log_prob(torch.eye(2)[a].expand(len(states), 2)), dist.log_probs[:, a])
         else:
             assert torch.allclose(dist.log_prob(action), -entropy, atol=1e-3)
+
+
+def test_all_actions_values_each_action_one_model_step_ahead():
+    """Q(s, a) of every action is the reward of a plus the discounted, continued value of the state a
+    reaches, each computed by hand through the same world model and target critic."""
+    agent, states = rigged_agent("CartPole-v1", "all_actions", 1)
+    with torch.no_grad():
+        agent.target_value.net[-1].bias.fill_(3.0)  # a value the continue product must carry
+        q = agent.action_values(states[:5].expand(2, 3, 5, -1))
+        assert q.shape == (2, 3, 5, 2)
+        wm = agent.world_model
+        for a in range(2):
+            action = torch.eye(2)[a].expand(5, 2)
+            reached = wm.transition(states[:5], action)
+            reward, cont = wm.outcome(states[:5], action, reached)
+            expected = reward + agent.cfg.gamma * cont * agent.target_value(reached)
+            assert torch.allclose(q[1, 2, :, a], expected, atol=1e-5)
+    assert (q[..., 1] > q[..., 0] + 1.0).all()  # the rigged reward prefers action 1
+
+
+def test_all_actions_is_refused_for_continuous_actions():
+    batch, space = real_batch("Pendulum-v1", batch_size=4)
+    with pytest.raises(ValueError, match="all_actions needs a discrete action space"):
+        Agent(small_config(env_id="Pendulum-v1", actor_gradient="all_actions"), space)

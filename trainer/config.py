@@ -131,10 +131,12 @@ class Config(BaseModel):
     return_norm: bool = Field(True, description="scale actor returns by their 5-95 percentile spread", json_schema_extra=seed_value(
         False, "one entropy_coef and one actor_lr for envs whose returns differ by orders of magnitude"))
     grad_clip: float = Field(1.0, gt=0, description="max gradient norm of each optimizer (the seed's 1.0)")
-    actor_gradient: Literal["dynamics", "reinforce"] = Field(
+    actor_gradient: Literal["dynamics", "reinforce", "all_actions"] = Field(
         "dynamics", description="how the actor's loss reaches the policy: back through the learned dynamics (the seed's "
-        "diagram 2; straight-through for discrete actions), or by the likelihood ratio of its own imagined actions "
-        "(REINFORCE with the critic as baseline: no gradient through the rollout, failure 3's explosion cannot happen)")
+        "diagram 2; straight-through for discrete actions), by the likelihood ratio of its own imagined actions "
+        "(REINFORCE with the critic as baseline: no gradient through the rollout, failure 3's explosion cannot happen), "
+        "or, for discrete actions, by every action's one-step value through the model at each imagined state "
+        "(sum over a of pi(a|s) Q(s, a): no sampling noise, no straight-through bias)")
     actor_grad_normalize: bool = Field(False, description="rescale every actor gradient to norm grad_clip: its direction, not its size (failure 3, remedy 4)")
     batch_size: int = Field(128, ge=1, description="transitions per update batch", json_schema_extra=seed_value(
         64, "the seed's [64, 4] is an example of a flat batch, not a setting; 128 imagination starts per update"))
