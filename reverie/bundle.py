@@ -171,6 +171,11 @@ class Manifest(BaseModel):
     state_size: int
     history_length: int = Field(0, ge=0)  # the most past steps the agent reads (0: no memory); see graph_contract
     dynamics_context: int = Field(0, ge=0)  # the most earlier rollout steps the dynamics read (0: none); see graph_contract
+    # Imagination's next-state noise as trained (dynamics_sample): sampled /imagine rollouts draw each next
+    # state from Normal(the world_model graph's mean, dynamics_std) in its first state_dim entries (the
+    # state; a memory after it is not drawn). 0: the mean, as in bundles from before it was recorded.
+    dynamics_std: float = Field(0.0, ge=0)
+    state_dim: int | None = Field(None, ge=1)  # None: the whole state_size
     gamma: float
     lambda_: float
     default_horizon: int

@@ -244,9 +244,14 @@ class Runtime:
         """Roll policy (or `plan`, agent-form actions [H, ...]) and world model from one observation
         (after its `history`, with a memory).
 
-        All samples move together: one policy and one world-model call per step.
+        All samples move together: one policy and one world-model call per step. Unless
+        `deterministic`, a bundle trained to sample its next states (manifest `dynamics_std`) draws
+        them here too, so the samples differ by the model's noise as well as the policy's (the graph
+        gives each step's continue probability at the mean next state).
         """
         rng = self._generator(seed)
+        noise = 0.0 if deterministic else self.manifest.dynamics_std
+        noisy = slice(0, self.manifest.state_dim)  # the state; a memory after it is not drawn
         state = np.repeat(self.encode(obs[:1], history), samples, axis=0)
         states, actions, rewards, continues, doubts = [state], [], [], [], []
         for t in range(horizon):
@@ -255,6 +260,8 @@ class Runtime:
             else:
                 action = np.repeat(plan[t:t + 1], samples, axis=0)
             state, reward, cont, doubt = self._run("world_model", state, action, *self._past(states[:-1], actions, samples))
+            if noise:
+                state[:, noisy] += noise * rng.standard_normal(state[:, noisy].shape, dtype=state.dtype)
             doubts.append(doubt.reshape(-1))
             states.append(state)
             actions.append(action)

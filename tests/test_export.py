@@ -16,7 +16,7 @@ from reverie.trainer.envs import make_env, space_info
 from reverie.trainer.export import export_bundle, graph_specs
 
 
-@pytest.fixture(scope="module", params=[("CartPole-v1", {}), ("Pendulum-v1", {}), pytest.param(
+@pytest.fixture(scope="module", params=[("CartPole-v1", {}), ("Pendulum-v1", {"dynamics_sample": True}), pytest.param(
     ("CartPole-v1", {"dynamics": "transformer", "sequence_mode": True}), marks=pytest.mark.slow)],  # its export: tens of seconds
                 ids=["CartPole-v1", "Pendulum-v1", "CartPole-v1-transformer-memory"])
 def exported(request, tmp_path_factory):
@@ -72,6 +72,8 @@ def test_manifest_describes_and_verifies_the_bundle(exported):
     assert set(manifest.graphs) == {"encoder", "policy", "value", "world_model", "decoder", "act"}
     assert set(manifest.sha256) == {g.file for g in manifest.graphs.values()}
     assert manifest.action_space.kind == ("discrete" if agent.space.discrete else "box")
+    # what served imagination samples next states with: the training's own noise, or none
+    assert manifest.dynamics_std == (agent.cfg.dynamics_std if agent.cfg.dynamics_sample else 0.0) and manifest.state_dim == agent.cfg.state_dim
 
 
 def test_corrupted_or_truncated_graph_is_refused(exported, tmp_path):

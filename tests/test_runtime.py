@@ -263,6 +263,32 @@ def test_imagined_samples_differ_but_replay_with_the_seed(pair):
     assert a.states.shape == (8, 11, agent.cfg.state_dim) and a.lambda_return.shape == (8, 10)
 
 
+def test_a_bundle_trained_to_sample_next_states_imagines_with_that_noise(exported_agents, tmp_path):
+    """Manifest dynamics_std > 0 (trained with dynamics_sample): sampled rollouts of one plan differ by
+    Normal(0, dynamics_std) noise on each next state, the seed replays them, and a deterministic
+    rollout keeps the mean; a bundle without it imagines the mean however it is asked."""
+    agent, export_dir = exported_agents["CartPole-v1"]
+    bundle = tmp_path / latest_bundle(export_dir).name
+    shutil.copytree(latest_bundle(export_dir), bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["dynamics_std"] = 0.1
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    noisy, plain = Runtime.load(bundle), Runtime.load(latest_bundle(export_dir))
+    obs, actions = observations(agent, 1, seed=6), plan([0, 1] * 5, noisy.manifest.action_space)
+    mean = plain.imagine(obs, 10, samples=1, deterministic=False, seed=3, plan=actions).states[0]
+    drawn = noisy.imagine(obs, 10, samples=256, deterministic=False, seed=3, plan=actions)
+    np.testing.assert_allclose(drawn.states[:, 0], np.broadcast_to(mean[0], drawn.states[:, 0].shape), atol=1e-6)
+    first_step = drawn.states[:, 1] - mean[1]
+    assert abs(first_step.std() - 0.1) < 0.01 and abs(first_step.mean()) < 0.01, (first_step.mean(), first_step.std())
+    assert (drawn.states[:, 1:].std(0) > 0.05).all()  # every later step of every entry differs between samples
+    again = noisy.imagine(obs, 10, samples=256, deterministic=False, seed=3, plan=actions)
+    np.testing.assert_array_equal(drawn.states, again.states)
+    kept = noisy.imagine(obs, 10, samples=2, deterministic=True, seed=None, plan=actions)
+    np.testing.assert_allclose(kept.states, np.stack([mean, mean]), atol=1e-5)
+    unsampled = plain.imagine(obs, 10, samples=4, deterministic=False, seed=3, plan=actions)
+    np.testing.assert_allclose(unsampled.states, np.stack([mean] * 4), atol=1e-5)
+
+
 @pytest.mark.parametrize("value, field, message", [
     ([0.1, 0.2, 0.3], "obs", "expected 4 elements"),
     ([0.1, True, 0.3, 0.4], "obs[1]", "boolean"),
