@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
 from reverie.clients.rest import RestClient  # noqa: E402
-from reverie.runs import read_metrics  # noqa: E402
+from reverie.runs import RunDir  # noqa: E402
 from loopback import RedisServer  # noqa: E402 (support/, on sys.path above)
 
 CLIENTS = {  # kind -> the teacher's command after `python -m` (EXPORT is the run's export folder)
@@ -97,7 +97,7 @@ def main() -> int:
     started = time.time()
     teachers = []
     for i, kind in enumerate(args.clients):
-        flags = [str(run_dir / "export") if flag == "EXPORT" else flag for flag in CLIENTS[kind]]
+        flags = [str(RunDir(run_dir).export) if flag == "EXPORT" else flag for flag in CLIENTS[kind]]
         log = run_dir / f"client-{i}-{kind}.log"
         url, target = servers[i % len(servers)]
         teachers.append((kind, log, subprocess.Popen(
@@ -109,7 +109,7 @@ def main() -> int:
     try:
         while time.time() - started < args.timeout:
             time.sleep(1.0)
-            rows = read_metrics(run_dir)
+            rows = RunDir(run_dir).metrics()
             played = sum(e[-1]["client_steps"] for e in (episodes_of(log) for _, log, _ in teachers) if e)
             for index, row in enumerate(rows[seen:], seen):
                 if "eval_return" in row:
@@ -141,7 +141,7 @@ def main() -> int:
         if redis is not None:
             redis.__exit__()
 
-    rows = read_metrics(run_dir)
+    rows = RunDir(run_dir).metrics()
     print(f"\nCartPole-v1, reverie up --source clients, {len(args.clients)} clients ({', '.join(args.clients)}) "
           f"at {args.rate:g} steps/s each" + (", the log on Redis, 2 replicas" if args.redis else "") +
           f"; run dir {run_dir}\n")

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from reverie.trainer.config import build_config
 from reverie.trainer.loop import Trainer
-from reverie.runs import read_metrics
+from reverie.runs import RunDir
 from update_speed import time_parts  # benchmarks/, the folder of this script, is on sys.path
 
 THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -200.0), "acrobot": ("Acrobot-v1", -100.0),
@@ -63,7 +63,7 @@ def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, 
     trainer.run()
     wall = time.perf_counter() - start
     evals = [(r["env_step"], r["eval_return"], r.get("eval_value"), r.get("eval_discounted_return"), r.get("eval_terminated"))
-             for r in read_metrics(run_dir) if "eval_return" in r]
+             for r in RunDir(run_dir).metrics() if "eval_return" in r]
     reached = next((s for s, v, *_ in evals if v >= threshold), None)
     parts = time_update(trainer)
     return {"agent": f"reverie ({' '.join([*common, preset])})", "env": env_id, "seed": seed, "steps_to_threshold": reached,
@@ -75,7 +75,7 @@ def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, 
 
 def _wall_at(run_dir: Path, step: int | None) -> float | None:
     """Training wall seconds at the logged row of `step` (None when never reached)."""
-    return next((r["wall_s"] for r in read_metrics(run_dir) if r["env_step"] == step), None) if step else None
+    return next((r["wall_s"] for r in RunDir(run_dir).metrics() if r["env_step"] == step), None) if step else None
 
 
 def run_sb3(algo: str, seed: int, eval_every: int = 2000) -> dict:

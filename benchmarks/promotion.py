@@ -15,12 +15,12 @@ import argparse
 from pathlib import Path
 
 from reverie.bundle import promotes
-from reverie.runs import read_metrics
+from reverie.runs import RunDir
 
 
 def exports(run_dir: Path, every: int) -> list[tuple[int, float]]:
     """(env step, eval return) of each export that carried an evaluation."""
-    rows = read_metrics(run_dir)
+    rows = RunDir(run_dir).metrics()
     return [(r["env_step"], r["eval_return"]) for r in rows if "eval_return" in r and r["env_step"] % every == 0]
 
 

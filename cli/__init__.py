@@ -10,6 +10,7 @@ from pathlib import Path
 
 from reverie.bundle import BundleError
 from reverie.experience import LogError
+from reverie.runs import RunDir
 from reverie.signals import on_stop_signals
 
 SOURCES = ("env", "clients", "both")
@@ -75,11 +76,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     """The failure modes of a finished or running run: when they fired, the evidence, what to try."""
     from reverie.trainer.config import Config
     from reverie.trainer.diagnostics import findings, solved_return
-    from reverie.runs import read_config, read_metrics
 
     run_dir = Path(args.run_dir)
-    cfg = Config.model_validate(read_config(run_dir))
-    rows = read_metrics(run_dir)
+    cfg = Config.model_validate(RunDir(run_dir).config())
+    rows = RunDir(run_dir).metrics()
     found = findings(rows, cfg.diagnostics_window, solved_return(cfg))
     span = f"{len(rows)} logged rows, env steps {rows[0]['env_step']:,}-{rows[-1]['env_step']:,}" if rows else "no logged rows"
     if not found:
@@ -140,7 +140,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.experience is not None:
         train_args += ["--set", f"experience={args.experience}"]
     elif args.source in ("clients", "both") or args.spaces:
-        args.experience = str(run_dir / "experience")
+        args.experience = str(RunDir(run_dir).experience)
     return up(run_dir, train_args, _settings(args, run_dir))
 
 

@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from reverie.runs import latest_checkpoint
+from reverie.runs import RunDir
 from reverie.signals import on_stop_signals
 from reverie.service.server import Service
 from reverie.service.settings import ServiceSettings
@@ -27,7 +27,7 @@ STOP_TIMEOUT_S = 120
 def trainer_command(run_dir: Path, train_args: list[str]) -> list[str]:
     """`reverie train` on the run dir with the given flags, resuming when the dir holds a checkpoint."""
     command = [sys.executable, "-m", "reverie.cli", "train", "--run-dir", str(run_dir), *train_args]
-    if latest_checkpoint(run_dir) is not None:
+    if RunDir(run_dir).latest_checkpoint() is not None:
         command.append("--resume")
     return command
 

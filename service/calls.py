@@ -19,7 +19,7 @@ import numpy as np
 
 from reverie.errors import InputError
 from reverie.experience import Fragment
-from reverie.runs import read_status, run_dir_of
+from reverie.runs import RunDir
 
 from . import inputs
 from .batching import ActBatcher
@@ -303,5 +303,5 @@ def model_info(store: ModelStore, settings: ServiceSettings) -> dict:
         "reloads": store.reloads,
         "refused": [{"bundle": str(b), "reason": reason} for b, (_, reason) in store.refused.items()],
         "manifest": runtime.manifest.model_dump(),
-        "training": read_status(run_dir_of(settings.models)),  # looked up each time: `up` starts before the run
+        "training": (run := RunDir.behind(settings.models)) and run.status(),  # looked up each time: `up` starts before the run
     }

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from reverie.bundle import evaluations, latest_bundle, versions
-from reverie.runs import METRICS_FILE, MetricRows, read_config, read_status, run_dir_of
+from reverie.runs import MetricRows, RunDir
 
 from .metrics import ServiceMetrics
 from .settings import ServiceSettings
@@ -38,13 +38,13 @@ def thin(rows: list[dict], limit: int = MAX_POINTS) -> list[dict]:
     return [rows[round(i * step)] for i in range(limit)]
 
 
-def training(run_dir: Path | None, rows_reader: MetricRows) -> dict | None:
+def training(run: RunDir | None, rows_reader: MetricRows) -> dict | None:
     """Curves (env_step plus each drawn key), phase boundaries, rates, and every failure mode's firings."""
-    if run_dir is None or not (run_dir / METRICS_FILE).exists():
+    if run is None or not run.metrics_file.exists():
         return None
-    rows = rows_reader.read(run_dir)
+    rows = rows_reader.read(run)
     try:
-        config = read_config(run_dir)
+        config = run.config()
     except (OSError, ValueError):
         config = {}
     shown = thin(rows)
@@ -59,7 +59,7 @@ def training(run_dir: Path | None, rows_reader: MetricRows) -> dict | None:
         seconds = last["wall_s"] - before["wall_s"]
         rates = {"env_steps_per_s": (last["env_step"] - before["env_step"]) / seconds,
                  "updates_per_s": (last["updates"] - before["updates"]) / seconds}
-    status = read_status(run_dir) or {}
+    status = run.status() or {}
     return {
         "env_id": config.get("env_id"), "source": config.get("source", "env"), "rows": len(rows),
         "status": status or None, "curves": curves, **rates,
@@ -125,5 +125,5 @@ def serving(store: ModelStore, metrics: ServiceMetrics, settings: ServiceSetting
 
 def live(store: ModelStore, metrics: ServiceMetrics, settings: ServiceSettings, rows: MetricRows,
          sessions: int) -> dict:
-    return {"time": time.time(), "training": training(run_dir_of(settings.models), rows),
+    return {"time": time.time(), "training": training(RunDir.behind(settings.models), rows),
             "serving": serving(store, metrics, settings), "sessions": sessions}

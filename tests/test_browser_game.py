@@ -38,7 +38,7 @@ import pytest
 from loopback import free_ports, wait_until
 
 from serving import chrome, logged_fragments
-from reverie.runs import read_metrics
+from reverie.runs import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "clients"
@@ -190,7 +190,7 @@ def test_a_browser_game_connects_plays_teaches_and_is_served_newer_versions(buil
         wait_until(lambda: evaluated(), max(10.0, 200 - (time.monotonic() - started)), "three evaluation episodes of one version",
                    interval=0.5)
         wanted = evaluated()
-        rows = lambda: {r["eval_version"]: r["eval_return"] for r in read_metrics(run_dir) if "eval_return" in r}  # noqa: E731
+        rows = lambda: {r["eval_version"]: r["eval_return"] for r in RunDir(run_dir).metrics() if "eval_return" in r}  # noqa: E731
         wait_until(lambda: set(wanted) <= set(rows()), 60, f"the trainer's evaluations of v{sorted(wanted)}", interval=0.5)
         for version, returns in wanted.items():
             assert rows()[version] == pytest.approx(np.mean(returns), rel=1e-6)
@@ -225,7 +225,7 @@ def test_a_browser_game_connects_plays_teaches_and_is_served_newer_versions(buil
         # The newer version served was trained on the page's steps: they are the only experience there is.
         newer = httpx.get(f"{url}/model").json()
         assert newer["model_version"] > shown and newer["manifest"]["training_step"] >= 100
-        assert max(r.get("client_steps", 0) for r in read_metrics(run_dir)) >= 100
+        assert max(r.get("client_steps", 0) for r in RunDir(run_dir).metrics()) >= 100
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
         artifacts = Path(os.environ.get("REVERIE_ARTIFACTS", tmp_path))

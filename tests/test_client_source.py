@@ -18,12 +18,11 @@ from builders import CARTPOLE, drain, small_config
 from serving import fragment, write
 from loopback import wait_until
 from reverie.experience import Fragment
-from reverie.runs import latest_checkpoint
+from reverie.runs import RunDir
 from reverie.trainer.checkpoint import load_checkpoint
 from reverie.trainer.config import Config
 from reverie.trainer.feed import ClientFeed
 from reverie.trainer.loop import Trainer
-from reverie.runs import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +111,7 @@ def test_source_both_keeps_env_episodes_and_client_runs_apart(tmp_path):
     for episode in np.unique(steps["episode"]):
         mine = client[steps["episode"] == episode]
         assert mine.all() or not mine.any(), "an env episode and a client run were joined"
-    assert read_metrics(tmp_path / "run")[-1]["client_episodes"] == 4
+    assert RunDir(tmp_path / "run").metrics()[-1]["client_episodes"] == 4
 
 
 @pytest.mark.slow  # trains, or runs real processes for tens of seconds
@@ -129,17 +128,17 @@ def test_a_trainer_killed_with_minus_9_resumes_at_its_read_position(tmp_path):
                "--set", "eval_every=100000", "--set", "export_every=100000"]
     trainer = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not [r for r in read_metrics(run) if r["env_step"] == 300] and time.monotonic() < deadline:
+    while not [r for r in RunDir(run).metrics() if r["env_step"] == 300] and time.monotonic() < deadline:
         time.sleep(0.2)
     trainer.send_signal(signal.SIGKILL)
     trainer.wait()
-    saved = load_checkpoint(latest_checkpoint(run))  # at 200 steps, with the log read to its end (30 records)
+    saved = load_checkpoint(RunDir(run).latest_checkpoint())  # at 200 steps, with the log read to its end (30 records)
     assert saved["position"]["env_step"] == 200 and saved["feed"]["next_seq"] == 30 and len(saved["feed"]["ready"]) == 100
     write(log, [f for episode in episodes[6:] for f in episode])  # the clients went on meanwhile: 200 more
-    resumed = Trainer(Config.model_validate_json((run / "config.json").read_text()), run, resume=True)
+    resumed = Trainer(Config.model_validate(RunDir(run).config()), run, resume=True)
     assert resumed.env_step == 200  # `reverie train --resume` does this, in this process
     resumed.run()
-    state = load_checkpoint(latest_checkpoint(run))
+    state = load_checkpoint(RunDir(run).latest_checkpoint())
     stored = state["replay"]["data"]
     learned = stored["obs"][stored["valid"]][:, :2]
     assert len(learned) == 500 == len({tuple(row) for row in learned.tolist()})  # each once
@@ -155,7 +154,7 @@ def test_clients_ahead_of_the_trainer_are_stored_whole_without_their_updates(tmp
                        log_every=100, learning_starts=50, replay_ratio=1.0, client_backlog=100)
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.run()
-    rows = read_metrics(tmp_path / "run")
+    rows = RunDir(tmp_path / "run").metrics()
     assert len(trainer.replay) >= 600 and rows[-1]["client_steps"] == 600
     unpaid = sum(r["client_steps_unpaid"] for r in rows)
     assert unpaid > 0 and trainer.updates == 600 - unpaid  # one round per paid step (all past learning_starts here)
@@ -177,11 +176,11 @@ def test_slow_clients_leave_the_trainer_updating_from_its_replay_up_to_the_cap(t
         time.sleep(1.0)  # at the cap: no more
         assert trainer.env_step == 120 and trainer.updates == 360
         write(tmp_path / "log", [fragment(9, 0, 20, 0, "terminated")])  # a client comes back: its row tells
-        wait_until(lambda: any(r["env_step"] == 140 for r in read_metrics(tmp_path / "run")), 100, "the next row")
+        wait_until(lambda: any(r["env_step"] == 140 for r in RunDir(tmp_path / "run").metrics()), 100, "the next row")
     finally:
         stop.set()
         worker.join(30)
-    row = next(r for r in read_metrics(tmp_path / "run") if r["env_step"] == 140)
+    row = next(r for r in RunDir(tmp_path / "run").metrics() if r["env_step"] == 140)
     assert row["idle_updates"] >= 360 - 0.5 * 120 - 10 and row["updates"] <= 3.0 * 140
 
 
@@ -201,4 +200,4 @@ def test_staleness_is_counted_from_best_so_a_server_following_it_never_starves_t
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.run()
     assert trainer.env_step == 30 and set(trainer.replay.steps()["obs"][:, 0].tolist()) == {1000.0}  # episode 0's
-    assert sum(r["client_stale_dropped"] for r in read_metrics(tmp_path / "run")) == 30  # episode 1's, all of them
+    assert sum(r["client_stale_dropped"] for r in RunDir(tmp_path / "run").metrics()) == 30  # episode 1's, all of them

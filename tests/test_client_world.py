@@ -22,7 +22,7 @@ from reverie.bundle import latest_bundle
 from reverie.cli import main
 from loopback import free_ports, wait_until  # (fragments: 4 numbers, 2 actions)
 from serving import fragment, write  # (fragments: 4 numbers, 2 actions)
-from reverie.runs import read_metrics
+from reverie.runs import RunDir
 
 SPACES = {"name": "reach", "observation_space": {"shape": [2], "dtype": "float32"},
           "action_space": {"kind": "discrete", "n": 3}}
@@ -144,11 +144,11 @@ def test_a_client_world_is_taught_evaluated_and_its_best_served_with_no_env(tmp_
                 else:
                     play(client, world, "player", evaluate=False)
                 time.sleep(0.2)  # a client world's own pace (~50-100 steps/s here): the trainer keeps up with it
-                rows = [r for r in read_metrics(run_dir) if "eval_return" in r]
+                rows = [r for r in RunDir(run_dir).metrics() if "eval_return" in r]
                 if len(rows) >= 2 and client.model()["model_version"] == best_version(run_dir):
                     break
-            wait_until(lambda: len([r for r in read_metrics(run_dir) if "eval_return" in r]) >= 2, 30, "two evaluations")
-            rows = [r for r in read_metrics(run_dir) if "eval_return" in r]
+            wait_until(lambda: len([r for r in RunDir(run_dir).metrics() if "eval_return" in r]) >= 2, 30, "two evaluations")
+            rows = [r for r in RunDir(run_dir).metrics() if "eval_return" in r]
             by_version: dict[int, list[float]] = {}
             for version, total in evaluations:
                 by_version.setdefault(version, []).append(total)
@@ -157,7 +157,7 @@ def test_a_client_world_is_taught_evaluated_and_its_best_served_with_no_env(tmp_
             best = max(rows, key=lambda r: (r["eval_return"], r["eval_version"]))
             assert best_version(run_dir) == best["eval_version"]
             wait_until(lambda: client.model()["model_version"] == best["eval_version"], 10, "the server to follow BEST")
-            assert any(r.get("client_steps", 0) > 0 for r in read_metrics(run_dir))
+            assert any(r.get("client_steps", 0) > 0 for r in RunDir(run_dir).metrics())
     finally:
         up.send_signal(signal.SIGINT)
         output = up.communicate(timeout=60)[0]

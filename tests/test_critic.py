@@ -76,14 +76,14 @@ def test_the_critic_of_a_solved_cartpole_learns_the_returns_observed(trained_car
     (sampling, as in training: the critic values the policy it imagines with). Measured here: 0.74x at
     400 updates, 0.75x at 600, 0.82x at 800."""
     from reverie.evaluation import play_episodes
-    from reverie.runs import latest_checkpoint
+    from reverie.runs import RunDir
     from reverie.trainer.checkpoint import load_checkpoint
     from reverie.trainer.config import Config
     from reverie.trainer.envs import make_env
     from reverie.trainer.replay import Replay
 
-    cfg = Config.model_validate_json((trained_cartpole / "config.json").read_text())
-    state = load_checkpoint(latest_checkpoint(trained_cartpole))
+    cfg = Config.model_validate(RunDir(trained_cartpole).config())
+    state = load_checkpoint(RunDir(trained_cartpole).latest_checkpoint())
     env = make_env(cfg.env_id)
     space = collect_replay(cfg.env_id, 1)[1]
     agent = Agent(cfg, space)

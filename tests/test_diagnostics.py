@@ -8,7 +8,7 @@ import pytest
 
 from reverie.trainer.config import PRESETS, Config, build_config
 from reverie.trainer.diagnostics import FAILURE_MODES, diagnose, solved_return, window
-from reverie.runs import read_metrics
+from reverie.runs import RunDir
 from reverie.trainer.metrics import MetricsWriter
 
 
@@ -74,11 +74,11 @@ def test_gradient_explosion_on_growth_alone_and_on_nan_loss_alone():
 def test_nan_loss_is_still_diagnosed_after_a_round_trip_through_metrics_jsonl(tmp_path):
     """The loop diagnoses a window read back from metrics.jsonl; a NaN loss logged earlier must still count."""
     rows = rows_from(actor_grad_norm=[0.5, 0.5, 0.5], actor_loss=[1.0, float("nan"), 1.0])
-    writer = MetricsWriter(tmp_path)
+    writer = MetricsWriter(RunDir(tmp_path))
     for row in rows:
         writer.write(row)
     writer.close()
-    assert names(read_metrics(tmp_path)) == ["gradient_explosion"]
+    assert names(RunDir(tmp_path).metrics()) == ["gradient_explosion"]
 
 
 def test_policy_exploits_model_needs_flat_real_returns():
@@ -186,7 +186,7 @@ def test_reverie_diagnose_prints_when_what_and_the_set_lines(tmp_path, capsys):
 
     cfg = Config(critic_lr=3e-4)
     (tmp_path / "config.json").write_text(cfg.model_dump_json())
-    writer = MetricsWriter(tmp_path)
+    writer = MetricsWriter(RunDir(tmp_path))
     for row in SYMPTOMS["critic_divergence"][0]:
         writer.write(row)
     writer.close()
@@ -202,7 +202,7 @@ def test_reverie_diagnose_on_a_quiet_run(tmp_path, capsys):
     from reverie.cli import main
 
     (tmp_path / "config.json").write_text(Config().model_dump_json())
-    writer = MetricsWriter(tmp_path)
+    writer = MetricsWriter(RunDir(tmp_path))
     for row in healthy_rows():
         writer.write(row)
     writer.close()

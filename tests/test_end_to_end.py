@@ -4,12 +4,10 @@ run serves the critic and serving tests, so the suite trains CartPole to solved 
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from reverie.runs import latest_checkpoint
-from reverie.runs import read_metrics
+from reverie.runs import RunDir
 
 pytestmark = pytest.mark.slow  # the solved CartPole run
 
@@ -21,7 +19,7 @@ SEED_METRICS = ("dynamics_loss", "reward_mae", "continue_acc", "mean_imagined_re
 @pytest.fixture(scope="module")
 def run(trained_cartpole):
     """(run dir, metric rows, config) of the CLI training run."""
-    return trained_cartpole, read_metrics(trained_cartpole), json.loads((trained_cartpole / "config.json").read_text())
+    return trained_cartpole, RunDir(trained_cartpole).metrics(), RunDir(trained_cartpole).config()
 
 
 def test_eval_return_rises_from_the_untrained_policy_to_the_target(run):
@@ -56,7 +54,7 @@ def test_every_seed_metric_is_logged(run):
 def test_artefacts_exist(run):
     """A resumable checkpoint, the training-curves PNG and a TensorBoard event file."""
     run_dir, rows, _ = run
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = RunDir(run_dir).latest_checkpoint()
     assert checkpoint is not None and checkpoint.name == f"step_{rows[-1]['env_step']:09d}.pt"
     curves = run_dir / "training_curves.png"
     assert curves.exists() and curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

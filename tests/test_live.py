@@ -12,7 +12,7 @@ import pytest
 
 from reverie.clients.rest import RestClient
 from reverie.bundle import versions
-from reverie.runs import MetricRows, read_metrics
+from reverie.runs import MetricRows, RunDir
 from reverie.service.live import _quantile, thin
 from serving import ThreadServer
 
@@ -21,7 +21,7 @@ OBS = [0.01, 0.02, 0.03, 0.04]
 
 @pytest.mark.slow  # trained_cartpole: a run trained to 475
 def test_live_carries_the_runs_curves_and_what_is_served(trained_cartpole):
-    rows = read_metrics(trained_cartpole)
+    rows = RunDir(trained_cartpole).metrics()
     config = json.loads((trained_cartpole / "config.json").read_text())
     with ThreadServer(trained_cartpole) as server, RestClient(server.url) as client:
         for _ in range(20):
@@ -61,15 +61,15 @@ def test_metric_rows_are_read_on_from_where_the_last_read_stopped(tmp_path):
     cannot hold (a NaN loss is written "nan") as the trainer's own reader does."""
     path, reader = tmp_path / "metrics.jsonl", MetricRows()
     path.write_text('{"env_step": 1}\n{"env_step": 2}\n{"env_st')  # the trainer is mid-line
-    assert [r["env_step"] for r in reader.read(tmp_path)] == [1, 2]
+    assert [r["env_step"] for r in reader.read(RunDir(tmp_path))] == [1, 2]
     with open(path, "a") as f:
         f.write('ep": 3, "critic_loss": "nan", "actor_grad_norm": "inf"}\n')
-    rows = reader.read(tmp_path)
+    rows = reader.read(RunDir(tmp_path))
     assert [r["env_step"] for r in rows] == [1, 2, 3]
     assert math.isnan(rows[2]["critic_loss"]) and rows[2]["actor_grad_norm"] == math.inf
-    assert str(read_metrics(tmp_path)) == str(rows)
+    assert str(RunDir(tmp_path).metrics()) == str(rows)
     path.write_text('{"env_step": 7}\n')  # a new run in the same place
-    assert [r["env_step"] for r in reader.read(tmp_path)] == [7]
+    assert [r["env_step"] for r in reader.read(RunDir(tmp_path))] == [7]
 
 
 def test_thinning_keeps_the_first_and_the_newest_rows_evenly():

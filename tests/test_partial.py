@@ -14,9 +14,8 @@ from reverie import envs
 from builders import small_config
 from reverie.bundle import latest_bundle, load_manifest
 from reverie.cli import main
-from reverie.runs import read_status
+from reverie.runs import RunDir
 from serving import ThreadServer
-from reverie.runs import read_metrics
 
 
 def test_kept_entries_are_the_full_observations_entries():
@@ -96,10 +95,10 @@ def test_the_sequence_run_exports_beliefs_and_publishes_its_imagination(partial_
     manifest = load_manifest(latest_bundle(partial_run / "export"))
     cfg = small_config(sequence_mode=True)
     assert manifest.state_size == cfg.state_dim + cfg.memory_dim
-    rows = read_metrics(partial_run)
+    rows = RunDir(partial_run).metrics()
     trained = [r for r in rows if "dynamics_loss" in r]
     assert trained and all(r["dynamics_disagreement"] > 0 and np.isfinite(r["world_model_loss"]) for r in trained)
-    fidelity = read_status(partial_run)["imagination_fidelity"]
+    fidelity = RunDir(partial_run).status()["imagination_fidelity"]
     evaluated = [r for r in rows if "eval_return" in r]
     assert fidelity["env_step"] == evaluated[-1]["env_step"] > 0
     assert 0 < len(fidelity["obs_error"]) <= cfg.horizon and all(0 <= a <= 1 for a in fidelity["continue_accuracy"])

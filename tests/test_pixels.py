@@ -26,7 +26,7 @@ from reverie.clients.rest import ApiError, RestClient, png_base64
 from builders import pixel_run
 from reverie.bundle import latest_bundle
 from reverie.cli import main
-from reverie.runs import latest_checkpoint
+from reverie.runs import RunDir
 from reverie.envs import EnvSpec
 from serving import ThreadServer
 from reverie.service import preview
@@ -146,8 +146,8 @@ def test_pixel_models_of_any_size_train_and_export(size, pixel_agent, tmp_path):
     assert rows[-1]["updates"] > 0 and rows[-1]["eval_return"] > 0
     # per pixel and channel on [0, 1] (summed over a frame it would be thousands)
     assert all(0 < row["decoder_loss"] < 5 for row in rows if "decoder_loss" in row)
-    saved = load_checkpoint(latest_checkpoint(run_dir))
-    assert saved.get("replay") is None and latest_checkpoint(run_dir).stat().st_size < 5e6  # frames stay out
+    saved = load_checkpoint(RunDir(run_dir).latest_checkpoint())
+    assert saved.get("replay") is None and RunDir(run_dir).latest_checkpoint().stat().st_size < 5e6  # frames stay out
     runtime = Runtime.load(latest_bundle(run_dir / "export"))
     assert runtime.manifest.observation_space.shape == [size, size, 3] and runtime.manifest.pixels
     shown = np.stack(frames(EnvSpec("CartPole-v1", pixels=True, image_size=size), 3)[:4]).astype(np.float32)

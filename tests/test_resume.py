@@ -16,10 +16,9 @@ from builders import small_config
 from reverie.bundle import versions
 from reverie.cli import main
 from reverie.signals import on_stop_signals
-from reverie.runs import latest_checkpoint, list_checkpoints
+from reverie.runs import RunDir
 from reverie.trainer.checkpoint import load_checkpoint
 from reverie.trainer.loop import Trainer
-from reverie.runs import read_metrics
 from reverie.trainer.schedule import Phase
 
 STOP, END = 200, 400
@@ -62,14 +61,14 @@ def stopped_copy(stopped, tmp_path):
 def test_stop_leaves_checkpoints(stopped):
     run_dir, trainer = stopped
     assert trainer.env_step == STOP and trainer.phase is Phase.TRANSITION
-    assert latest_checkpoint(run_dir).name == f"step_{STOP:09d}.pt"
-    assert len(list_checkpoints(run_dir)) == 2  # older ones are pruned (keep=2)
+    assert RunDir(run_dir).latest_checkpoint().name == f"step_{STOP:09d}.pt"
+    assert len(RunDir(run_dir).checkpoints()) == 2  # older ones are pruned (keep=2)
 
 
 def test_resume_restores_position_models_optimizers_and_replay(stopped_copy):
     """A resumed trainer starts at the checkpoint's step, phase, update count, replay and optimizer moments."""
     run_dir, at_stop = stopped_copy
-    saved = load_checkpoint(latest_checkpoint(run_dir))
+    saved = load_checkpoint(RunDir(run_dir).latest_checkpoint())
     resumed = Trainer(tiny(END), run_dir, resume=True)
     assert resumed.cfg.total_steps == END
     assert resumed.env_step == saved["position"]["env_step"] == STOP
@@ -98,7 +97,7 @@ def test_resume_restores_position_models_optimizers_and_replay(stopped_copy):
 def test_resume_restores_every_random_state(stopped_copy, tmp_path):
     """The RNGs after a resume are those saved at the stop, so two resumed runs act alike step for step."""
     run_dir, at_stop = stopped_copy
-    saved = load_checkpoint(latest_checkpoint(run_dir))["rng"]
+    saved = load_checkpoint(RunDir(run_dir).latest_checkpoint())["rng"]
     twin = tmp_path / "twin"
     shutil.copytree(run_dir, twin)
     resumed = Trainer(tiny(END), run_dir, resume=True)
@@ -145,7 +144,7 @@ def test_resumed_run_continues_without_warmup_or_update_burst(stopped_copy):
     expected_updates = resumed.cfg.replay_ratio * (END - STOP)
     assert abs((resumed.updates - at_stop.updates) - expected_updates) <= 2
 
-    rows = read_metrics(run_dir)
+    rows = RunDir(run_dir).metrics()
     steps = [r["env_step"] for r in rows]
     assert steps == sorted(set(steps)), "env_step must keep increasing across the resume"
     after = [r for r in rows if r["env_step"] > STOP]
@@ -154,7 +153,7 @@ def test_resumed_run_continues_without_warmup_or_update_burst(stopped_copy):
     assert after[0]["updates"] >= at_stop.updates
     assert after[0]["updates"] - at_stop.updates <= resumed.cfg.replay_ratio * (after[0]["env_step"] - STOP) + 1
     assert any("actor_loss" in r for r in after)
-    assert latest_checkpoint(run_dir).name == f"step_{END:09d}.pt"
+    assert RunDir(run_dir).latest_checkpoint().name == f"step_{END:09d}.pt"
 
 
 def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path):
@@ -168,7 +167,7 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     assert trainer.env_step == 150
-    assert latest_checkpoint(tmp_path).name == f"step_{150:09d}.pt"
+    assert RunDir(tmp_path).latest_checkpoint().name == f"step_{150:09d}.pt"
     resumed = Trainer(tiny(END), tmp_path, resume=True)
     assert (resumed.env_step, resumed.updates) == (150, trainer.updates)
     # The episode cut by the stop is closed, so the next stored step starts a new episode.
@@ -190,7 +189,7 @@ def test_a_stop_request_finishes_the_step_checkpoints_and_returns(tmp_path):
     trainer.publish_bundle = publish_then_stop
     trainer.run()
     assert trainer.env_step == 150
-    assert latest_checkpoint(tmp_path).name == f"step_{150:09d}.pt"
+    assert RunDir(tmp_path).latest_checkpoint().name == f"step_{150:09d}.pt"
     assert versions(tmp_path / "export") == [1, 2]  # at start and at 150, complete
     resumed = Trainer(tiny(END), tmp_path, resume=True)
     assert (resumed.env_step, resumed.updates) == (150, trainer.updates)

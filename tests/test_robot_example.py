@@ -28,7 +28,7 @@ import pytest
 
 pytest.importorskip("mujoco", reason="the robot example needs the mujoco bindings: pip install -e '.[robot]'")
 
-from reverie.runs import read_metrics  # noqa: E402
+from reverie.runs import RunDir  # noqa: E402
 from loopback import free_ports, stop_process, wait_until  # noqa: E402
 from serving import logged_fragments  # noqa: E402
 
@@ -281,12 +281,12 @@ def test_the_robot_teaches_over_a_stream_and_its_evaluations_are_the_trainers(tm
         assert complete
 
         def trainer() -> dict[int, float]:
-            return {r["eval_version"]: r["eval_return"] for r in read_metrics(run_dir) if "eval_return" in r}
+            return {r["eval_version"]: r["eval_return"] for r in RunDir(run_dir).metrics() if "eval_return" in r}
 
         wait_until(lambda: set(complete) <= set(trainer()), 120, f"eval_return rows for versions {sorted(complete)}",
                    interval=0.5)
         assert trainer() == pytest.approx(complete, rel=1e-6)
-        wait_until(lambda: max((r.get("client_steps", 0) for r in read_metrics(run_dir)), default=0) >= 100, 60,
+        wait_until(lambda: max((r.get("client_steps", 0) for r in RunDir(run_dir).metrics()), default=0) >= 100, 60,
                    "the trainer to learn from 100 of its steps", interval=0.5)
 
         # Its command line: gymnasium unimportable, a fixed rate, episodes and the summary as JSON lines.

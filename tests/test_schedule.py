@@ -8,7 +8,7 @@ import torch
 from builders import small_config
 from reverie.trainer.config import UpdateCounts
 from reverie.trainer.loop import Trainer
-from reverie.runs import read_metrics
+from reverie.runs import RunDir
 from reverie.trainer.schedule import Phase, Schedule
 
 WARMUP, TRANSITION = 100, 200
@@ -94,7 +94,7 @@ def test_trainer_makes_no_actor_updates_during_warmup(tmp_path):
                        eval_every=10_000, checkpoint_every=10_000)
     trainer = Trainer(cfg, tmp_path)
     trainer.run()
-    rows = read_metrics(tmp_path)
+    rows = RunDir(tmp_path).metrics()
     warmup = [r for r in rows if r["phase"] == "warmup" and r["env_step"] > cfg.learning_starts]
     # A row averages the updates of the log_every steps before it; take the rows wholly inside transition.
     transition = [r for r in rows if r["phase"] == "transition" and r["env_step"] - cfg.log_every >= cfg.warmup_steps]
@@ -131,10 +131,9 @@ def test_the_trainer_drives_the_parts_it_is_given(tmp_path):
 
     from reverie.trainer.checkpoint import load_checkpoint
     from reverie.trainer.loop import Parts
-    from reverie.runs import latest_checkpoint
 
     cfg = small_config(total_steps=100, warmup_steps=50, transition_steps=50, eval_every=10_000, checkpoint_every=100)
-    parts = Parts.build(cfg, tmp_path)
+    parts = Parts.build(cfg, RunDir(tmp_path))
     parts.env = gym.make("CartPole-v1", max_episode_steps=20)
     parts.replay.add(np.full(4, 7.0, np.float32), np.asarray(1), 1.0, np.zeros(4, np.float32), False, True)
     trainer = Trainer(cfg, tmp_path, parts=parts)
@@ -142,6 +141,6 @@ def test_the_trainer_drives_the_parts_it_is_given(tmp_path):
     assert trainer.env is parts.env and trainer.replay is parts.replay and len(parts.replay) == 101
     lengths = np.bincount(parts.replay.steps()["episode"][1:])
     assert lengths[lengths > 0].max() <= 20
-    saved = load_checkpoint(latest_checkpoint(tmp_path))
+    saved = load_checkpoint(RunDir(tmp_path).latest_checkpoint())
     assert {"agent", "world_model_optimizer", "actor_optimizer", "critic_optimizer", "replay"} <= saved.keys()
     assert saved["replay"]["data"]["obs"][0].tolist() == [7.0] * 4

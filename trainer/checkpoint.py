@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reverie.runs import checkpoint_path, latest_checkpoint, list_checkpoints, read_config
+from reverie.runs import RunDir
 
 
-def save_checkpoint(run_dir: Path, env_step: int, state: dict, keep: int = 2) -> Path:
-    path = checkpoint_path(run_dir, env_step)
+def save_checkpoint(run: RunDir, env_step: int, state: dict, keep: int = 2) -> Path:
+    path = run.checkpoint(env_step)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in run.checkpoints()[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
@@ -62,11 +62,11 @@ def load_run_agent(run_dir: Path, env_step: int | None = None):
     from .config import Config
     from .envs import SpaceInfo, make_env, space_info
 
-    run_dir = Path(run_dir)
-    path = latest_checkpoint(run_dir) if env_step is None else checkpoint_path(run_dir, env_step)
+    run = RunDir(run_dir)
+    path = run.latest_checkpoint() if env_step is None else run.checkpoint(env_step)
     if path is None or not path.exists():
-        raise FileNotFoundError(f"no checkpoint{'' if env_step is None else f' at env step {env_step}'} in {run_dir / 'checkpoints'}")
-    cfg = Config.model_validate(read_config(run_dir))
+        raise FileNotFoundError(f"no checkpoint{'' if env_step is None else f' at env step {env_step}'} in {run.path / 'checkpoints'}")
+    cfg = Config.model_validate(run.config())
     state = load_checkpoint(path)
     # The checkpoint names its spaces; one written before it did needs the env to learn them.
     space = SpaceInfo.from_dict(state["space"]) if "space" in state else space_info(make_env(cfg.env_spec))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from reverie.bundle import MAX_HORIZON, ActionSpace, GraphSpec, Manifest, ObservationSpace, graph_contract, publish
+from reverie.runs import RunDir
 
 from .agent import Agent
 
@@ -151,5 +152,5 @@ def export_run(run_dir: Path) -> Path:
 
     agent, state = load_run_agent(run_dir)
     step = state["position"]["env_step"]
-    return export_bundle(agent, Path(run_dir) / "export", step, Schedule(agent.cfg).phase(step).value,
+    return export_bundle(agent, RunDir(run_dir).export, step, Schedule(agent.cfg).phase(step).value,
                          state["position"]["last_eval"], agent.cfg.export_keep)

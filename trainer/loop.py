@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from reverie.bundle import latest_bundle, record_evaluation, versions
 from reverie.evaluation import play_episodes
-from reverie.runs import publish_status, read_metrics
+from reverie.runs import RunDir
 
 from .agent import Agent, EpisodePlayer, Window
 from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything
@@ -63,7 +63,7 @@ class Parts:
     writer: MetricsWriter
 
     @classmethod
-    def build(cls, cfg: Config, run_dir: Path) -> "Parts":
+    def build(cls, cfg: Config, run: RunDir) -> "Parts":
         eval_env = make_env(cfg.env_spec) if cfg.spaces is None else None
         space = space_info(eval_env) if eval_env is not None else world_space_info(cfg.spaces)
         obs_dtype = np.uint8 if space.is_image else np.float32
@@ -71,7 +71,7 @@ class Parts:
         replay.check_fits(available_memory())  # before anything is built
         agent = Agent(cfg, space).to(resolve_device(cfg.device))
         env = make_env(cfg.env_spec) if cfg.source != "clients" else None
-        return cls(env, eval_env, agent, replay, MetricsWriter(run_dir))
+        return cls(env, eval_env, agent, replay, MetricsWriter(run))
 
 
 class Trainer:
@@ -85,8 +85,8 @@ class Trainer:
         # under way, then checkpoints and returns. A KeyboardInterrupt raised at whatever line is
         # running can land in a finalizer, where Python prints and drops it, and training goes on.
         self.stop = stop if stop is not None else threading.Event()
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = RunDir(run_dir)
+        self.run_dir.path.mkdir(parents=True, exist_ok=True)
         cfg, checkpoint = reconcile(self.run_dir, cfg, resume, given)
         self.cfg = cfg
 
@@ -105,7 +105,7 @@ class Trainer:
                          "replay": self.replay}
         self.feed = None
         if cfg.source != "env":
-            self.feed = ClientFeed(cfg.experience or str(self.run_dir / "experience"), self.space,
+            self.feed = ClientFeed(cfg.experience or str(self.run_dir.experience), self.space,
                                    cfg.client_run_steps, cfg.max_policy_lag)
             self.stateful["feed"] = self.feed  # its read position goes with the replay it filled
         self.client_run = False  # a client's run is being added (source=both: the env waits for its end)
@@ -128,7 +128,7 @@ class Trainer:
             log.info("resumed from %s at env step %d (%s)", checkpoint.name, self.env_step, self.phase.value)
         self.episode_returns: list[float] = []
         # The diagnostics window: the rows the next one is judged with (read back after a resume).
-        self.recent_rows = window(read_metrics(self.run_dir), cfg.diagnostics_window)
+        self.recent_rows = window(self.run_dir.metrics(), cfg.diagnostics_window)
         if self.env is not None:
             self.obs, self.episode_return = self._reset_env()
 
@@ -145,7 +145,7 @@ class Trainer:
         self.started = time.perf_counter()
         bar = tqdm(total=cfg.total_steps, initial=self.env_step, unit="step", dynamic_ncols=True,
                    desc=cfg.env_id, mininterval=1.0, disable=None)  # None: no bar when stderr is not a terminal (docker logs)
-        if self.export and not versions(self.run_dir / "export"):
+        if self.export and not versions(self.run_dir.export):
             self.publish_bundle()  # something to serve from the first second (`reverie up`)
         try:
             while self.env_step < cfg.total_steps:
@@ -320,7 +320,7 @@ class Trainer:
                 returns.append(total)
                 if len(returns) == self.cfg.client_eval_episodes:
                     completed = version
-                    record_evaluation(self.run_dir / "export", version, float(np.mean(returns)), self.cfg.promotion_tolerance)
+                    record_evaluation(self.run_dir.export, version, float(np.mean(returns)), self.cfg.promotion_tolerance)
                     self.model_version = self._lag_reference()
         if completed is None:
             return None
@@ -346,11 +346,11 @@ class Trainer:
         self.recent_rows, findings = judge(self.recent_rows, row, self.cfg, self.solved_return)
         row["failure_modes"] = list(findings)
         self.writer.write(row)
-        publish_status(self.run_dir, row, self.fidelity if evaluated else None, findings,
+        self.run_dir.publish_status(row, self.fidelity if evaluated else None, findings,
                        {"transition": self.schedule.warmup_end, "full": self.schedule.transition_end})
         if evaluated:
             plot_training_curves(
-                read_metrics(self.run_dir), self.run_dir / "training_curves.png",
+                self.run_dir.metrics(), self.run_dir.curves,
                 {"transition": self.schedule.warmup_end, "full": self.schedule.transition_end},
                 f"{self.cfg.env_id} seed {self.cfg.seed}", self.fidelity,
             )
@@ -359,14 +359,14 @@ class Trainer:
         """The version a client step's staleness is counted from: BEST when there is one (what a server
         following BEST acts with: its steps are never stale, even while newer exports wait to be
         promoted), else the newest exported."""
-        best = latest_bundle(self.run_dir / "export", "best")
+        best = latest_bundle(self.run_dir.export, "best")
         return int(best.name[1:]) if best is not None and best.name.startswith("v") else 0
 
     def publish_bundle(self) -> Path:
         from .export import export_bundle  # the ONNX exporter loads only when a run exports
 
         # A client world's versions are evaluated after they are served (record_evaluation), not here.
-        path = export_bundle(self.agent, self.run_dir / "export", self.env_step, self.phase.value,
+        path = export_bundle(self.agent, self.run_dir.export, self.env_step, self.phase.value,
                              self.last_eval if self.eval_env is not None else None, self.cfg.export_keep)
         self.model_version = self._lag_reference()
         return path

@@ -4,8 +4,6 @@ the training-curves PNG. One writer behind one interface, so the loop only calls
 
 from __future__ import annotations
 
-import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from reverie.runs import METRICS_FILE  # noqa: E402
+from reverie.runs import RunDir  # noqa: E402
 
 
 class MetricAverager:
@@ -37,21 +35,13 @@ class MetricAverager:
         return out
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN; keep the row parseable and the symptom visible
-    return value
-
-
 class MetricsWriter:
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        self.path = run_dir / METRICS_FILE
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.tensorboard = SummaryWriter(str(run.tensorboard))
 
     def write(self, row: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+        self.run.append_metrics(row)
         step = int(row["env_step"])
         for k, v in row.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "env_step":

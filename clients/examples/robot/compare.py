@@ -34,15 +34,9 @@ from pathlib import Path
 
 import pendulum  # the example beside this one (this script's folder is on sys.path)
 from reverie.clients.grpc_client import GrpcClient
+from reverie.runs import RunDir
 
 ENV_ID = "InvertedPendulum-v5"
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def updates_at(rows: list[dict], step: int) -> int | None:
@@ -52,26 +46,26 @@ def updates_at(rows: list[dict], step: int) -> int | None:
 
 
 def run_env(out: Path, steps: int, seed: int, sets: list[str]) -> list[dict]:
-    run_dir = out / "env"
-    if not (run_dir / "metrics.jsonl").exists():
+    run_dir = RunDir(out / "env")
+    if not run_dir.metrics_file.exists():
         command = [sys.executable, "-m", "reverie.cli", "train", "--env", ENV_ID, "--seed", str(seed), "--steps", str(steps),
-                   "--run-dir", str(run_dir), *[f"--set={s}" for s in sets]]
+                   "--run-dir", str(run_dir.path), *[f"--set={s}" for s in sets]]
         print("env:", " ".join(command[1:]), flush=True)
         with (out / "env.log").open("w") as log:
             subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
-    rows = metrics(run_dir)
+    rows = run_dir.metrics()
     return [{"env_step": r["env_step"], "eval_return": float(r["eval_return"]), "updates": r["updates"]}
             for r in rows if "eval_return" in r]
 
 
 def run_client(out: Path, steps: int, seed: int, rate: float, evaluate_every: int, sets: list[str],
                finish_timeout: float, port: int, grpc_port: int) -> tuple[list[dict], dict]:
-    run_dir = out / "client"
+    run_dir = RunDir(out / "client")
     played_path = out / "client_played.jsonl"
     trained_path = out / "client_versions.json"
-    if not (run_dir / "metrics.jsonl").exists():
+    if not run_dir.metrics_file.exists():
         command = [sys.executable, "-m", "reverie.cli", "up", "--spaces", str(pendulum.SPACES_JSON),
-                   "--run-dir", str(run_dir), "--set", f"seed={seed}", "--set", f"total_steps={steps}",
+                   "--run-dir", str(run_dir.path), "--set", f"seed={seed}", "--set", f"total_steps={steps}",
                    *[f"--set={s}" for s in sets], "--follow", "latest", "--port", str(port), "--grpc-port", str(grpc_port)]
         print("client:", " ".join(command[1:]), flush=True)
         log = (out / "client.log").open("w")
@@ -81,7 +75,7 @@ def run_client(out: Path, steps: int, seed: int, rate: float, evaluate_every: in
 
         def watch_versions() -> None:  # exports are pruned (export_keep): read each manifest while it is there
             while not stop.wait(0.5):
-                for manifest in (run_dir / "export").glob("v*/manifest.json"):
+                for manifest in run_dir.export.glob("v*/manifest.json"):
                     try:
                         m = json.loads(manifest.read_text())
                         trained.setdefault(int(m["model_version"]), int(m["training_step"]))
@@ -119,7 +113,7 @@ def run_client(out: Path, steps: int, seed: int, rate: float, evaluate_every: in
             log.close()
         trained_path.write_text(json.dumps(trained))
     trained = {int(v): s for v, s in json.loads(trained_path.read_text()).items()} if trained_path.exists() else {}
-    rows = metrics(run_dir)
+    rows = run_dir.metrics()
     curve = []
     for r in rows:
         if "eval_return" in r:
@@ -195,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in ("client", "both"):
         client_curve, pace = run_client(out, args.steps, args.seed, args.rate, args.evaluate_every, args.set,
                                         args.finish_timeout, args.port, args.grpc_port)
-    env_rows = metrics(out / "env")
+    env_rows = RunDir(out / "env").metrics()
     env_pace = {}
     if env_rows:
         last = env_rows[-1]
