@@ -10,6 +10,7 @@ from pathlib import Path
 
 from reverie.bundle import BundleError
 from reverie.experience import LogError
+from reverie.objectstore import StoreError, is_store_url
 from reverie.runs import RunDir
 from reverie.signals import on_stop_signals
 
@@ -18,6 +19,8 @@ EXPERIENCE_HELP = ("take clients' experience (POST /experience, outcome reports)
                    "or redis://HOST:PORT[/DB][?stream=NAME], a stream several servers share")
 SPACES_HELP = ("a JSON file of the world's observation_space and action_space (and optionally name), in the "
                "bundle manifest's form: no gymnasium env; learns from the clients and is evaluated by their evaluation sessions")
+PUBLISH_HELP = ("also upload every exported version to S3-compatible object storage, where `reverie serve --models "
+                "s3://...` replicas on other hosts follow it (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
 SOURCE_HELP = ("what the trainer learns from: its own env (default), the served clients' experience (the env only "
                "evaluates and gives the spaces), or both")
 
@@ -38,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     stop = threading.Event()
     on_stop_signals(stop.set)
     given = frozenset(key for key, source in sources.items() if source != "default")
-    trainer = Trainer(cfg, Path(args.run_dir), resume=args.resume, export=True, stop=stop, given=given)
+    trainer = Trainer(cfg, Path(args.run_dir), resume=args.resume, export=True, stop=stop, given=given, publish=args.publish)
     trainer.run()
     if stop.is_set():
         print(f"stopped at env step {trainer.env_step}; resume with --resume", file=sys.stderr)
@@ -101,7 +104,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace, models: Path):
+def _settings(args: argparse.Namespace, models: Path | str):
     """The service's settings: the flags given, then the REVERIE_* variables, then the defaults (`reverie up`
     follows BEST by default, `reverie serve` the newest export)."""
     import os
@@ -117,9 +120,9 @@ def _settings(args: argparse.Namespace, models: Path):
 def cmd_serve(args: argparse.Namespace) -> int:
     from reverie.service.server import Service
 
-    models = Path(args.models)
-    if not models.exists():
-        raise FileNotFoundError(f"--models {models} does not exist (a run dir, its export folder, or a bundle)")
+    models = args.models if is_store_url(args.models) else Path(args.models)
+    if isinstance(models, Path) and not models.exists():
+        raise FileNotFoundError(f"--models {models} does not exist (a run dir, its export folder, a bundle, or s3://BUCKET/PREFIX)")
     service = Service(_settings(args, models))
     on_stop_signals(service.stop)
     service.run()
@@ -131,6 +134,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     train_args = (["--env", args.env] if args.env else []) + (["--preset", args.preset] if args.preset else [])
     train_args += ["--source", args.source] if args.source else []
+    train_args += ["--publish", args.publish] if args.publish else []
     train_args += [arg for item in args.set for arg in ("--set", item)]
     if args.spaces:
         _spaces(args)  # a bad file stops here, before the server or the trainer starts
@@ -232,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
     train.add_argument("--source", choices=SOURCES, default=None, help=SOURCE_HELP)
     train.add_argument("--spaces", default=None, metavar="FILE", help=SPACES_HELP)
+    train.add_argument("--publish", default=None, metavar="s3://BUCKET/PREFIX", help=PUBLISH_HELP)
     train.set_defaults(func=cmd_train)
 
     config = sub.add_parser("config", help="print the resolved configuration: values, sources, descriptions, the seed's values")
@@ -253,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     serve = sub.add_parser("serve", help="serve the newest bundle over REST and gRPC, following new ones")
-    serve.add_argument("--models", required=True, help="a run dir, its export folder, or one bundle")
+    serve.add_argument("--models", required=True, help="a run dir, its export folder, or one bundle; or s3://BUCKET/PREFIX "
+                       "(endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
     serve.add_argument("--experience", default=None, metavar="LOG", help=EXPERIENCE_HELP + "; default: none")
     _server_flags(serve)
     serve.set_defaults(func=cmd_serve)
@@ -266,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--source", choices=SOURCES, default=None,
                     help=SOURCE_HELP + "; with clients or both the server takes experience into RUN_DIR/experience")
     up.add_argument("--spaces", default=None, metavar="FILE", help=SPACES_HELP)
+    up.add_argument("--publish", default=None, metavar="s3://BUCKET/PREFIX", help=PUBLISH_HELP)
     up.add_argument("--experience", default=None, metavar="LOG",
                     help=EXPERIENCE_HELP + ", for the server and the trainer; default: RUN_DIR/experience with --source clients|both")
     _server_flags(up, follow="best")  # the main job: a served agent that never gets worse
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, BundleError, LogError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, BundleError, LogError, StoreError) as err:
         print(f"reverie {args.command}: {err}", file=sys.stderr)
         return 2
 

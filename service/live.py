@@ -88,8 +88,8 @@ def serving(store: ModelStore, metrics: ServiceMetrics, settings: ServiceSetting
     """Versions (served, newest and best exported), reloads and refusals, and per endpoint and transport
     the request and error counts and p50/p99 latency since start (the page turns counts into rates)."""
     runtime = store.current
-    export_dir = settings.models / "export" if (settings.models / "export").is_dir() else settings.models
-    best = latest_bundle(settings.models, "best")  # the newest while no export has an eval
+    export_dir = store.models / "export" if (store.models / "export").is_dir() else store.models
+    best = latest_bundle(store.models, "best")  # the newest while no export has an eval
     endpoints: dict[tuple[str, str], dict] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 
 import uvicorn
+
+from reverie.objectstore import Mirror, is_store_url
 
 from .app import create_app, served
 from .batching import ActBatcher
@@ -22,11 +27,21 @@ log = logging.getLogger("reverie.service")
 def build_calls(settings: ServiceSettings) -> tuple[Calls, ServiceMetrics]:
     """The process's objects, built once: the store, sessions, metrics, batcher and experience log, and
     the call layer over them that both front ends use."""
-    store = ModelStore(settings.models, settings.poll_interval, settings.follow)
+    store = model_store(settings)
     sessions = Sessions(int(settings.session_memory_mb * 2**20), settings.session_ttl_s)
     metrics = ServiceMetrics(store, sessions)
     experience = ExperienceLog(settings.experience) if settings.experience is not None else None
     return Calls(store, settings, sessions, ActBatcher(metrics.act_requests_per_call), experience), metrics
+
+
+def model_store(settings: ServiceSettings) -> ModelStore:
+    """The store of `--models`: a local path, or a local mirror of s3://... (checked now: a store that
+    cannot be listed stops the start with its reason)."""
+    if not is_store_url(settings.models):
+        return ModelStore(settings.models, settings.poll_interval, settings.follow)
+    mirror = Mirror(settings.models, Path(tempfile.mkdtemp(prefix="reverie-models-")))
+    mirror.check()
+    return ModelStore(mirror.folder, settings.poll_interval, settings.follow, mirror)
 
 
 class Service:
@@ -55,6 +70,8 @@ class Service:
         finally:
             self.grpc.stop(grace=2).wait()
             self.store.stop()
+            if self.store.mirror is not None:  # a copy of the object store, made for this process
+                shutil.rmtree(self.store.models, ignore_errors=True)
             if self.experience is not None:
                 self.experience.close()
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from reverie.objectstore import is_store_url
+
 ENV_PREFIX = "REVERIE_"
 SECRETS = ("api_token", "experience_token")  # from the environment only
 ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")  # what a browser sends as `Origin`
@@ -21,7 +23,8 @@ ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")  # what a browser sends as
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
 
-    models: Path = Field(description="a run directory, its export folder, or one bundle")
+    models: Path | str = Field(description="a run directory, its export folder, or one bundle; or s3://BUCKET/PREFIX, "
+                               "an export folder on object storage (endpoint and credentials from the AWS_* variables)")
     host: str = Field("127.0.0.1", description="the address both front ends listen on")
     port: int = Field(8000, ge=0, le=65535, description="the REST port")
     grpc_port: int = Field(50051, ge=0, le=65535, description="the gRPC port")
@@ -43,6 +46,12 @@ class ServiceSettings(BaseSettings):
     reward_bound: float = Field(1e6, gt=0, description="a reported reward's largest magnitude")
     cors_origins: list[str] = Field(default_factory=list, description="origins whose pages may call the REST API "
                                     "(`scheme://host[:port]`, or `*` for any); none: no CORS headers at all")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, value):
+        """s3://... stays a URL; anything else is a local path."""
+        return value if is_store_url(value) else Path(value)
 
     @field_validator("api_token", "experience_token", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from reverie.bundle import BundleError, latest_bundle, version_dir, versions
+from reverie.objectstore import Mirror
 
 from .runtime import Runtime
 
@@ -24,8 +25,10 @@ class NotReady(RuntimeError):
 
 
 class ModelStore:
-    def __init__(self, models: Path, poll_interval: float = 1.0, follow: str = "latest"):
+    def __init__(self, models: Path, poll_interval: float = 1.0, follow: str = "latest", mirror: Mirror | None = None):
+        """`mirror`: the object store `models` is a local copy of, synced before each poll."""
         self.models = Path(models)
+        self.mirror = mirror
         self.follow = follow
         self.poll_interval = poll_interval
         self.current: Runtime | None = None
@@ -65,6 +68,8 @@ class ModelStore:
 
     def poll(self) -> bool:
         """Load the newest loadable bundle if it is newer than the one served; True when a swap happened."""
+        if self.mirror is not None:
+            self.mirror.sync()
         swapped = any(self._try(bundle) for bundle in self.candidates())
         if self.follow != "latest" and self.current is not None:
             self._try_newest()

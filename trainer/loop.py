@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from reverie.bundle import latest_bundle, record_evaluation, versions
 from reverie.evaluation import play_episodes
+from reverie.objectstore import Publisher, StoreError
 from reverie.runs import RunDir
 
 from .agent import Agent, EpisodePlayer, Window
@@ -77,10 +78,11 @@ class Parts:
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
                  export: bool = False, stop: threading.Event | None = None, given: frozenset[str] = frozenset(),
-                 parts: Parts | None = None):
+                 parts: Parts | None = None, publish: str | None = None):
         """`given`: the keys the user set (preset, --set, flags); on a resume they change the saved
         configuration, logged, except the FIXED_ON_RESUME ones, which are refused. `parts`: built from
-        the (resolved) config unless given."""
+        the (resolved) config unless given. `publish`: s3://BUCKET/PREFIX that every exported version is
+        also uploaded to (checked now; a failed upload later is logged and finished by the next)."""
         # Set from a signal handler (`reverie train`): the loop finishes the step, export or eval
         # under way, then checkpoints and returns. A KeyboardInterrupt raised at whatever line is
         # running can land in a finalizer, where Python prints and drops it, and training goes on.
@@ -113,6 +115,9 @@ class Trainer:
         self.schedule = Schedule(cfg)
         self.averager = MetricAverager()
         self.export = export  # publish ONNX bundles to RUN_DIR/export every `export_every` steps
+        self.publisher = Publisher(publish) if publish else None
+        if self.publisher is not None:
+            self.publisher.check()
 
         self.env_step = 0
         self.updates = 0
@@ -321,6 +326,7 @@ class Trainer:
                 if len(returns) == self.cfg.client_eval_episodes:
                     completed = version
                     record_evaluation(self.run_dir.export, version, float(np.mean(returns)), self.cfg.promotion_tolerance)
+                    self._push()
                     self.model_version = self._lag_reference()
         if completed is None:
             return None
@@ -369,7 +375,17 @@ class Trainer:
         path = export_bundle(self.agent, self.run_dir.export, self.env_step, self.phase.value,
                              self.last_eval if self.eval_env is not None else None, self.cfg.export_keep)
         self.model_version = self._lag_reference()
+        self._push()
         return path
+
+    def _push(self) -> None:
+        """The export folder onto the object store (`publish`); a store that is away gets it next time."""
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.push(self.run_dir.export)
+        except StoreError as err:
+            log.error("publishing to the object store failed, training goes on (the next export retries): %s", err)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
