@@ -163,8 +163,9 @@ class Calls:
         step = None
         if act.session is not None and len(act.obs) == 1:
             done = (act.obs[0], result.agent_actions[0], act.runtime.version)
-            step = finish_step(act.session, act.transition, lambda: act.session.record(*done) if act.session is stream
-                               else self.sessions.record(call.session, act.session, *done))
+            step = finish_step(act.session, act.transition, lambda: act.session.record(*done))
+            if act.session is not stream:
+                self.sessions.save(call.session, act.session)  # before the answer: any replica may take the next step
         return ActAnswer(result, act.runtime.version, act.batched, act.runtime.discrete, step)
 
     # ------------------------------------------------------------------ value, imagine

@@ -34,9 +34,11 @@ class _StoreCollector:
         if self.sessions is not None:
             count = GaugeMetricFamily("reverie_sessions", "Sessions kept (REST `session`), unexpired")
             count.add_metric([], len(self.sessions))
-            held = GaugeMetricFamily("reverie_session_bytes", "Bytes the sessions may hold (each counted at a full history)")
-            held.add_metric([], self.sessions.nbytes)
-            yield from (count, held)
+            yield count
+            if self.sessions.nbytes is not None:  # shared sessions are held by Redis, not here
+                held = GaugeMetricFamily("reverie_session_bytes", "Bytes the sessions may hold (each counted at a full history)")
+                held.add_metric([], self.sessions.nbytes)
+                yield held
 
 
 class ServiceMetrics:

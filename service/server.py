@@ -17,7 +17,7 @@ from .calls import Calls
 from .experience import ExperienceLog
 from .grpc_server import build_grpc_server
 from .metrics import ServiceMetrics
-from .sessions import Sessions
+from .sessions import Sessions, SharedSessions
 from .settings import ServiceSettings
 from .store import ModelStore
 
@@ -28,7 +28,8 @@ def build_calls(settings: ServiceSettings) -> tuple[Calls, ServiceMetrics]:
     """The process's objects, built once: the store, sessions, metrics, batcher and experience log, and
     the call layer over them that both front ends use."""
     store = model_store(settings)
-    sessions = Sessions(int(settings.session_memory_mb * 2**20), settings.session_ttl_s)
+    sessions = (Sessions(int(settings.session_memory_mb * 2**20), settings.session_ttl_s) if settings.sessions is None
+                else SharedSessions(settings.sessions, settings.session_ttl_s, store))
     metrics = ServiceMetrics(store, sessions)
     experience = ExperienceLog(settings.experience) if settings.experience is not None else None
     return Calls(store, settings, sessions, ActBatcher(metrics.act_requests_per_call), experience), metrics

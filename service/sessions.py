@@ -10,16 +10,23 @@ largest, a full history), the least recently used one leaves first when a new on
 and a session unused for `ttl_s` seconds is gone. A flood of new ids evicts old sessions; it
 cannot grow memory. A client whose session went (`session_step` back at 0 mid-episode) loses its
 context, not its answers.
+
+`SharedSessions` (`--sessions redis://...`) keeps them in Redis instead, so that any replica behind a
+round-robin balancer can answer a session's next step and a replica that dies takes no session with
+it: each step's session is written before its answer, expiring after `ttl_s` like the in-process
+ones; Redis's own `maxmemory` (with an LRU policy) bounds them all.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from math import prod
+from urllib.parse import urlsplit
 
 import numpy as np
 from cachetools import TTLCache
@@ -120,12 +127,10 @@ class Sessions:
             observations, actions = list(session.recent.observations), list(session.recent.actions)
         return runtime.history(observations[-length:], actions[-length:])
 
-    def record(self, session_id: str, session: Session, obs, action, version: int) -> int:
-        """`Session.record`; using a session restarts its expiry."""
-        step = session.record(obs, action, version)
+    def save(self, session_id: str, session: Session) -> None:
+        """A session after its step: kept (using it restarts its expiry)."""
         with self.lock:
             self.cache[session_id] = session
-        return step
 
     def __len__(self) -> int:
         with self.lock:
@@ -136,3 +141,86 @@ class Sessions:
     def nbytes(self) -> int:
         with self.lock:
             return int(self.cache.currsize)
+
+
+class SharedSessions:
+    """Sessions in Redis, shared by every replica (`--sessions redis://HOST:PORT[/DB]`): each is read at
+    its step's start and written, with its expiry, before the answer. An evaluation episode's pinned
+    model travels as its version number: a replica that has that version loaded plays on with it."""
+
+    PREFIX = "reverie:session:"
+
+    def __init__(self, url: str, ttl_s: float, store):
+        import redis
+
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise ValueError(f"--sessions expects redis://HOST:PORT[/DB], got {url!r}")
+        self.client = redis.Redis.from_url(url, socket_timeout=10)
+        self.ttl_ms = int(ttl_s * 1000)
+        self.store = store
+        try:
+            self.client.ping()
+        except redis.RedisError as err:
+            raise ValueError(f"--sessions {url}: {err}") from err
+
+    def open(self, session_id: str, runtime: Runtime, reset: bool) -> Session:
+        check_session_id(session_id)
+        session = None if reset else self.peek(session_id)
+        if session is None:
+            session = Session(Recent(runtime.history_length), Sessions._size(runtime),
+                              dtype=runtime.manifest.observation_space.dtype, source=f"session:{session_id}")
+        return session
+
+    def peek(self, session_id: str) -> Session | None:
+        check_session_id(session_id)
+        blob = self.client.get(self.PREFIX + session_id)
+        return None if blob is None else self._decode(blob)
+
+    history = staticmethod(Sessions.history)
+
+    def save(self, session_id: str, session: Session) -> None:
+        self.client.set(self.PREFIX + session_id, self._encode(session), px=self.ttl_ms)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.client.scan_iter(match=self.PREFIX + "*", count=1000))
+
+    nbytes = None  # the bytes are Redis's to count (INFO memory): this process holds none
+
+    @staticmethod
+    def _encode(session: Session) -> bytes:
+        """The session as a length-prefixed JSON header and its arrays' raw bytes (no pickle; an .npz
+        took milliseconds a step)."""
+        with session.lock:
+            arrays = {}
+            if session.recent.observations:
+                arrays.update(obs=np.stack(session.recent.observations), actions=np.stack(session.recent.actions))
+            if session.last is not None:
+                arrays.update(last_obs=np.asarray(session.last[0]), last_action=np.asarray(session.last[1]))
+            header = {"step": session.step, "dtype": session.dtype, "episode": session.episode, "source": session.source,
+                      "nbytes": session.nbytes, "length": session.recent.observations.maxlen,
+                      "last_version": None if session.last is None else session.last[2],
+                      "pinned": None if session.pinned is None else session.pinned.version,
+                      "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
+        head = json.dumps(header).encode()
+        return len(head).to_bytes(4, "big") + head + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
+
+    def _decode(self, blob: bytes) -> Session:
+        size = int.from_bytes(blob[:4], "big")
+        header, offset, arrays = json.loads(blob[4:4 + size]), 4 + size, {}
+        for name, dtype, shape in header["arrays"]:
+            count = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            arrays[name] = np.frombuffer(blob, dtype, offset=offset, count=int(np.prod(shape))).reshape(shape)
+            offset += count
+        recent = Recent(header["length"])
+        for obs, action in zip(arrays.get("obs", ()), arrays.get("actions", ())):
+            recent.record(obs, action)
+        last = None
+        if header["last_version"] is not None:
+            last = (arrays["last_obs"], arrays["last_action"], header["last_version"])
+        pinned = None
+        if header["pinned"] is not None:
+            loaded = [r for r in (self.store.current, self.store.newest) if r is not None and r.version == header["pinned"]]
+            pinned = loaded[0] if loaded else self.store.evaluated()
+        return Session(recent, header["nbytes"], header["step"], dtype=header["dtype"], episode=header["episode"],
+                       source=header["source"], last=last, pinned=pinned)

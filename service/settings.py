@@ -37,6 +37,9 @@ class ServiceSettings(BaseSettings):
     session_memory_mb: float = Field(64.0, gt=0, description="all sessions' histories together stay within this; "
                                      "the least recently used session leaves first")
     session_ttl_s: float = Field(600.0, gt=0, description="a session unused this long is forgotten")
+    sessions: str | None = Field(None, description="where sessions live: None, this process's memory (a session's "
+                                 "steps must reach this replica); or redis://HOST:PORT[/DB], shared by every replica, so a "
+                                 "round-robin balancer may send each step anywhere and a replica that dies loses no session")
     experience: str | None = Field(None, description="the experience log (clients' episodes for the trainer): a folder "
                                    "of segment files, or redis://HOST:PORT[/DB][?stream=NAME] shared by several servers; "
                                    "None: this server takes no experience")

@@ -40,9 +40,10 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> 
 
 class RedisServer:
     """A real `redis-server` on a loopback port, in a temporary folder, every write synced (appendfsync
-    always), the way an experience log that acknowledges writes should run it."""
+    always, the way an experience log that acknowledges writes should run it) unless told otherwise."""
 
-    def __init__(self):
+    def __init__(self, appendfsync: str = "always"):
+        self.appendfsync = appendfsync  # "everysec": Redis's default, for what need not outlive a crash of Redis itself
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: apt-get install redis-server (.ci/run does)")
         (self.port,) = free_ports(1)
@@ -52,7 +53,7 @@ class RedisServer:
     def __enter__(self) -> "RedisServer":
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.folder, "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+             "--appendonly", "yes", "--appendfsync", self.appendfsync], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
         def up() -> bool:
             assert self.process.poll() is None, "redis-server exited"

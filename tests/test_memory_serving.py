@@ -182,6 +182,12 @@ def test_a_model_without_memory_takes_no_history(exported_agents):
         assert rest.act(obs, session="s").session_step == 1
 
 
+def record(sessions: Sessions, session_id: str, session) -> None:
+    """One acted step of a session, kept as the call layer keeps it."""
+    session.record(np.zeros(2, np.float32), 0, 1)
+    sessions.save(session_id, session)
+
+
 def test_sessions_stay_within_their_budget_and_expire(memory_agent):
     """A flood of new ids evicts the least recently used sessions instead of growing; an unused session
     expires after ttl_s; a used one does not."""
@@ -190,16 +196,16 @@ def test_sessions_stay_within_their_budget_and_expire(memory_agent):
     one = Sessions._size(runtime)
     sessions = Sessions(budget_bytes=10 * one, ttl_s=60, timer=lambda: clock[0])
     kept = sessions.open("kept", runtime, reset=False)
-    sessions.record("kept", kept, np.zeros(2, np.float32), 0, 1)
+    record(sessions, "kept", kept)
     for i in range(1000):
-        sessions.record(f"flood-{i}", sessions.open(f"flood-{i}", runtime, reset=False), np.zeros(2, np.float32), 1, 1)
+        record(sessions, f"flood-{i}", sessions.open(f"flood-{i}", runtime, reset=False))
         if i % 3 == 0:  # the kept session stays in use
-            sessions.record("kept", sessions.open("kept", runtime, reset=False), np.zeros(2, np.float32), 0, 1)
+            record(sessions, "kept", sessions.open("kept", runtime, reset=False))
     assert len(sessions) == 10 and sessions.nbytes <= 10 * one
     assert sessions.peek("flood-0") is None and sessions.peek("flood-999") is not None
     assert sessions.peek("kept").step == 1 + 334
     clock[0] += 59
-    sessions.record("flood-999", sessions.peek("flood-999"), np.zeros(2, np.float32), 1, 1)
+    record(sessions, "flood-999", sessions.peek("flood-999"))
     clock[0] += 2
     assert sessions.peek("kept") is None and sessions.peek("flood-999") is not None and len(sessions) == 1
     assert sessions.open("kept", runtime, reset=False).step == 0  # back as a new episode
