@@ -90,15 +90,24 @@ def steps_of(history) -> tuple[list, list] | None:
     return list(observations), [a.tolist() if isinstance(a, np.ndarray) else a for a in actions]
 
 
+RETRIED_STATUS = (502, 503, 504)  # a balancer whose replica went away, or a server not ready yet
+
+
 class RestClient:
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 10.0,
-                 image_format: str = "png"):
-        """`image_format`: how frames (uint8 [H, W, C] arrays) travel: "png", "raw" (base64 pixels) or "json"."""
+                 image_format: str = "png", retries: int = 2):
+        """`image_format`: how frames (uint8 [H, W, C] arrays) travel: "png", "raw" (base64 pixels) or "json".
+
+        `retries`: how many more times a request that is safe to repeat is sent after the connection
+        failed or a balancer answered 502/503/504 (its replica gone): every call but a session's `act`,
+        which moves the session (and may log a reported step) and so is never sent twice. Uploads are
+        safe: the log keeps a fragment once however often it arrives."""
         if image_format not in ("png", "raw", "json"):
             raise ValueError(f"image_format must be png, raw or json, not {image_format!r}")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
         self.image_format = image_format
+        self.retries = retries
 
     def _obs(self, obs):
         return _listed(obs, self.image_format)
@@ -116,8 +125,19 @@ class RestClient:
     def __exit__(self, *_) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
-        response = self.http.request(method, path, **kwargs)
+    def _call(self, method: str, path: str, safe: bool = True, **kwargs) -> httpx.Response:
+        for attempt in range(self.retries + 1 if safe else 1):
+            last = attempt == self.retries or not safe
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if last:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+                continue
+            if response.status_code not in RETRIED_STATUS or last:
+                break
+            time.sleep(0.05 * 2**attempt)
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -136,7 +156,7 @@ class RestClient:
         body = _given(obs=self._obs(obs), deterministic=deterministic, seed=seed, history=self._history(history),
                       session=session, reset=reset or None, reward=None if reward is None else float(reward),
                       terminated=bool(terminated) or None, truncated=bool(truncated) or None, evaluate=evaluate or None)
-        return Action(**self._call("POST", "/act", json=body).json())
+        return Action(**self._call("POST", "/act", safe=session is None, json=body).json())
 
     def act_batch(self, observations: Sequence, deterministic: bool = False, seed: int | None = None) -> list[Action]:
         body = _given(observations=[self._obs(o) for o in observations], deterministic=deterministic, seed=seed)

@@ -49,3 +49,69 @@ def test_the_document_carries_the_served_bundles_shapes_and_limits(cartpole):
     get_obs = next(p for p in document["paths"]["/imagine"]["get"]["parameters"] if p["name"] == "obs")
     pattern = re.compile(get_obs["schema"]["pattern"])
     assert pattern.match("0.1,0,-0.02,3e-4") and not pattern.match("0.1,0,-0.02")  # four numbers, for CartPole
+
+
+class DroppingRelay:
+    """A TCP relay on loopback to `port` that closes its first `drop` connections unanswered, as a
+    replica killed mid-request (or a balancer in front of one) does."""
+
+    def __init__(self, port: int, drop: int):
+        import socket
+        import threading
+
+        self.port, self.drop, self.accepted = port, drop, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted <= self.drop:
+                conn.recv(65536)  # the request arrives, and no answer ever will
+                conn.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_the_rest_client_resends_what_is_safe_to_resend_and_nothing_else(exported_agents):
+    """A request whose connection dies unanswered is sent again (another connection, another replica
+    behind a balancer) when repeating it changes nothing; a session's act, which moves the session, is not."""
+    from reverie.clients.rest import RestClient
+
+    with ThreadServer(exported_agents["CartPole-v1"][1]) as served:
+        port = int(served.url.rsplit(":", 1)[1])
+        relay = DroppingRelay(port, drop=2)
+        with RestClient(relay.url, retries=2) as client:
+            assert client.act([0.0, 0.1, 0.0, 0.0], deterministic=True).model_version == 1  # third try answered
+            assert relay.accepted == 3
+        relay.close()
+        relay = DroppingRelay(port, drop=1)
+        with RestClient(relay.url, retries=2) as client:
+            with pytest.raises(httpx.TransportError):
+                client.act([0.0, 0.1, 0.0, 0.0], session="once", reset=True)
+            assert relay.accepted == 1  # not resent
+            assert client.act([0.0, 0.1, 0.0, 0.0], session="once", reset=True).session_step == 0
+        relay.close()
