@@ -18,6 +18,9 @@ EPISODE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _FORMAT = 1
 _HEADER_LENGTH = struct.Struct("<I")
 _DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ("float32", "uint8", "int64")}
+# dtype -> (its name, its little-endian form), keyed by the dtype itself: `dtype.name` is computed in
+# Python each time it is read, and a fragment is checked and encoded on every reported step.
+_FORMS = {dtype: (name, little) for name, little in _DTYPES.items() for dtype in (little, little.newbyteorder(">"))}
 # The arrays in payload order, with the dtypes each may have: actions are int64 [n] (discrete)
 # or float32 [n, dim] (box, scaled to [-1, 1]): the agent's form, as the replay holds them.
 _ARRAYS = {
@@ -72,7 +75,7 @@ def _check(fragment: Fragment) -> None:
         raise ValueError(f"source must be a str, got {fragment.source!r}")
     for name, dtypes in _ARRAYS.items():
         array = getattr(fragment, name)
-        if not isinstance(array, np.ndarray) or array.dtype.name not in dtypes:
+        if not isinstance(array, np.ndarray) or _FORMS.get(array.dtype, ("",))[0] not in dtypes:
             got = array.dtype.name if isinstance(array, np.ndarray) else type(array).__name__
             raise ValueError(f"{name} must be a numpy array of {' or '.join(dtypes)}, got {got}")
     steps = len(fragment.rewards) if fragment.rewards.ndim == 1 else 0
@@ -90,8 +93,9 @@ def _check(fragment: Fragment) -> None:
 
 def encode(fragment: Fragment) -> bytes:
     """The fragment as a log payload: header length (u32 LE), JSON header, then the arrays."""
-    arrays = [np.ascontiguousarray(getattr(fragment, name), dtype=_DTYPES[getattr(fragment, name).dtype.name])
-              for name in _ARRAYS]
+    arrays = [getattr(fragment, name) for name in _ARRAYS]
+    forms = [_FORMS[array.dtype] for array in arrays]
+    arrays = [np.ascontiguousarray(array, dtype=little) for array, (_, little) in zip(arrays, forms)]
     header = {
         "format": _FORMAT,
         "episode": fragment.episode,
@@ -100,7 +104,7 @@ def encode(fragment: Fragment) -> bytes:
         "truncated": fragment.truncated,
         "source": fragment.source,
         **({"evaluation": True} if fragment.evaluation else {}),  # optional: records written before it still read
-        "arrays": [[name, array.dtype.name, list(array.shape)] for name, array in zip(_ARRAYS, arrays)],
+        "arrays": [[name, dtype, list(array.shape)] for name, array, (dtype, _) in zip(_ARRAYS, arrays, forms)],
     }
     head = json.dumps(header, separators=(",", ":")).encode()
     return b"".join([_HEADER_LENGTH.pack(len(head)), head, *(array.tobytes() for array in arrays)])
