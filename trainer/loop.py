@@ -21,18 +21,16 @@ import torch
 from tqdm import tqdm
 
 from reverie.bundle import latest_bundle, record_evaluation, versions
-from reverie.evaluation import play_episodes
 from reverie.objectstore import Publisher, StoreError
 from reverie.runs import RunDir
 
-from .agent import Agent, EpisodePlayer, Window
+from .agent import Agent, Window
 from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything
-from .fidelity import imagination_fidelity
+from .evaluate import evaluate
 from .config import Config, UpdateCounts
-from .diagnostics import judge, solved_return, window
 from .envs import make_env, space_info, world_space_info
 from .feed import ClientFeed
-from .metrics import MetricAverager, MetricsWriter, plot_training_curves
+from .metrics import MetricAverager, MetricsWriter, RunLog
 from .replay import Replay, available_memory
 from .resume import reconcile
 from .schedule import Schedule
@@ -100,7 +98,6 @@ class Trainer:
             parts.env, parts.eval_env, parts.agent, parts.replay, parts.writer)
         self.space, self.device = self.agent.space, self.agent.device
         self.window = Window(self.agent.world_model, cfg.history_length)  # the current episode's, in sequence mode
-        self.solved_return = solved_return(cfg)
         # The checkpoint is these parts' own state_dicts, by name, plus the loop's position and RNGs.
         self.stateful = {"agent": self.agent, "world_model_optimizer": self.agent.world_model_optimizer,
                          "actor_optimizer": self.agent.actor_optimizer, "critic_optimizer": self.agent.critic_optimizer,
@@ -132,8 +129,8 @@ class Trainer:
             self._restore(load_checkpoint(checkpoint))
             log.info("resumed from %s at env step %d (%s)", checkpoint.name, self.env_step, self.phase.value)
         self.episode_returns: list[float] = []
-        # The diagnostics window: the rows the next one is judged with (read back after a resume).
-        self.recent_rows = window(self.run_dir.metrics(), cfg.diagnostics_window)
+        self.run_log = RunLog(cfg, self.run_dir, self.writer,
+                              {"transition": self.schedule.warmup_end, "full": self.schedule.transition_end})
         if self.env is not None:
             self.obs, self.episode_return = self._reset_env()
 
@@ -187,7 +184,7 @@ class Trainer:
             raise
         finally:
             bar.close()
-            self.writer.close()
+            self.run_log.close()
         if self.env_step % cfg.checkpoint_every != 0:
             self.save()
         if self.export and self.env_step % cfg.export_every != 0:
@@ -294,25 +291,11 @@ class Trainer:
         return self.replay.sample(cfg.batch_size, self.rng, self.device, endings)
 
     def _evaluate(self) -> dict[str, float]:
-        """Eval return, plus the critic's value at each episode's first observation beside the
-        discounted return that followed: what the critic should have said, and what it said."""
-        player = EpisodePlayer(self.agent, deterministic=True)
-        episodes = play_episodes(player, self.cfg.env_spec, self.cfg.eval_episodes, self.cfg.seed, self.eval_env,
-                                 self.cfg.gamma, start=player.reset)
-        self.last_eval = float(np.mean([e.total for e in episodes]))
-        with torch.no_grad():
-            first = torch.as_tensor(np.stack([e.observations[0] for e in episodes]), dtype=torch.float32, device=self.device)
-            values = self.agent.critic_values(self.agent.world_model.first_belief(first))  # as served
-        # Its own generator: measuring the imagination must not move the training's random stream.
-        fidelity = imagination_fidelity(self.agent.world_model, self.space, episodes, self.cfg.horizon,
-                                        np.random.default_rng(self.env_step), self.device)
-        if fidelity is not None:
-            self.fidelity = {"env_step": self.env_step, **fidelity}
-        means = {f"imagination_{key}": float(np.mean(steps)) for key, steps in (fidelity or {}).items()}
-        return {"eval_value": float(values.mean()),
-                "eval_discounted_return": float(np.mean([e.discounted for e in episodes])),
-                # Episodes that ended in a terminal state, not by the time limit (CartPole: the pole or the track's end).
-                "eval_terminated": float(sum(e.terminated for e in episodes)), **means}
+        evaluation = evaluate(self.agent, self.eval_env, self.env_step)
+        self.last_eval = evaluation.mean_return
+        if evaluation.fidelity is not None:
+            self.fidelity = evaluation.fidelity
+        return evaluation.row
 
     def _client_evaluation(self) -> dict[str, float] | None:
         """A world without an env: a version's evaluation is the mean return of its first
@@ -349,17 +332,7 @@ class Trainer:
             self.pace = dict.fromkeys(self.pace, 0)
         if evaluated:
             row.update(eval_return=self.last_eval, **evaluation)
-        self.recent_rows, findings = judge(self.recent_rows, row, self.cfg, self.solved_return)
-        row["failure_modes"] = list(findings)
-        self.writer.write(row)
-        self.run_dir.publish_status(row, self.fidelity if evaluated else None, findings,
-                       {"transition": self.schedule.warmup_end, "full": self.schedule.transition_end})
-        if evaluated:
-            plot_training_curves(
-                self.run_dir.metrics(), self.run_dir.curves,
-                {"transition": self.schedule.warmup_end, "full": self.schedule.transition_end},
-                f"{self.cfg.env_id} seed {self.cfg.seed}", self.fidelity,
-            )
+        self.run_log.record(row, evaluated, self.fidelity)
 
     def _lag_reference(self) -> int:
         """The version a client step's staleness is counted from: BEST when there is one (what a server

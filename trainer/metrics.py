@@ -1,5 +1,6 @@
-"""Where metric rows go: `metrics.jsonl` (one JSON object per log interval), TensorBoard, and
-the training-curves PNG. One writer behind one interface, so the loop only calls `write`.
+"""Where metric rows go: `metrics.jsonl` (one JSON object per log interval), TensorBoard, the
+status the service reads, and the training-curves PNG. The loop assembles a row and hands it to
+`RunLog.record`; judging it for failure modes, writing and publishing it happen here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from reverie.runs import RunDir  # noqa: E402
+
+from .config import Config  # noqa: E402
+from .diagnostics import judge, solved_return, window  # noqa: E402
 
 
 class MetricAverager:
@@ -60,6 +64,29 @@ CURVES = (
     ("critic_loss", "critic loss"),
     ("entropy", "policy entropy"),
 )
+
+
+class RunLog:
+    """A run's record, row by row: each row judged for failure modes over the rows before it (read back
+    after a resume), written, published as the run's status, and at an evaluation the curves redrawn."""
+
+    def __init__(self, cfg: Config, run_dir: RunDir, writer: MetricsWriter, phases: dict[str, int]):
+        self.cfg, self.run_dir, self.writer, self.phases = cfg, run_dir, writer, phases
+        self.solved_return = solved_return(cfg)
+        self.recent_rows = window(run_dir.metrics(), cfg.diagnostics_window)
+
+    def record(self, row: dict, evaluated: bool, fidelity: dict | None) -> None:
+        """`fidelity`: the last evaluation's imagination fidelity, published with an evaluated row."""
+        self.recent_rows, findings = judge(self.recent_rows, row, self.cfg, self.solved_return)
+        row["failure_modes"] = list(findings)
+        self.writer.write(row)
+        self.run_dir.publish_status(row, fidelity if evaluated else None, findings, self.phases)
+        if evaluated:
+            plot_training_curves(self.run_dir.metrics(), self.run_dir.curves, self.phases,
+                                 f"{self.cfg.env_id} seed {self.cfg.seed}", fidelity)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def plot_training_curves(rows: list[dict], path: Path, phase_boundaries: dict[str, int], title: str,
