@@ -100,7 +100,12 @@ class ActStream:
 
 
 class GrpcClient:
-    def __init__(self, target: str = "127.0.0.1:50051", token: str | None = None, timeout: float = 10.0):
+    def __init__(self, target: str = "127.0.0.1:50051", token: str | None = None, timeout: float = 10.0,
+                 retries: int = 2):
+        """`retries`: how many more times a call that is safe to repeat is made after the server was
+        UNAVAILABLE (a replica gone, a connection reset): every unary call but a session's `act`, which
+        moves the session (and may log a reported step) and so is never made twice."""
+        self.retries = retries
         self.channel = grpc.insecure_channel(target)
         self.stub = agent_pb2_grpc.AgentStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -116,18 +121,22 @@ class GrpcClient:
     def __exit__(self, *_) -> None:
         self.close()
 
-    def _call(self, method, request):
-        try:
-            return method(request, metadata=self.metadata, timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise _error(err) from None
+    def _call(self, method, request, safe: bool = True):
+        for attempt in range(self.retries + 1 if safe else 1):
+            try:
+                # A retry waits for the channel to connect again (it backs off after a failure).
+                return method(request, metadata=self.metadata, timeout=self.timeout, wait_for_ready=attempt > 0)
+            except grpc.RpcError as err:
+                if not safe or attempt == self.retries or err.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise _error(err) from None
+                time.sleep(0.05 * 2**attempt)
 
     # ------------------------------------------------------------------ agent
     def act(self, obs, deterministic: bool = False, seed: int | None = None, history=None,
             session: str | None = None, reset: bool = False, reward: float | None = None,
             terminated: bool = False, truncated: bool = False, evaluate: bool = False) -> Action:
         request = _request(obs, deterministic, seed, history, session, reset, reward, terminated, truncated, evaluate)
-        return _actions(self._call(self.stub.Act, request))[0]
+        return _actions(self._call(self.stub.Act, request, safe=session is None))[0]
 
     def act_batch(self, observations, deterministic: bool = False, seed: int | None = None) -> list[Action]:
         return _actions(self._call(self.stub.Act, _request(np.stack(observations), deterministic, seed)))
@@ -178,7 +187,7 @@ class GrpcClient:
                 fragment.model_versions.CopyFrom(to_tensor(np.asarray(f["model_versions"], np.int64)))
             return fragment
 
-        summary = self._call(self.stub.UploadExperience, (message(f) for f in fragments))
+        summary = self._call(self.stub.UploadExperience, [message(f) for f in fragments])  # a list: resent whole on a retry
         return [{"episode": s.episode, "index": s.index, "seq": s.seq, "stored": s.stored} for s in summary.fragments]
 
     # ------------------------------------------------------------------ status

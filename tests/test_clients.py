@@ -115,3 +115,21 @@ def test_the_rest_client_resends_what_is_safe_to_resend_and_nothing_else(exporte
             assert relay.accepted == 1  # not resent
             assert client.act([0.0, 0.1, 0.0, 0.0], session="once", reset=True).session_step == 0
         relay.close()
+
+
+def test_the_grpc_client_resends_what_is_safe_to_resend_and_nothing_else(exported_agents):
+    from reverie.clients.grpc_client import GrpcClient
+
+    with ThreadServer(exported_agents["CartPole-v1"][1]) as served:
+        port = int(served.grpc_target.rsplit(":", 1)[1])
+        relay = DroppingRelay(port, drop=1)
+        with GrpcClient(f"127.0.0.1:{relay.url.rsplit(':', 1)[1]}", retries=3) as client:
+            assert client.act([0.0, 0.1, 0.0, 0.0], deterministic=True).model_version == 1
+            assert relay.accepted == 2  # the dropped connection, then the one that answered
+        relay.close()
+        relay = DroppingRelay(port, drop=1)
+        with GrpcClient(f"127.0.0.1:{relay.url.rsplit(':', 1)[1]}", retries=3) as client:
+            with pytest.raises(Exception, match="UNAVAILABLE"):
+                client.act([0.0, 0.1, 0.0, 0.0], session="once", reset=True)
+            assert relay.accepted == 1  # not resent
+        relay.close()
