@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPORT_SOURCES = ("trainer", "reverie", "proto", "tests/conftest.py", "tests/builders.py")
 
 
-def cached_export(request, tmp_path_factory, name: str, agent) -> Path:
+def cached_export(request, tmp_path_factory, name: str, agent, training_step: int = 100, last_eval: float = 20.0,
+                  keep: int = 100) -> Path:
     """`agent` exported to an export folder of its own. The export (ONNX: seconds per graph) is kept in
     pytest's cache between runs under a digest of every source file that shapes it and of the torch,
     onnx and onnxscript versions; the fixtures build their agents from fixed seeds, so one digest is one
@@ -56,7 +57,7 @@ def cached_export(request, tmp_path_factory, name: str, agent) -> Path:
     out = tmp_path_factory.mktemp(name) / "export"
     cache = getattr(request.config, "cache", None)
     if cache is None:  # -p no:cacheprovider
-        export_bundle(agent, out, training_step=100, phase="full", last_eval=20.0, keep=100)
+        export_bundle(agent, out, training_step=training_step, phase="full", last_eval=last_eval, keep=keep)
         return out
     digest = hashlib.sha256(f"{torch.__version__} {onnx.__version__} {onnxscript.__version__}".encode())
     files = [ROOT / s for s in EXPORT_SOURCES if (ROOT / s).is_file()]
@@ -66,10 +67,17 @@ def cached_export(request, tmp_path_factory, name: str, agent) -> Path:
     kept = cache.mkdir(f"reverie-export-{name}-{digest.hexdigest()[:16]}")
     if not (kept / "export").is_dir():
         shutil.rmtree(kept / "partial", ignore_errors=True)
-        export_bundle(agent, kept / "partial", training_step=100, phase="full", last_eval=20.0, keep=100)
+        export_bundle(agent, kept / "partial", training_step=training_step, phase="full", last_eval=last_eval, keep=keep)
         (kept / "partial").rename(kept / "export")  # complete or absent: an interrupted export is redone
     shutil.copytree(kept / "export", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def export_cache(request, tmp_path_factory):
+    """`cached_export` for a test module's own agents: (name, agent, **export arguments) -> export dir.
+    The agent must be built from a fixed seed, as the cache keys on sources, not weights."""
+    return lambda name, agent, **args: cached_export(request, tmp_path_factory, name, agent, **args)
 
 
 @pytest.fixture(scope="session")

@@ -19,15 +19,16 @@ from reverie.trainer.export import export_bundle, graph_specs
 @pytest.fixture(scope="module", params=[("CartPole-v1", {}), ("Pendulum-v1", {"dynamics_sample": True}), pytest.param(
     ("CartPole-v1", {"dynamics": "transformer", "sequence_mode": True}), marks=pytest.mark.slow)],  # its export: tens of seconds
                 ids=["CartPole-v1", "Pendulum-v1", "CartPole-v1-transformer-memory"])
-def exported(request, tmp_path_factory):
+def exported(request, export_cache):
     env_id, fields = request.param
     space = space_info(make_env(env_id))
+    torch.manual_seed(0)  # the export is cached by the sources that shape it: the weights must be theirs alone
     agent = Agent(small_config(env_id=env_id, **fields), space)
     # A normaliser that has seen data, so the exported encoder carries real statistics.
     agent.world_model.normalizer.update(torch.randn(64, *space.obs_shape) * 3 + 1)
-    out = tmp_path_factory.mktemp("export")
-    bundle = export_bundle(agent, out, training_step=123, phase="full", last_eval=42.0, keep=3)
-    return agent, bundle
+    name = "-".join(["export", env_id, *(f"{k}={v}" for k, v in fields.items())])
+    out = export_cache(name, agent, training_step=123, last_eval=42.0, keep=3)
+    return agent, latest_bundle(out)
 
 
 def test_every_graph_matches_torch_on_1000_random_inputs(exported):
