@@ -125,7 +125,8 @@ class GrpcClient:
         for attempt in range(self.retries + 1 if safe else 1):
             try:
                 # A retry waits for the channel to connect again (it backs off after a failure).
-                return method(request, metadata=self.metadata, timeout=self.timeout, wait_for_ready=attempt > 0)
+                return method(iter(request) if isinstance(request, list) else request,  # a stream, anew each time
+                              metadata=self.metadata, timeout=self.timeout, wait_for_ready=attempt > 0)
             except grpc.RpcError as err:
                 if not safe or attempt == self.retries or err.code() != grpc.StatusCode.UNAVAILABLE:
                     raise _error(err) from None

@@ -103,7 +103,7 @@ class S3Server:
              f"-master.port={p[0]}", f"-master.port.grpc={p[1]}", f"-volume.port={p[2]}", f"-volume.port.grpc={p[3]}",
              "-filer", f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}", "-s3", f"-s3.port={p[6]}",
              f"-s3.port.grpc={p[7]}", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.folder}/s3.json",
-             "-volume.max=8", "-master.volumeSizeLimitMB=64"],
+             "-volume.max=64", "-master.volumeSizeLimitMB=64"],
             stdout=open(os.path.join(self.folder, "weed.log"), "ab"), stderr=subprocess.STDOUT, cwd=self.folder)
 
         def up() -> bool:

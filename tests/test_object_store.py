@@ -28,13 +28,17 @@ def s3():
         yield server
 
 
+def store_for(server: S3Server, monkeypatch, request) -> str:
+    """The AWS variables of `server`, and a prefix of this test's own in its one bucket: the s3:// URL.
+    (One bucket for all: SeaweedFS gives each bucket volumes of its own.)"""
+    for key, value in server.env.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{server.bucket('reverie')}/{request.node.name[:60]}/agents/cartpole"
+
+
 @pytest.fixture
 def store(s3, monkeypatch, request):
-    """The AWS variables of the server, and a new bucket for this test: its s3:// URL."""
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    bucket = s3.bucket(request.node.name.replace("_", "-")[:50].strip("-").lower())
-    return f"s3://{bucket}/agents/cartpole"
+    return store_for(s3, monkeypatch, request)
 
 
 def put_order(publisher: Publisher) -> list[str]:
@@ -52,7 +56,7 @@ def test_the_store_holds_the_export_layout_written_pointers_last_and_a_mirror_fo
     written = put_order(publisher)
     assert publisher.push(export) == ["v000001"]
     graphs = sorted(p.name for p in (export / "v000001").iterdir() if p.name != "manifest.json")
-    prefix = "agents/cartpole/"
+    prefix = store.split("/", 3)[3] + "/"
     assert written == [prefix + f"v000001/{name}" for name in graphs] + [
         prefix + name for name in ("v000001/manifest.json", "evaluations.json", "BEST", "LATEST")]
     assert publisher.push(export) == []  # nothing new: pointers rewritten, no version again
@@ -75,7 +79,12 @@ def test_the_store_holds_the_export_layout_written_pointers_last_and_a_mirror_fo
 
 
 def test_serving_from_the_store_reloads_under_load_refuses_a_corrupted_version_and_outlives_the_store(
-        store, s3, exported_agents, tmp_path):
+        exported_agents, tmp_path, monkeypatch, request):
+    with S3Server() as own:  # its own server: this test stops and restarts it
+        serve_through_an_outage(own, store_for(own, monkeypatch, request), exported_agents, tmp_path)
+
+
+def serve_through_an_outage(s3: S3Server, store: str, exported_agents, tmp_path) -> None:
     source = latest_bundle(exported_agents["CartPole-v1"][1])
     export = tmp_path / "export"
     publisher = Publisher(store)
@@ -137,7 +146,7 @@ def _pushed(publisher: Publisher, export) -> bool:
 ])
 def test_a_store_that_cannot_be_used_stops_the_start_with_its_reason(case, expected, s3):
     env = dict(s3.env)
-    url = "s3://no-such-bucket/agents" if case == "no bucket" else f"s3://{s3.bucket('start-checks')}/agents"
+    url = "s3://no-such-bucket/agents" if case == "no bucket" else f"s3://{s3.bucket('reverie')}/start-checks"
     if case == "wrong secret":
         env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
     if case == "unreachable":
@@ -161,7 +170,7 @@ def test_a_training_run_publishes_every_version_it_exports(store, s3, tmp_path):
     assert mirror.sync() is True
     assert (mirror.folder / "LATEST").read_text() == (export / "LATEST").read_text() == "v000003"
     assert load_manifest(latest_bundle(mirror.folder)).training_step == 120
-    bucket, prefix = store.split("/")[2], "agents/cartpole/"
+    bucket, prefix = store.split("/")[2], store.split("/", 3)[3] + "/"
     listed = {o["Key"][len(prefix):].split("/")[0] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
     assert {name for name in listed if name.startswith("v")} == {f"v{v:06d}" for v in versions(export)}  # pruned ones gone
 
