@@ -78,6 +78,7 @@ def test_the_store_holds_the_export_layout_written_pointers_last_and_a_mirror_fo
     assert not [o["Key"] for o in listed if "v000001" in o["Key"]]
 
 
+@pytest.mark.slow  # load, a corrupted version and an outage, on a server of its own
 def test_serving_from_the_store_reloads_under_load_refuses_a_corrupted_version_and_outlives_the_store(
         exported_agents, tmp_path, monkeypatch, request):
     with S3Server() as own:  # its own server: this test stops and restarts it
