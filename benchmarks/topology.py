@@ -31,7 +31,6 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "support"))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from loopback import RedisServer, S3Server, free_ports, stop_process, wait_until  # noqa: E402
 from reverie.clients.rest import ApiError, RestClient  # noqa: E402
@@ -69,10 +68,7 @@ class Replica:
         self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
+        return ready(self.url)
 
 
 def play(i: int, url: str, rate: float, stop: threading.Event, killed: threading.Event, tally: dict,
@@ -161,7 +157,7 @@ def main() -> int:
         balancer = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=open(out / "haproxy.log", "wb"),
                                     stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{ports[-1]}"
-        wait_until(lambda: _answers(url), 30, "the balancer")
+        wait_until(lambda: ready(url), 30, "the balancer")
 
         s3_client = s3.client()
 
@@ -212,7 +208,8 @@ def main() -> int:
     return 0
 
 
-def _answers(url: str) -> bool:
+def ready(url: str) -> bool:
+    """GET /readyz answers 200: a bundle is loaded (through the balancer: some replica has one)."""
     try:
         return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
     except httpx.TransportError:

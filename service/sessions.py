@@ -203,15 +203,14 @@ class SharedSessions:
                       "pinned": None if session.pinned is None else session.pinned.version,
                       "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
         head = json.dumps(header).encode()
-        return len(head).to_bytes(4, "big") + head + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
+        return len(head).to_bytes(4, "big") + head + b"".join(a.tobytes() for a in arrays.values())
 
     def _decode(self, blob: bytes) -> Session:
         size = int.from_bytes(blob[:4], "big")
         header, offset, arrays = json.loads(blob[4:4 + size]), 4 + size, {}
         for name, dtype, shape in header["arrays"]:
-            count = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            arrays[name] = np.frombuffer(blob, dtype, offset=offset, count=int(np.prod(shape))).reshape(shape)
-            offset += count
+            arrays[name] = np.frombuffer(blob, dtype, offset=offset, count=prod(shape)).reshape(shape)
+            offset += arrays[name].nbytes
         recent = Recent(header["length"])
         for obs, action in zip(arrays.get("obs", ()), arrays.get("actions", ())):
             recent.record(obs, action)
