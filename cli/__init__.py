@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -33,17 +35,50 @@ def _spaces(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from reverie.trainer import distributed
     from reverie.trainer.config import resolve_config
-    from reverie.trainer.loop import Trainer
 
     cfg, sources = resolve_config(args.preset, args.set, env_id=args.env, seed=args.seed, total_steps=args.steps,
                                   source=args.source, spaces=_spaces(args))
+    given = frozenset(key for key, source in sources.items() if source != "default")
+    ranks = distributed.from_environment()  # a torchrun launch: this process is one rank
+    if args.nproc > 1 or ranks is not None:
+        if cfg.source != "env":
+            raise ValueError(f"--nproc: data-parallel training learns from the trainer's own env; source={cfg.source} "
+                             "is served clients' experience, which one process reads")
+    job = (cfg, Path(args.run_dir), args.resume, given, args.publish)
+    if args.nproc < 2 or ranks is not None:
+        return _train_rank(ranks, *job)
+    from reverie.trainer.resume import reconcile
+
+    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+
+    reconcile(RunDir(Path(args.run_dir)), cfg, args.resume, given)  # a wrong run directory exits 2 before any rank starts
+    processes = distributed.spawn(args.nproc, _train_rank, *job)
+    stopped = threading.Event()
+    on_stop_signals(lambda: (stopped.set(), [os.kill(pid, signal.SIGTERM) for pid in processes.pids()]))
+    try:
+        while not processes.join():
+            pass
+    except (ProcessRaisedException, ProcessExitedException) as err:  # the other ranks are stopped by then
+        print(f"reverie train: a rank failed:\n{err}", file=sys.stderr)
+        return 1
+    return 130 if stopped.is_set() else 0
+
+
+def _train_rank(ranks, cfg, run_dir: Path, resume: bool, given: frozenset[str], publish: str | None) -> int:
+    """One training process: the only one, or one rank of a data-parallel run (rank 0 reports)."""
+    from reverie.trainer.loop import Trainer
+
+    if ranks is not None and not logging.getLogger().handlers:  # a spawned rank starts a fresh interpreter
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank {ranks.rank} %(name)s: %(message)s")
     stop = threading.Event()
     on_stop_signals(stop.set)
-    given = frozenset(key for key, source in sources.items() if source != "default")
-    trainer = Trainer(cfg, Path(args.run_dir), resume=args.resume, export=True, stop=stop, given=given, publish=args.publish)
+    trainer = Trainer(cfg, run_dir, resume=resume, export=True, stop=stop, given=given, publish=publish, ranks=ranks)
     trainer.run()
-    if stop.is_set():
+    if ranks is not None and not ranks.main:
+        return 0
+    if trainer.stopped:
         print(f"stopped at env step {trainer.env_step}; resume with --resume", file=sys.stderr)
         return 130
     print(f"done: env step {trainer.env_step}, last eval return {trainer.last_eval}")
@@ -237,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--source", choices=SOURCES, default=None, help=SOURCE_HELP)
     train.add_argument("--spaces", default=None, metavar="FILE", help=SPACES_HELP)
     train.add_argument("--publish", default=None, metavar="s3://BUCKET/PREFIX", help=PUBLISH_HELP)
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="data-parallel training in N processes on this host (one GPU each when there are GPUs, "
+                            "else the gloo backend on the CPU); `torchrun ... -m reverie.cli train` launches the same")
     train.set_defaults(func=cmd_train)
 
     config = sub.add_parser("config", help="print the resolved configuration: values, sources, descriptions, the seed's values")

@@ -18,6 +18,7 @@ from torch import nn
 
 from .components import PolicyHead, ValueFunction, orthogonal_init, symexp, symlog
 from .config import Config, UpdateCounts
+from .distributed import Ranks
 from .envs import SpaceInfo
 from .imagination import Imagination, imagine
 from .losses import actor_loss, critic_loss, discount_weights, lambda_return, replay_lambda_return, world_model_loss
@@ -26,10 +27,11 @@ from .world_model import WorldModel
 
 def own_gradient_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, clip: float,
                       normalize: bool = False, layers: dict[str, list[int]] | None = None,
-                      metrics: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                      metrics: dict[str, torch.Tensor] | None = None, ranks: Ranks | None = None) -> torch.Tensor:
     """Gradients of `loss` for `params` only, clipped at `clip` (or, with `normalize`, always rescaled
     to norm `clip`), applied by `optimizer`. Returns the norm before clipping; with `layers` (name ->
-    indices into `params`), each layer's own norm goes into `metrics` as `grad_norm/<name>`.
+    indices into `params`), each layer's own norm goes into `metrics` as `grad_norm/<name>`. With
+    `ranks` (data-parallel), the gradients are first averaged over the ranks, so all apply one step.
 
     A non-finite gradient is not applied (the norm is still returned, so diagnostics see it).
     """
@@ -38,6 +40,8 @@ def own_gradient_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer:
         # autograd.grad keeps the layout backward chose (a convolution's weight gradient comes back
         # channels-last); the fused Adam kernel on CUDA refuses a gradient whose strides differ from its parameter's.
         p.grad = torch.zeros_like(p) if g is None else g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+    if ranks is not None:
+        ranks.average([p.grad for p in params])
     if layers:
         norms = torch._foreach_norm([p.grad for p in params])
         for name, index in layers.items():
@@ -84,6 +88,7 @@ class Agent(nn.Module):
         self.register_buffer("return_scale", torch.tensor(1.0))
         # Smallest and largest reward seen in training batches: what bounds every return (return_bounds).
         self.register_buffer("reward_range", torch.tensor([math.inf, -math.inf]))
+        self.ranks: Ranks | None = None  # data-parallel: set by the trainer (distributed.py)
 
         self.world_model_params = list(self.world_model.parameters())
         # Per-layer gradient norms of the world model (the seed's failure 1: "print grad norms for each layer").
@@ -185,9 +190,11 @@ class Agent(nn.Module):
         The steps return their metrics as tensors; they reach the host once, here, at the end.
         """
         metrics: dict[str, torch.Tensor] = {}
-        rewards = batch["reward"]
-        self.reward_range.copy_(torch.stack([torch.minimum(self.reward_range[0], rewards.min()),
-                                             torch.maximum(self.reward_range[1], rewards.max())]))
+        low, high = batch["reward"].min(), batch["reward"].max()
+        if self.ranks is not None:
+            low, high = self.ranks.extremes(low, high)
+        self.reward_range.copy_(torch.stack([torch.minimum(self.reward_range[0], low),
+                                             torch.maximum(self.reward_range[1], high)]))
         bounds = torch.tensor(self.return_bounds(), device=self.device)
         self.value.bounds.copy_(bounds)
         self.target_value.bounds.copy_(bounds)
@@ -231,7 +238,7 @@ class Agent(nn.Module):
         metrics = dict(losses.metrics)
         metrics["world_model_grad_norm"] = own_gradient_step(
             losses.total, self.world_model_params, self.world_model_optimizer, self.cfg.grad_clip,
-            layers=self.world_model_layers, metrics=metrics)
+            layers=self.world_model_layers, metrics=metrics, ranks=self.ranks)
         return metrics
 
     def imagined_returns(self, trajectory: Imagination) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -255,7 +262,8 @@ class Agent(nn.Module):
             returns, weights, values = self.imagined_returns(trajectory)
         if self.cfg.return_norm:
             with torch.no_grad():
-                low, high = torch.quantile(returns.detach().flatten(), returns.new_tensor([0.05, 0.95]))
+                every = returns.detach().flatten() if self.ranks is None else self.ranks.gather(returns.detach().flatten())
+                low, high = torch.quantile(every, returns.new_tensor([0.05, 0.95]))
                 spread = high - low
                 self.return_scale.mul_(0.99).add_(0.01 * spread)
         scale = torch.clamp(self.return_scale, min=1.0) if self.cfg.return_norm else 1.0
@@ -275,7 +283,7 @@ class Agent(nn.Module):
         if self.cfg.adaptive_entropy:
             loss = loss + self.log_alpha * (entropy.detach() - self.target_entropy)
         norm = own_gradient_step(loss, self.actor_params, self.actor_optimizer, self.cfg.grad_clip,
-                                 self.cfg.actor_grad_normalize)
+                                 self.cfg.actor_grad_normalize, ranks=self.ranks)
         return {
             "actor_loss": loss.detach(),
             "actor_grad_norm": norm,
@@ -323,7 +331,7 @@ class Agent(nn.Module):
             real_states, real_target = real
             real_prediction = prediction[:, 0] if real_states is None else self.value.raw(real_states)
             loss = loss + real_mix * critic_loss(real_prediction, to_raw(real_target))
-        norm = own_gradient_step(loss, self.critic_params, self.critic_optimizer, self.cfg.grad_clip)
+        norm = own_gradient_step(loss, self.critic_params, self.critic_optimizer, self.cfg.grad_clip, ranks=self.ranks)
         with torch.no_grad():
             torch._foreach_lerp_(list(self.target_value.parameters()), list(self.value.parameters()),
                                  self.cfg.target_critic_tau)

@@ -34,6 +34,7 @@ MAX_OPEN_EPISODES = 4096  # unfinished episodes kept; past that the longest-quie
 
 
 class Transition(NamedTuple):
+    """One step for the replay, from the env (lag 0, source "env") or a client."""
     obs: np.ndarray
     action: np.ndarray
     reward: float

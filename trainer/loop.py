@@ -2,8 +2,9 @@
 
 Updates are paid for by env steps (`replay_ratio` rounds per step) from a credit that is part
 of the checkpoint, so a resumed run neither repeats warmup nor catches up on missed updates.
-With `source=clients` the steps are the served clients' (`feed.ClientFeed`), and the loop waits
-while none has arrived; with `both`, a client's run goes in between two of the env's episodes.
+Where the steps come from is `collect.Collector`'s business; with `source=clients` the loop waits
+while none has arrived. In a data-parallel run (`distributed.Ranks`) rank 0's decisions and
+transitions are shared, so every rank takes the same steps and updates in lockstep.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from reverie.bundle import latest_bundle, record_evaluation, versions
 from reverie.objectstore import Publisher, StoreError
 from reverie.runs import RunDir
 
-from .agent import Agent, Window
+from .agent import Agent
 from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything
+from .collect import Collector
 from .evaluate import evaluate
 from .config import Config, UpdateCounts
+from .distributed import Ranks
 from .envs import make_env, space_info, world_space_info
-from .feed import ClientFeed
+from .feed import ClientFeed, Transition
 from .metrics import MetricAverager, MetricsWriter, RunLog
 from .replay import Replay, available_memory
 from .resume import reconcile
@@ -37,13 +40,14 @@ from .schedule import Schedule
 
 log = logging.getLogger("reverie.trainer")
 IDLE_WAIT_S = 0.05  # source=clients: how long the loop waits for the log when it has nothing to learn from
-POLL_EVERY = 64  # source=clients: steps between reads of the log while released steps are still waiting
+STOP, END = "stop", "end"  # what the loop does next, besides a transition (None: wait for clients)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`device=auto` is CUDA when there is one, else the CPU; asking for CUDA without one is an error."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`device=auto` is CUDA when there is one (a data-parallel rank's own), else the CPU; asking for
+    CUDA without one is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name}: this machine has no CUDA device; use device=auto or device=cpu")
     return torch.device(name)
@@ -53,51 +57,60 @@ def resolve_device(name: str) -> torch.device:
 class Parts:
     """What the loop drives: the envs it plays (none with source=clients) and evaluates in (none for a
     world given by its spaces: its clients evaluate), the agent, the replay, the metric writer. Built
-    from the config by default; a caller may bring its own (another env, a prepared replay)."""
+    from the config by default; a caller may bring its own (another env, a prepared replay). A
+    data-parallel rank other than 0 plays, evaluates and writes nothing: it gets no envs and no writer."""
 
     env: gym.Env | None
     eval_env: gym.Env | None
     agent: Agent
     replay: Replay
-    writer: MetricsWriter
+    writer: MetricsWriter | None
 
     @classmethod
-    def build(cls, cfg: Config, run: RunDir) -> "Parts":
+    def build(cls, cfg: Config, run: RunDir, ranks: Ranks | None = None) -> "Parts":
+        main = ranks is None or ranks.main
         eval_env = make_env(cfg.env_spec) if cfg.spaces is None else None
         space = space_info(eval_env) if eval_env is not None else world_space_info(cfg.spaces)
         obs_dtype = np.uint8 if space.is_image else np.float32
         replay = Replay(cfg.replay_capacity, space.obs_shape, () if space.discrete else (space.action_dim,), obs_dtype)
         replay.check_fits(available_memory())  # before anything is built
-        agent = Agent(cfg, space).to(resolve_device(cfg.device))
-        env = make_env(cfg.env_spec) if cfg.source != "clients" else None
-        return cls(env, eval_env, agent, replay, MetricsWriter(run))
+        agent = Agent(cfg, space).to(resolve_device(cfg.device, ranks.local_rank if ranks else 0))
+        env = make_env(cfg.env_spec) if cfg.source != "clients" and main else None
+        return cls(env, eval_env if main else None, agent, replay, MetricsWriter(run) if main else None)
 
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
                  export: bool = False, stop: threading.Event | None = None, given: frozenset[str] = frozenset(),
-                 parts: Parts | None = None, publish: str | None = None):
+                 parts: Parts | None = None, publish: str | None = None, ranks: Ranks | None = None):
         """`given`: the keys the user set (preset, --set, flags); on a resume they change the saved
         configuration, logged, except the FIXED_ON_RESUME ones, which are refused. `parts`: built from
         the (resolved) config unless given. `publish`: s3://BUCKET/PREFIX that every exported version is
-        also uploaded to (checked now; a failed upload later is logged and finished by the next)."""
+        also uploaded to (checked now; a failed upload later is logged and finished by the next).
+        `ranks`: this process's place in a data-parallel run (distributed.py); None alone."""
         # Set from a signal handler (`reverie train`): the loop finishes the step, export or eval
         # under way, then checkpoints and returns. A KeyboardInterrupt raised at whatever line is
         # running can land in a finalizer, where Python prints and drops it, and training goes on.
         self.stop = stop if stop is not None else threading.Event()
         self.run_dir = RunDir(run_dir)
-        self.run_dir.path.mkdir(parents=True, exist_ok=True)
-        cfg, checkpoint = reconcile(self.run_dir, cfg, resume, given)
+        self.ranks, self.main = ranks, ranks is None or ranks.main
+        if self.main:
+            self.run_dir.path.mkdir(parents=True, exist_ok=True)
+            cfg, checkpoint = reconcile(self.run_dir, cfg, resume, given)
+        if ranks is not None:
+            cfg, checkpoint = ranks.share((cfg, checkpoint) if self.main else None)
         self.cfg = cfg
 
         torch.set_num_threads(cfg.threads)
-        self.rng = seed_everything(cfg.seed)
+        self.rng = seed_everything(cfg.seed)  # the same initial weights on every rank
 
-        parts = parts or Parts.build(cfg, self.run_dir)
+        parts = parts or Parts.build(cfg, self.run_dir, ranks)
         self.env, self.eval_env, self.agent, self.replay, self.writer = (
             parts.env, parts.eval_env, parts.agent, parts.replay, parts.writer)
+        if not self.main:  # then each rank its own batches and imagination draws
+            self.rng = seed_everything(cfg.seed + 1_000_003 * ranks.rank)
+        self.agent.ranks = ranks
         self.space, self.device = self.agent.space, self.agent.device
-        self.window = Window(self.agent.world_model, cfg.history_length)  # the current episode's, in sequence mode
         # The checkpoint is these parts' own state_dicts, by name, plus the loop's position and RNGs.
         self.stateful = {"agent": self.agent, "world_model_optimizer": self.agent.world_model_optimizer,
                          "actor_optimizer": self.agent.actor_optimizer, "critic_optimizer": self.agent.critic_optimizer,
@@ -107,20 +120,21 @@ class Trainer:
             self.feed = ClientFeed(cfg.experience or str(self.run_dir.experience), self.space,
                                    cfg.client_run_steps, cfg.max_policy_lag)
             self.stateful["feed"] = self.feed  # its read position goes with the replay it filled
-        self.client_run = False  # a client's run is being added (source=both: the env waits for its end)
         self.model_version = self._lag_reference()
         self.schedule = Schedule(cfg)
+        self.collector = Collector(cfg, self.agent, self.schedule, self.rng, self.env, self.feed)
         self.averager = MetricAverager()
         self.export = export  # publish ONNX bundles to RUN_DIR/export every `export_every` steps
-        self.publisher = Publisher(publish) if publish else None
+        self.publisher = Publisher(publish) if publish and self.main else None
         if self.publisher is not None:
             self.publisher.check()
 
         self.env_step = 0
         self.updates = 0
         self.update_credit = 0.0
-        self.episodes = 0
         self.last_eval: float | None = None
+        self.reached = False  # an evaluation reached target_return
+        self.stopped = False  # `stop` ended the run (rank 0's, in a data-parallel run)
         self.pace = {"idle_updates": 0, "client_steps_unpaid": 0}  # since the last row: see _behind, _idle_update
         self.client_evals: dict[int, list[float]] = {}  # a client world's evaluation returns, by model version
         self.fidelity: dict | None = None  # the last evaluation's imagination fidelity, per imagined step
@@ -128,11 +142,8 @@ class Trainer:
         if checkpoint is not None:
             self._restore(load_checkpoint(checkpoint))
             log.info("resumed from %s at env step %d (%s)", checkpoint.name, self.env_step, self.phase.value)
-        self.episode_returns: list[float] = []
-        self.run_log = RunLog(cfg, self.run_dir, self.writer,
-                              {"transition": self.schedule.warmup_end, "full": self.schedule.transition_end})
-        if self.env is not None:
-            self.obs, self.episode_return = self._reset_env()
+        self.run_log = RunLog(cfg, self.run_dir, self.writer, {"transition": self.schedule.warmup_end,
+                                                               "full": self.schedule.transition_end}) if self.main else None
 
     @property
     def phase(self):
@@ -145,101 +156,64 @@ class Trainer:
         Either stop saves a resumable checkpoint at the step reached."""
         cfg = self.cfg
         self.started = time.perf_counter()
-        bar = tqdm(total=cfg.total_steps, initial=self.env_step, unit="step", dynamic_ncols=True,
-                   desc=cfg.env_id, mininterval=1.0, disable=None)  # None: no bar when stderr is not a terminal (docker logs)
-        if self.export and not versions(self.run_dir.export):
+        bar = tqdm(total=cfg.total_steps, initial=self.env_step, unit="step", dynamic_ncols=True, desc=cfg.env_id,
+                   mininterval=1.0, disable=None if self.main else True)  # None: no bar when stderr is not a terminal
+        if self.export and self.main and not versions(self.run_dir.export):
             self.publish_bundle()  # something to serve from the first second (`reverie up`)
         try:
-            while self.env_step < cfg.total_steps:
-                if self.stop.is_set():
+            while (order := self._order()) != END:
+                if order == STOP:
+                    self.stopped = True
                     log.info("stop requested at env step %d; saving a checkpoint", self.env_step)
                     self.save()
                     return
-                if not self._next_transition():
+                if order is None:
                     if not self._idle_update():
                         self.stop.wait(IDLE_WAIT_S)
                     continue
+                self._add(order)
                 self._train(paid=not self._behind())
-                if self.eval_env is not None:
-                    evaluated = self.env_step % cfg.eval_every == 0
-                    evaluation = self._evaluate() if evaluated else None
-                else:
-                    evaluation = self._client_evaluation()
-                    evaluated = evaluation is not None
-                if evaluated or self.env_step % cfg.log_every == 0:
+                evaluation = self._evaluation() if self.main else None
+                if self.main and (evaluation is not None or self.env_step % cfg.log_every == 0):
                     self._log(evaluation)
                 if self.env_step % cfg.checkpoint_every == 0:
                     self.save()
-                if self.export and self.env_step % cfg.export_every == 0:
+                if self.export and self.main and self.env_step % cfg.export_every == 0:
                     self.publish_bundle()
                 bar.update(1)
                 bar.set_postfix(phase=self.phase.value, eval=self.last_eval, updates=self.updates, refresh=False)
-                if evaluated and cfg.target_return is not None and self.last_eval >= cfg.target_return:
-                    log.info("eval return %.1f reached target_return %.1f at env step %d: stopping",
-                             self.last_eval, cfg.target_return, self.env_step)
-                    break
         except KeyboardInterrupt:
             log.info("interrupted at env step %d; saving a checkpoint", self.env_step)
             self.save()
             raise
         finally:
             bar.close()
-            self.run_log.close()
+            if self.run_log is not None:
+                self.run_log.close()
         if self.env_step % cfg.checkpoint_every != 0:
             self.save()
-        if self.export and self.env_step % cfg.export_every != 0:
+        if self.export and self.main and self.env_step % cfg.export_every != 0:
             self.publish_bundle()  # the final weights, with the eval that scored them
 
-    def _reset_env(self) -> tuple[np.ndarray, float]:
-        """A new episode: its first observation and return 0; the agent's memory starts empty."""
-        self.window.clear()
-        obs, _ = self.env.reset(seed=self.cfg.seed * 100_003 + self.episodes)
-        self.env.action_space.seed(self.cfg.seed * 100_003 + self.episodes)
-        return obs, 0.0
+    def _order(self) -> Transition | str | None:
+        """What the loop does next: a transition to add, STOP, END, or None (no client step: wait).
+        Rank 0 decides, and in a data-parallel run every other rank does what it shares."""
+        order = None
+        if self.main:
+            if self.stop.is_set():
+                order = STOP
+            elif self.env_step >= self.cfg.total_steps or self.reached:
+                order = END
+            else:
+                order = self.collector.next(self.env_step, self.model_version, not self.replay.open)
+        return order if self.ranks is None else self.ranks.share(order)
 
-    def _next_transition(self) -> bool:
-        """One transition into the replay, a client's or the env's; False when source=clients and the
-        log holds nothing new. A client's run is added whole, between two of the env's episodes."""
-        feed = self.feed
-        if feed is not None and (self.env is None or self.client_run or not self.replay.open):
-            # Reading on while steps wait measures the backlog (and finds evaluations); past twice
-            # `client_backlog` the log, which is durable, holds the rest, and memory stays bounded.
-            if not feed.ready or (self.env_step % POLL_EVERY == 0 and len(feed.ready) < 2 * self.cfg.client_backlog):
-                feed.poll(self.model_version)
-            step = feed.take()
-            if step is not None:
-                self._add(step.obs, step.action, step.reward, step.next_obs, step.terminated, step.truncated)
-                self.client_run = not (step.terminated or step.truncated)
-                return True
-        if self.env is None:
-            return False
-        self._env_step()
-        return True
-
-    def _add(self, obs, action, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
-        self.replay.add(obs, action, reward, next_obs, terminated, truncated)
+    def _add(self, step: Transition) -> None:
+        self.replay.add(step.obs, step.action, step.reward, step.next_obs, step.terminated, step.truncated)
         if not self.space.is_image:
             self.agent.world_model.normalizer.update(
-                torch.as_tensor(np.array(next_obs, np.float32), device=self.device).unsqueeze(0))
+                torch.as_tensor(np.array(step.next_obs, np.float32), device=self.device).unsqueeze(0))
         self.env_step += 1
-
-    def _env_step(self) -> None:
-        explores = self.schedule.explores_randomly(self.env_step) or self.rng.random() < self.cfg.epsilon
-        action = self.agent.step(self.obs, self.window, deterministic=False,
-                                 action=self._random_action() if explores else None)
-        next_obs, reward, terminated, truncated, _ = self.env.step(self.space.to_env_action(action))
-        self._add(self.obs, action, reward, next_obs, terminated, truncated)
-        self.episode_return += float(reward)
-        self.obs = next_obs
-        if terminated or truncated:
-            self.episodes += 1
-            self.episode_returns.append(self.episode_return)
-            self.obs, self.episode_return = self._reset_env()
-
-    def _random_action(self) -> np.ndarray:
-        if self.space.discrete:
-            return np.asarray(self.rng.integers(self.space.action_dim))
-        return self.rng.uniform(-1.0, 1.0, self.space.action_dim).astype(np.float32)
 
     def _behind(self) -> bool:
         """Clients play faster than the trainer learns: more client steps are waiting than `client_backlog`."""
@@ -290,12 +264,23 @@ class Trainer:
         endings = self.replay.extra_endings(cfg.batch_size, cfg.continue_endings)
         return self.replay.sample(cfg.batch_size, self.rng, self.device, endings)
 
-    def _evaluate(self) -> dict[str, float]:
-        evaluation = evaluate(self.agent, self.eval_env, self.env_step)
-        self.last_eval = evaluation.mean_return
-        if evaluation.fidelity is not None:
-            self.fidelity = evaluation.fidelity
-        return evaluation.row
+    def _evaluation(self) -> dict[str, float] | None:
+        """The evaluation row this step made, or None: the env's every `eval_every` steps, else a client
+        world's (`_client_evaluation`). One that reaches `target_return` ends the run."""
+        if self.eval_env is None:
+            evaluation = self._client_evaluation()
+        elif self.env_step % self.cfg.eval_every == 0:
+            result = evaluate(self.agent, self.eval_env, self.env_step)
+            self.last_eval, evaluation = result.mean_return, result.row
+            self.fidelity = result.fidelity if result.fidelity is not None else self.fidelity
+        else:
+            return None
+        target = self.cfg.target_return
+        if evaluation is not None and target is not None and self.last_eval >= target:
+            log.info("eval return %.1f reached target_return %.1f at env step %d: stopping",
+                     self.last_eval, target, self.env_step)
+            self.reached = True
+        return evaluation
 
     def _client_evaluation(self) -> dict[str, float] | None:
         """A world without an env: a version's evaluation is the mean return of its first
@@ -320,12 +305,11 @@ class Trainer:
         evaluated = evaluation is not None
         elapsed = self.wall_offset + time.perf_counter() - self.started
         row: dict = {"env_step": self.env_step, "phase": self.phase.value, "updates": self.updates,
-                     "episodes": self.episodes, "wall_s": round(elapsed, 2),
+                     "episodes": self.collector.episodes, "wall_s": round(elapsed, 2),
                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # frames weigh
                      **self.averager.pop()}
-        if self.episode_returns:
-            row["episode_return"] = float(np.mean(self.episode_returns))
-            self.episode_returns.clear()
+        if returns := self.collector.pop_returns():
+            row["episode_return"] = float(np.mean(returns))
         if self.feed is not None:
             row.update(self.feed.pop_metrics(), **self.pace, client_backlog=len(self.feed.ready),
                        updates_per_step=self.updates / max(self.env_step, 1))
@@ -361,16 +345,21 @@ class Trainer:
             log.error("publishing to the object store failed, training goes on (the next export retries): %s", err)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """A checkpoint (rank 0's parts, which every rank shares, and every rank's generators); the
+        other ranks of a data-parallel run only hand over their generators and return None."""
+        rngs = [rng_state(self.rng)] if self.ranks is None else self.ranks.collect(rng_state(self.rng))
+        if not self.main:
+            return None
         elapsed = self.wall_offset + (time.perf_counter() - self.started if hasattr(self, "started") else 0.0)
         state = {name: part.state_dict() for name, part in self.stateful.items()
                  if name != "replay" or self.cfg.checkpoint_replay}
         state.update(
             space=self.space.to_dict(),
             position={"env_step": self.env_step, "updates": self.updates, "update_credit": self.update_credit,
-                      "episodes": self.episodes, "last_eval": self.last_eval, "wall_s": elapsed,
+                      "episodes": self.collector.episodes, "last_eval": self.last_eval, "wall_s": elapsed,
                       "client_evals": {str(v): r for v, r in self.client_evals.items()}},
-            rng=rng_state(self.rng),
+            rng=rngs[0], rank_rngs=rngs[1:],
         )
         return save_checkpoint(self.run_dir, self.env_step, state)
 
@@ -381,9 +370,14 @@ class Trainer:
         self.agent.apply_rates()
         pos = state["position"]
         self.env_step, self.updates, self.update_credit = pos["env_step"], pos["updates"], pos["update_credit"]
-        self.episodes, self.last_eval, self.wall_offset = pos["episodes"], pos["last_eval"], pos["wall_s"]
+        self.collector.episodes, self.last_eval, self.wall_offset = pos["episodes"], pos["last_eval"], pos["wall_s"]
         self.client_evals = {int(v): r for v, r in pos.get("client_evals", {}).items()}
-        restore_rng(state["rng"], self.rng)
+        rank = 0 if self.ranks is None else self.ranks.rank
+        rngs = [state["rng"], *state.get("rank_rngs", [])]
+        if rank < len(rngs):
+            restore_rng(rngs[rank], self.rng)
+        else:  # resumed with more processes than saved: this rank goes on from its fresh seed
+            log.warning("rank %d: the checkpoint holds %d ranks' generators; this rank draws afresh", rank, len(rngs))
         # The episode in progress at the stop cannot be continued: close it as truncated.
         self.replay.close_episode()
 
