@@ -187,7 +187,7 @@ class Endpoints:
             request.session, request.reset, request.reward, request.terminated, request.truncated, request.evaluate,
             request.deterministic, request.seed, raw.headers.get("authorization") if request.reward is not None else None))
         result = answer.result
-        params = {k: v for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
+        params = answer.details()
         if answer.batched:
             return json_response({"actions": result.actions, "values": result.values,
                                   "model_version": answer.model_version, **params})

@@ -25,7 +25,7 @@ from . import inputs
 from .batching import ActBatcher
 from .experience import ExperienceLog, NoExperience, check_rewards
 from .requests import NothingToComplete, WriteDenied, history_of
-from .runtime import ActResult, HistoryInputs, Imagination, Runtime
+from .runtime import ACT_DETAILS, ActResult, HistoryInputs, Imagination, Runtime
 from .sessions import Session, Sessions
 from .settings import ServiceSettings
 from .store import ModelStore
@@ -58,6 +58,10 @@ class ActAnswer:
     batched: bool
     discrete: bool
     session_step: int | None = None
+
+    def details(self) -> dict[str, np.ndarray]:
+        """The result's details that are present (`ACT_DETAILS`), by name: one row per observation."""
+        return {k: v for k in ACT_DETAILS if (v := getattr(self.result, k)) is not None}
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         answer = self.calls.act_blocking(call, stream)
         result = answer.result
         actions = np.asarray(result.actions, np.int64 if answer.discrete else np.float32)
-        params = {k: to_tensor(v) for k in ("probs", "mean", "std") if (v := getattr(result, k)) is not None}
+        params = {k: to_tensor(v) for k, v in answer.details().items()}
         if answer.session_step is not None:
             params["session_step"] = answer.session_step
         return agent_pb2.ActResponse(actions=to_tensor(actions), values=to_tensor(result.values),

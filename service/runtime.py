@@ -8,7 +8,7 @@ agent's form (an int64 index, or a float32 vector in [-1, 1]).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -29,12 +29,19 @@ HistoryInputs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 @dataclass
 class ActResult:
+    """An act's answer for each observation. The fields that default to None are its details
+    (`ACT_DETAILS`): optional arrays, one row per observation, that both front ends pass on by name,
+    so a new one is declared here, in the REST schema and in the proto, and nowhere else."""
+
     actions: list  # env form, one per observation
     agent_actions: np.ndarray  # the same in agent form (what a history records)
     values: np.ndarray  # [B]
     probs: np.ndarray | None = None  # [B, n] for Discrete
     mean: np.ndarray | None = None  # [B, dim] of the pre-tanh Normal, for Box
     std: np.ndarray | None = None
+
+
+ACT_DETAILS = tuple(f.name for f in fields(ActResult) if f.default is None)
 
 
 @dataclass
