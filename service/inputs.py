@@ -3,10 +3,20 @@
 JSON arrives as nested lists; a boolean or a string is not a number, NaN and infinity are not
 observations, and a value that overflows float32 would silently become infinity in the graph.
 Messages never echo the offending value back.
+
+Image observations arrive as a PNG or JPEG file or as raw uint8 pixels, base64 in JSON, decoded with
+Pillow (no torch; imported when the first image arrives). Everything that can be checked is checked
+before pixels are decoded: the base64, the file's format (PNG or JPEG only), and the size its header
+states, which must be the model's; a decompression bomb (a small file that states a huge image) is
+refused by its header, and the body limit caps what any file may hold.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import math
 import re
 
 import numpy as np
@@ -83,11 +93,9 @@ def _image(item, space: ObservationSpace, field: str) -> np.ndarray:
         return _within_space(np.asarray(item, dtype=np.float64), space, field).astype(np.uint8)
     if space.dtype != "uint8" or len(space.shape) != 3:
         raise InputError(field, f"this model takes vector observations of shape {list(space.shape)}, not images")
-    from . import images  # Pillow, imported when the first image arrives
-
     if isinstance(item, EncodedImage):
-        return images.decode_file(item.image, tuple(space.shape), f"{field}.image")
-    return images.decode_raw(item.data, item.shape, tuple(space.shape), field)
+        return decode_file(item.image, tuple(space.shape), f"{field}.image")
+    return decode_raw(item.data, item.shape, tuple(space.shape), field)
 
 
 def check_observation_array(array: np.ndarray, space: ObservationSpace, field: str) -> np.ndarray:
@@ -154,3 +162,53 @@ def action(value, space: ActionSpace, field: str) -> np.ndarray:
         j = int(np.argmax(outside))
         raise InputError(f"{field}[{j}]", f"outside the action bounds [{coding.low[j]}, {coding.high[j]}]")
     return coding.from_env(vector)
+
+
+# ---------------------------------------------------------------- image forms
+IMAGE_FORMATS = ("PNG", "JPEG")
+MODES = {3: ("RGB", "P"), 1: ("L",)}  # Pillow modes that give the model's channels (a palette is colour)
+
+
+def _bytes(text: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(field, "expected base64 (RFC 4648, with padding)") from None
+
+
+def decode_file(text: str, shape: tuple[int, ...], field: str) -> np.ndarray:
+    """base64 of a PNG or JPEG file -> uint8 [H, W, C] of the model's `shape`."""
+    from PIL import Image, UnidentifiedImageError
+
+    data = _bytes(text, field)
+    height, width, channels = shape
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
+    except UnidentifiedImageError:
+        raise InputError(field, "not a PNG or JPEG file") from None
+    except Image.DecompressionBombError:  # Pillow's own check of the stated size
+        raise InputError(field, f"expected a {height}x{width} image; this file states a huge one (a decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError):
+        raise InputError(field, "the image could not be decoded (truncated or corrupt)") from None
+    with image:
+        if image.size != (width, height):
+            raise InputError(field, f"expected a {height}x{width} image (height x width), got {image.size[1]}x{image.size[0]}")
+        if image.mode not in MODES.get(channels, ()):
+            raise InputError(field, f"expected {channels} channel(s) ({' or '.join(MODES.get(channels, ('?',)))}), "
+                                    f"got mode {image.mode}")
+        try:
+            pixels = np.asarray(image.convert(MODES[channels][0]))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # truncated or corrupt data
+            raise InputError(field, "the image could not be decoded (truncated or corrupt)") from None
+    return pixels.reshape(shape)
+
+
+def decode_raw(text: str, given_shape: list[int], shape: tuple[int, ...], field: str) -> np.ndarray:
+    """base64 of raw uint8 pixels (row-major, `given_shape`) -> uint8 array of the model's `shape`."""
+    if list(given_shape) != list(shape):
+        raise InputError(f"{field}.shape", f"expected {list(shape)} (the model's observation shape)")
+    data = _bytes(text, f"{field}.data")
+    if len(data) != math.prod(shape):
+        raise InputError(f"{field}.data", f"holds {len(data)} bytes; shape {list(shape)} of uint8 needs {math.prod(shape)}")
+    return np.frombuffer(data, np.uint8).reshape(shape)
+
