@@ -42,7 +42,7 @@ THRESHOLDS = {"cartpole": ("CartPole-v1", 475.0), "pendulum": ("Pendulum-v1", -2
 
 def time_update(trainer: Trainer) -> dict[str, float]:
     """Milliseconds of each part of one full update, on the trained agent and its replay."""
-    return time_parts(trainer.agent, trainer.sample_batch, 20)
+    return time_parts(trainer.agent, trainer.learner.sample_batch, 20)
 
 
 def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, threads: int | None = None,

@@ -74,7 +74,7 @@ def test_resume_restores_position_models_optimizers_and_replay(stopped_copy):
     assert resumed.env_step == saved["position"]["env_step"] == STOP
     assert resumed.phase is at_stop.phase is Phase.TRANSITION
     assert resumed.updates == saved["position"]["updates"] == at_stop.updates > 0
-    assert resumed.update_credit == at_stop.update_credit
+    assert resumed.learner.credit == at_stop.learner.credit
     assert len(resumed.replay) == len(at_stop.replay) == STOP
     assert resumed.replay.observations().tobytes() == at_stop.replay.observations().tobytes()
 

@@ -1,9 +1,7 @@
 """The phased training loop: env or clients -> replay -> update -> metrics, evaluation, checkpoint, export.
 
-Updates are paid for by env steps (`replay_ratio` rounds per step) from a credit that is part
-of the checkpoint, so a resumed run neither repeats warmup nor catches up on missed updates.
-Where the steps come from is `collect.Collector`'s business; with `source=clients` the loop waits
-while none has arrived. In a data-parallel run (`distributed.Ranks`) rank 0's decisions and
+What each step pays for is `learner.Learner`'s business, and where the steps come from
+`collect.Collector`'s; with `source=clients` the loop waits while none has arrived. In a data-parallel run (`distributed.Ranks`) rank 0's decisions and
 transitions are shared, so every rank takes the same steps and updates in lockstep.
 """
 
@@ -29,11 +27,12 @@ from .agent import Agent
 from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything
 from .collect import Collector
 from .evaluate import evaluate
-from .config import Config, UpdateCounts
+from .config import Config
 from .distributed import Ranks
 from .envs import make_env, space_info, world_space_info
 from .feed import ClientFeed, Transition
-from .metrics import MetricAverager, MetricsWriter, RunLog
+from .learner import Learner
+from .metrics import MetricsWriter, RunLog
 from .replay import Replay, available_memory
 from .resume import reconcile
 from .schedule import Schedule
@@ -123,15 +122,13 @@ class Trainer:
         self.model_version = self._lag_reference()
         self.schedule = Schedule(cfg)
         self.collector = Collector(cfg, self.agent, self.schedule, self.rng, self.env, self.feed)
-        self.averager = MetricAverager()
+        self.learner = Learner(cfg, self.agent, self.replay, self.schedule, self.rng)
         self.export = export  # publish ONNX bundles to RUN_DIR/export every `export_every` steps
         self.publisher = Publisher(publish) if publish and self.main else None
         if self.publisher is not None:
             self.publisher.check()
 
         self.env_step = 0
-        self.updates = 0
-        self.update_credit = 0.0
         self.last_eval: float | None = None
         self.reached = False  # an evaluation reached target_return
         self.stopped = False  # `stop` ended the run (rank 0's, in a data-parallel run)
@@ -168,11 +165,14 @@ class Trainer:
                     self.save()
                     return
                 if order is None:
-                    if not self._idle_update():
+                    if self.learner.idle(self.env_step):
+                        self.pace["idle_updates"] += 1
+                    else:
                         self.stop.wait(IDLE_WAIT_S)
                     continue
                 self._add(order)
-                self._train(paid=not self._behind())
+                if not self._behind():
+                    self.learner.pay(self.env_step)
                 evaluation = self._evaluation() if self.main else None
                 if self.main and (evaluation is not None or self.env_step % cfg.log_every == 0):
                     self._log(evaluation)
@@ -221,48 +221,10 @@ class Trainer:
         self.pace["client_steps_unpaid"] += behind
         return behind
 
-    def _idle_update(self) -> bool:
-        """No client step waits: one more update round from the replay, while updates stay within
-        `idle_replay_ratio` rounds per stored step; False when there is nothing to do but wait."""
-        cfg = self.cfg
-        if (len(self.replay) < cfg.learning_starts or self.env_step < cfg.learning_starts
-                or self.updates >= cfg.idle_replay_ratio * self.env_step):
-            return False
-        self._update(self.schedule.updates(self.env_step), self.schedule.critic_real_mix(self.env_step))
-        self.pace["idle_updates"] += 1
-        return True
-
-    def _train(self, paid: bool = True) -> None:
-        """The update rounds a new step pays for (`replay_ratio` of them, from a running credit); none
-        when it is not `paid` (clients ahead of the trainer)."""
-        if len(self.replay) < self.cfg.learning_starts or not paid:  # also after a resume without the replay
-            return
-        self.update_credit += self.cfg.replay_ratio
-        counts = self.schedule.updates(self.env_step)
-        mix = self.schedule.critic_real_mix(self.env_step)
-        while self.update_credit >= 1.0:
-            self.update_credit -= 1.0
-            self._update(counts, mix)
-
-    def _update(self, counts: UpdateCounts, mix: float) -> None:
-        """One update round: its batch, and the replayed sequences of the critic's real targets when
-        they are lambda-returns (`critic_real_length` > 1) and weigh anything (`mix` > 0)."""
-        cfg, batch = self.cfg, self.sample_batch()
-        real = None
-        if mix > 0 and cfg.critic_real_length > 1:
-            real = self.replay.sample_sequences(max(1, cfg.batch_size // cfg.critic_real_length),
-                                                cfg.critic_real_length, self.rng, self.device)
-        self.averager.add(self.agent.update(batch, counts, mix, real))
-        self.updates += 1
-
-    def sample_batch(self) -> dict[str, torch.Tensor]:
-        """One update's batch: batch_size // sequence_length sequences in sequence mode, else batch_size
-        transitions (with extra endings for the continue head when `continue_endings` asks)."""
-        cfg = self.cfg
-        if cfg.sequence_mode:
-            return self.replay.sample_sequences(cfg.sequences_per_batch, cfg.sequence_length, self.rng, self.device)
-        endings = self.replay.extra_endings(cfg.batch_size, cfg.continue_endings)
-        return self.replay.sample(cfg.batch_size, self.rng, self.device, endings)
+    @property
+    def updates(self) -> int:
+        """Update rounds made so far."""
+        return self.learner.updates
 
     def _evaluation(self) -> dict[str, float] | None:
         """The evaluation row this step made, or None: the env's every `eval_every` steps, else a client
@@ -307,7 +269,7 @@ class Trainer:
         row: dict = {"env_step": self.env_step, "phase": self.phase.value, "updates": self.updates,
                      "episodes": self.collector.episodes, "wall_s": round(elapsed, 2),
                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # frames weigh
-                     **self.averager.pop()}
+                     **self.learner.averager.pop()}
         if returns := self.collector.pop_returns():
             row["episode_return"] = float(np.mean(returns))
         if self.feed is not None:
@@ -356,7 +318,7 @@ class Trainer:
                  if name != "replay" or self.cfg.checkpoint_replay}
         state.update(
             space=self.space.to_dict(),
-            position={"env_step": self.env_step, "updates": self.updates, "update_credit": self.update_credit,
+            position={"env_step": self.env_step, "updates": self.learner.updates, "update_credit": self.learner.credit,
                       "episodes": self.collector.episodes, "last_eval": self.last_eval, "wall_s": elapsed,
                       "client_evals": {str(v): r for v, r in self.client_evals.items()}},
             rng=rngs[0], rank_rngs=rngs[1:],
@@ -369,7 +331,7 @@ class Trainer:
                 part.load_state_dict(state[name])
         self.agent.apply_rates()
         pos = state["position"]
-        self.env_step, self.updates, self.update_credit = pos["env_step"], pos["updates"], pos["update_credit"]
+        self.env_step, self.learner.updates, self.learner.credit = pos["env_step"], pos["updates"], pos["update_credit"]
         self.collector.episodes, self.last_eval, self.wall_offset = pos["episodes"], pos["last_eval"], pos["wall_s"]
         self.client_evals = {int(v): r for v, r in pos.get("client_evals", {}).items()}
         rank = 0 if self.ranks is None else self.ranks.rank
