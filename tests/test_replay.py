@@ -219,3 +219,20 @@ def test_sequences_of_a_short_replay_stay_within_what_was_written():
     batch = replay.sample_sequences(64, 8, np.random.default_rng(0))
     assert int(batch["reward"].max()) == 4
     assert (batch["mask"].sum(1) == 5 - batch["reward"][:, 0]).all()
+
+
+@pytest.mark.parametrize("capacity", [400, 150])  # the newest steps in one stretch, and across the ring's wrap
+def test_a_recent_share_of_each_batch_comes_from_the_newest_steps(capacity):
+    """`recent=(0.5, 20)`: half of every batch is among the newest 20 steps (valid transitions only,
+    rows still aligned), the other half spread over the whole replay; (0, _) is the uniform draw."""
+    replay = ending_every(10, 200, capacity)
+    batch = replay.sample(400, np.random.default_rng(3), recent=(0.5, 20))
+    steps = batch["reward"]
+    torch.testing.assert_close(batch["next_obs"][:, 0], steps + 1)
+    newest = steps >= 180  # steps 180-199 are the newest 20 (one episode's last observation among their slots)
+    assert newest.sum() >= 200 and newest[200:].all()
+    assert (steps[:200] < 150).sum() > 100  # the uniform half reaches the old steps too
+    uniform = replay.sample(64, np.random.default_rng(4))
+    torch.testing.assert_close(replay.sample(64, np.random.default_rng(4), recent=(0.0, 20))["reward"], uniform["reward"])
+    sequences = replay.sample_sequences(40, 4, np.random.default_rng(5), recent=(1.0, 20))
+    assert (sequences["reward"][:, 0] >= 180).all()

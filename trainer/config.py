@@ -174,6 +174,10 @@ class Config(BaseModel):
     # replay, logging, evaluation, checkpoints
     replay_capacity: int = Field(1_000_000, ge=2, description="observations kept in replay: one per step, and each "
                                  "episode's last one (each frame once); refused at start when it would not fit in memory")
+    recent_share: float = Field(0.0, ge=0, le=1, description="share of every batch drawn from the newest recent_window steps "
+                                "(the rest uniformly from the whole replay): the current policy's own states, and where it "
+                                "fails, in every update; 0: uniform")
+    recent_window: int = Field(1000, ge=1, description="the newest steps recent_share draws from")
     continue_endings: float = Field(0.0, ge=0, lt=1, description="the least share of episode endings the continue head sees per batch: "
                                     "when the replay holds fewer, extra ones are drawn for it alone, logit-adjusted (its rare class); 0: off")
     continue_endings_adjusted: bool = Field(True, description="the extra endings' logits adjusted back to the replay's odds; "
@@ -295,7 +299,7 @@ BLOCKS: dict[str, tuple[str, ...]] = {
     "remedies (diagram 6)": ("orthogonal_init", "obs_norm", "dynamics_ensemble", "world_model_weight_decay",
                              "target_critic", "target_critic_tau", "critic_target_clip", "return_bounds",
                              "adaptive_entropy", "target_entropy", "epsilon"),
-    "replay": ("replay_capacity", "checkpoint_replay"),
+    "replay": ("replay_capacity", "checkpoint_replay", "recent_share", "recent_window"),
     "evaluation and diagnostics": ("log_every", "eval_every", "eval_episodes", "solved_return", "target_return",
                                    "diagnostics_window"),
     "checkpoints and export": ("checkpoint_every", "export_every", "export_keep", "promotion_tolerance"),

@@ -56,9 +56,10 @@ class Learner:
 
     def sample_batch(self) -> dict[str, torch.Tensor]:
         """One round's batch: batch_size // sequence_length sequences in sequence mode, else batch_size
-        transitions (with extra endings for the continue head when `continue_endings` asks)."""
-        cfg, device = self.cfg, self.agent.device
+        transitions (with extra endings for the continue head when `continue_endings` asks); a
+        `recent_share` of them from the newest `recent_window` steps."""
+        cfg, device, recent = self.cfg, self.agent.device, (self.cfg.recent_share, self.cfg.recent_window)
         if cfg.sequence_mode:
-            return self.replay.sample_sequences(cfg.sequences_per_batch, cfg.sequence_length, self.rng, device)
+            return self.replay.sample_sequences(cfg.sequences_per_batch, cfg.sequence_length, self.rng, device, recent)
         endings = self.replay.extra_endings(cfg.batch_size, cfg.continue_endings)
-        return self.replay.sample(cfg.batch_size, self.rng, device, endings)
+        return self.replay.sample(cfg.batch_size, self.rng, device, endings, recent)

@@ -143,14 +143,24 @@ class Replay:
         idx = order[self.data["valid"][order]]
         return {**{k: self.data[k][idx] for k in self.FIELDS}, "next_obs": self.data["obs"][(idx + 1) % self.capacity]}
 
-    def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """`n` transition slots, uniformly (slots holding only an episode's last observation redrawn)."""
+    def _draw(self, n: int, rng: np.random.Generator, recent: tuple[float, int] = (0.0, 0)) -> np.ndarray:
+        """`n` transition slots, uniformly (slots holding only an episode's last observation redrawn);
+        with `recent` (share, window), that share of them from the newest `window` slots."""
         if not self.size:
             raise ValueError("the replay holds no transition yet")
+        share, window = recent
+        newest = round(n * share) if share > 0 else 0
+        return np.concatenate([self._valid(n - newest, rng, self.filled),
+                               (self.cursor - 1 - self._valid(newest, rng, min(window, self.filled), back=True)) % self.capacity])
+
+    def _valid(self, n: int, rng: np.random.Generator, span: int, back: bool = False) -> np.ndarray:
+        """`n` offsets into the first `span` slots (`back`: into the `span` slots behind the cursor) that
+        hold a transition."""
         out = np.empty(0, np.int64)
         while len(out) < n:
-            idx = rng.integers(0, self.filled, size=2 * (n - len(out)) + 8)
-            out = np.concatenate([out, idx[self.data["valid"][idx]]])
+            offsets = rng.integers(0, span, size=2 * (n - len(out)) + 8)
+            slots = (self.cursor - 1 - offsets) % self.capacity if back else offsets
+            out = np.concatenate([out, offsets[self.data["valid"][slots]]])
         return out[:n]
 
     def _batch(self, idx: np.ndarray, device: torch.device | str) -> dict[str, torch.Tensor]:
@@ -168,8 +178,9 @@ class Replay:
         return math.ceil(batch_size * (floor - share) / (1.0 - floor))
 
     def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu",
-               endings: int = 0) -> dict[str, torch.Tensor]:
-        """Uniform flat transitions as float tensors on `device`: obs, action, reward, next_obs, terminated.
+               endings: int = 0, recent: tuple[float, int] = (0.0, 0)) -> dict[str, torch.Tensor]:
+        """Uniform flat transitions as float tensors on `device`: obs, action, reward, next_obs, terminated
+        (`recent`: a share of them from the newest steps, see `_draw`).
 
         With `endings` > 0 and any terminal transition stored, also `ending_next_obs`: that many
         observations where an episode ended, drawn from the endings alone, for the continue head
@@ -177,7 +188,7 @@ class Replay:
         over-representation (`losses.continue_loss`). An episode that ends once in 500 steps would
         otherwise reach the continue head a few times per thousand samples.
         """
-        batch = self._batch(self._draw(batch_size, rng), device)
+        batch = self._batch(self._draw(batch_size, rng, recent), device)
         if endings and self._terminal:
             if self._terminal_array is None:
                 self._terminal_array = np.sort(np.fromiter(self._terminal, np.int64, len(self._terminal)))  # set order aside
@@ -187,7 +198,7 @@ class Replay:
         return batch
 
     def sample_sequences(self, batch_size: int, length: int, rng: np.random.Generator,
-                         device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+                         device: torch.device | str = "cpu", recent: tuple[float, int] = (0.0, 0)) -> dict[str, torch.Tensor]:
         """`batch_size` runs of `length` consecutive steps: the flat batch's fields as [B, T, ...], and
         `mask` [B, T], true where step t still belongs to the episode and stored stretch of step 0.
 
@@ -195,7 +206,7 @@ class Replay:
         the ring's newest step; the cut-off positions repeat the last valid step (finite numbers,
         never another episode's) and are false in `mask`, so every loss can ignore them.
         """
-        start = self._draw(batch_size, rng)
+        start = self._draw(batch_size, rng, recent)
         idx = (start[:, None] + np.arange(length)) % self.capacity
         inside = idx < self.filled  # before the ring wraps, slots past the newest were never written
         idx = np.where(inside, idx, start[:, None])
