@@ -10,6 +10,14 @@ steps with the real actions; the probability imagination gives to lasting those 
 its continue probabilities) beside how often the real episode ended within them; and how sure the
 policy is (its largest action probability). A model and critic that know the edge, and a policy that
 still drives off it, point at the actor.
+
+    python benchmarks/cartpole_edge.py --players runs/X ...
+
+asks instead how far each part's knowledge carries a controller, in the same episodes: the policy's
+mode; "Q1", the action that maximises r + gamma c V one model step ahead (the critic's own ranking of
+the actions); and "Q-H", each first action followed by the policy's mode for `horizon` imagined steps,
+scored by the discounted imagined rewards and the critic at the end (the model's foresight plus the
+critic). Returns and how many episodes ended off the track, per player.
 """
 
 from __future__ import annotations
@@ -64,14 +72,50 @@ def visited(agent, episodes) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float64) for k, v in columns.items()}
 
 
+@torch.no_grad()
+def lookahead(agent, state: torch.Tensor, steps: int) -> torch.Tensor:
+    """Each first action's discounted imagined return: that action, then the policy's mode for the
+    remaining `steps` - 1, and the critic's value at the end (one row per action)."""
+    wm, gamma, n = agent.world_model, agent.cfg.gamma, agent.space.action_dim
+    belief, first = state.repeat(n, 1), wm.encode_action(torch.arange(n))
+    total, discount = torch.zeros(n), torch.ones(n)
+    for k in range(steps):
+        action = first if k == 0 else wm.encode_action(agent.policy(belief).mode())
+        reached = wm.transition(belief, action)
+        reward, lasting = wm.outcome(belief, action, reached)
+        total, discount, belief = total + discount * reward, discount * gamma * lasting, reached
+    return total + discount * agent.critic_values(belief)
+
+
+def players(agent) -> dict:
+    """obs -> env action, for the policy and the two lookahead controllers (flat agents)."""
+    def state(obs):
+        return agent.world_model.encode(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
+
+    with torch.no_grad():
+        return {"policy": lambda obs: int(agent.policy(state(obs)).mode()[0]),
+                "Q1": lambda obs: int(lookahead(agent, state(obs), 1).argmax()),
+                f"Q-{agent.cfg.horizon}": lambda obs: int(lookahead(agent, state(obs), agent.cfg.horizon).argmax())}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR:STEP")
+    parser.add_argument("--players", action="store_true", help="the policy against the critic's lookahead controllers")
     args = parser.parse_args()
+    if args.players:
+        print("| run | player | mean return | returns | off the track |\n|---|---|---|---|---|")
     for spec in args.runs:
         run, _, step = spec.partition(":")
         agent, state = load_run_agent(Path(run), int(step) if step else None)
         cfg = agent.cfg
+        if args.players:
+            for name, act in players(agent).items():
+                episodes = play_episodes(act, cfg.env_spec, cfg.eval_episodes, cfg.seed)
+                off = sum(e.terminated and abs(e.observations[-1][0]) > TRACK for e in episodes)
+                print(f"| {Path(run).name} @ {state['position']['env_step']:,} | {name} | "
+                      f"{np.mean([e.total for e in episodes]):.0f} | {[int(e.total) for e in episodes]} | {off} |", flush=True)
+            continue
         player = EpisodePlayer(agent, deterministic=True)
         episodes = play_episodes(player, cfg.env_spec, cfg.eval_episodes, cfg.seed, start=player.reset)
         off = sum(e.terminated and abs(e.observations[-1][0]) > TRACK for e in episodes)
