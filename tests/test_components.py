@@ -30,7 +30,7 @@ def image_config():
 
 def test_cnn_encoder_takes_channels_last_images():
     cfg = image_config()
-    encoder = CNNEncoder((84, 84, 3), cfg)
+    encoder = CNNEncoder((84, 84, 3), cfg.sizes)
     features = encoder(torch.rand(2, 84, 84, 3))
     assert features.shape == (2, cfg.feature_dim)
 
@@ -66,7 +66,7 @@ def test_continuous_policy_actions_stay_in_unit_box():
     space = SpaceInfo(obs_shape=(3,), discrete=False, action_dim=2, action_low=np.array([-2.0, -2.0], np.float32),
                       action_high=np.array([2.0, 2.0], np.float32))
     cfg = small_config()
-    policy = PolicyHead(cfg, space)
+    policy = PolicyHead(cfg.sizes, space)
     states = torch.randn(256, cfg.state_dim) * 100.0
     dist = policy(states)
     action, entropy = dist.rsample()
@@ -80,7 +80,7 @@ def test_continuous_policy_actions_stay_in_unit_box():
 def test_discrete_rsample_is_a_one_hot_with_gradient():
     """The straight-through action is exactly one-hot in value but differentiable w.r.t. the logits."""
     cfg = small_config()
-    policy = PolicyHead(cfg, SpaceInfo((4,), True, 3))
+    policy = PolicyHead(cfg.sizes, SpaceInfo((4,), True, 3))
     dist = policy(torch.randn(64, cfg.state_dim))
     onehot, _ = dist.rsample()
     # Equal to the one-hot up to float rounding of (onehot + p) - p.
@@ -149,7 +149,7 @@ def test_observation_normalizer_tracks_running_statistics():
 def test_dynamics_ensemble_votes_by_mean():
     """With K members the predicted next state is the mean of the member predictions, each layer-normalised."""
     cfg = small_config(dynamics_ensemble=3)
-    dynamics = DynamicsModel(cfg, action_dim=2)
+    dynamics = DynamicsModel(cfg.sizes, 2, cfg.dynamics, cfg.dynamics_ensemble, cfg.dynamics_std)
     state, action = torch.randn(5, cfg.state_dim), torch.randn(5, 2)
     members = dynamics.member_means(state, action)
     assert members.shape == (3, 5, cfg.state_dim)

@@ -73,8 +73,8 @@ class Agent(nn.Module):
         self.cfg = cfg
         self.space = space
         self.world_model = WorldModel(cfg, space)
-        self.policy = PolicyHead(cfg, space)
-        self.value = ValueFunction(cfg)
+        self.policy = PolicyHead(cfg.sizes, space)
+        self.value = ValueFunction(cfg.sizes, cfg.symlog)
         if cfg.orthogonal_init:
             orthogonal_init(self.policy)
             orthogonal_init(self.value)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, Normal
 
-from .config import Config
+from .config import Sizes
 from .envs import SpaceInfo
 from .sequence import SequenceContext
 
@@ -90,9 +90,9 @@ class ObservationNormalizer(nn.Module):
 class MLPEncoder(nn.Module):
     """Vector observations [B, obs] -> features [B, feature_dim]."""
 
-    def __init__(self, obs_dim: int, cfg: Config):
+    def __init__(self, obs_dim: int, sizes: Sizes):
         super().__init__()
-        self.net = nn.Sequential(mlp(obs_dim, cfg.feature_dim, cfg.hidden_dim, cfg.hidden_layers - 1), nn.SiLU())
+        self.net = nn.Sequential(mlp(obs_dim, sizes.feature_dim, sizes.hidden_dim, sizes.hidden_layers - 1), nn.SiLU())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs)
@@ -119,11 +119,11 @@ def conv_output(obs_shape: tuple[int, ...], depth: int) -> tuple[int, int, int]:
 class CNNEncoder(nn.Module):
     """Image observations [B, H, W, C] (channels last, as gymnasium gives them) -> features."""
 
-    def __init__(self, obs_shape: tuple[int, ...], cfg: Config):
+    def __init__(self, obs_shape: tuple[int, ...], sizes: Sizes):
         super().__init__()
-        convs = [m for c_in, c_out, k, s, _ in cnn_layers(obs_shape, cfg.cnn_depth) for m in (nn.Conv2d(c_in, c_out, k, s), nn.SiLU())]
+        convs = [m for c_in, c_out, k, s, _ in cnn_layers(obs_shape, sizes.cnn_depth) for m in (nn.Conv2d(c_in, c_out, k, s), nn.SiLU())]
         self.conv = nn.Sequential(*convs, nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(math.prod(conv_output(obs_shape, cfg.cnn_depth)), cfg.feature_dim), nn.SiLU())
+        self.head = nn.Sequential(nn.Linear(math.prod(conv_output(obs_shape, sizes.cnn_depth)), sizes.feature_dim), nn.SiLU())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.conv(obs.movedim(-1, -3)))
@@ -133,12 +133,12 @@ class CNNDecoder(nn.Module):
     """state -> image [B, H, W, C], the CNN encoder's layers mirrored: each transposed layer gives back
     exactly the size its conv layer read (output padding restores what the stride rounded off)."""
 
-    def __init__(self, obs_shape: tuple[int, ...], cfg: Config):
+    def __init__(self, obs_shape: tuple[int, ...], sizes: Sizes):
         super().__init__()
-        self.shape = conv_output(obs_shape, cfg.cnn_depth)
-        self.fc = nn.Linear(cfg.state_dim, math.prod(self.shape))
+        self.shape = conv_output(obs_shape, sizes.cnn_depth)
+        self.fc = nn.Linear(sizes.state_dim, math.prod(self.shape))
         layers: list[nn.Module] = []
-        for c_in, c_out, k, s, size in reversed(cnn_layers(obs_shape, cfg.cnn_depth)):
+        for c_in, c_out, k, s, size in reversed(cnn_layers(obs_shape, sizes.cnn_depth)):
             out_size = tuple((n - k) // s + 1 for n in size)
             padding = tuple(n - ((m - 1) * s + k) for n, m in zip(size, out_size))
             layers += [nn.SiLU(), nn.ConvTranspose2d(c_out, c_in, k, s, output_padding=padding)]
@@ -159,14 +159,14 @@ class RepresentationLearner(nn.Module):
     stop-gradient on the dynamics target, and the decoder that must reconstruct from them).
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], cfg: Config):
+    def __init__(self, obs_shape: tuple[int, ...], sizes: Sizes):
         super().__init__()
-        self.to_state = nn.Linear(cfg.feature_dim, cfg.state_dim)
-        self.norm = nn.LayerNorm(cfg.state_dim, elementwise_affine=False)
+        self.to_state = nn.Linear(sizes.feature_dim, sizes.state_dim)
+        self.norm = nn.LayerNorm(sizes.state_dim, elementwise_affine=False)
         if len(obs_shape) == 3:
-            self.decoder: nn.Module = CNNDecoder(obs_shape, cfg)
+            self.decoder: nn.Module = CNNDecoder(obs_shape, sizes)
         else:
-            self.decoder = mlp(cfg.state_dim, obs_shape[0], cfg.hidden_dim, cfg.hidden_layers)
+            self.decoder = mlp(sizes.state_dim, obs_shape[0], sizes.hidden_dim, sizes.hidden_layers)
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
         return self.norm(self.to_state(features))
@@ -209,16 +209,16 @@ class TransformerMember(nn.Module):
     padding); without one each (state, action) is a sequence of length 1, the single-step fallback.
     """
 
-    def __init__(self, cfg: Config, action_dim: int):
+    def __init__(self, sizes: Sizes, action_dim: int):
         super().__init__()
-        width = cfg.hidden_dim
-        self.embed = nn.Linear(cfg.belief_dim + action_dim, width)
-        self.position = nn.Parameter(torch.zeros(cfg.sequence_length, width))
+        width = sizes.hidden_dim
+        self.embed = nn.Linear(sizes.belief_dim + action_dim, width)
+        self.position = nn.Parameter(torch.zeros(sizes.context, width))
         self.blocks = nn.ModuleList(
-            nn.ModuleDict({"norm1": nn.LayerNorm(width), "attention": CausalSelfAttention(width, cfg.attention_heads),
-                           "norm2": nn.LayerNorm(width), "mlp": mlp(width, width, 2 * width, cfg.hidden_layers)})
-            for _ in range(cfg.transformer_layers))
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, cfg.state_dim))
+            nn.ModuleDict({"norm1": nn.LayerNorm(width), "attention": CausalSelfAttention(width, sizes.attention_heads),
+                           "norm2": nn.LayerNorm(width), "mlp": mlp(width, width, 2 * width, sizes.hidden_layers)})
+            for _ in range(sizes.transformer_layers))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, sizes.state_dim))
 
     def forward(self, x: torch.Tensor, context: SequenceContext | None = None, past: torch.Tensor | None = None,
                 past_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -283,20 +283,21 @@ class Rollout:
 class DynamicsModel(nn.Module):
     """(belief, action) -> Normal over the next state; an ensemble votes by its mean (diagram 6, failure 2).
 
-    Members are MLPs, or transformers that attend over the sequence context (`cfg.dynamics`). The
-    belief is the state, and in sequence mode the memory beside it (`WorldModel.belief`).
+    Members are MLPs, or transformers that attend over the sequence context (`kind`); `members` of
+    them; `std` the Normal's fixed scale. The belief is the state, and in sequence mode the memory
+    beside it (`WorldModel.belief`).
     """
 
-    def __init__(self, cfg: Config, action_dim: int):
+    def __init__(self, sizes: Sizes, action_dim: int, kind: str, members: int, std: float):
         super().__init__()
-        self.attends = cfg.dynamics == "transformer"
+        self.attends = kind == "transformer"
         self.members = nn.ModuleList(
-            TransformerMember(cfg, action_dim) if self.attends
-            else mlp(cfg.belief_dim + action_dim, cfg.state_dim, cfg.hidden_dim, cfg.hidden_layers)
-            for _ in range(cfg.dynamics_ensemble)
+            TransformerMember(sizes, action_dim) if self.attends
+            else mlp(sizes.belief_dim + action_dim, sizes.state_dim, sizes.hidden_dim, sizes.hidden_layers)
+            for _ in range(members)
         )
-        self.std = cfg.dynamics_std
-        self.state_dim = cfg.state_dim
+        self.std = std
+        self.state_dim = sizes.state_dim
 
     def member_means(self, belief: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None,
                      past: torch.Tensor | None = None, past_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -341,10 +342,10 @@ class RewardPredictor(nn.Module):
     Conditioned on the action because a transition's reward may depend on it (Pendulum's torque cost).
     """
 
-    def __init__(self, cfg: Config, action_dim: int):
+    def __init__(self, sizes: Sizes, action_dim: int, symlog: bool):
         super().__init__()
-        self.net = mlp(cfg.belief_dim + action_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
-        self.symlog = cfg.symlog
+        self.net = mlp(sizes.belief_dim + action_dim, 1, sizes.hidden_dim, sizes.hidden_layers)
+        self.symlog = symlog
 
     def forward(self, state: torch.Tensor, action: torch.Tensor, context: SequenceContext | None = None) -> Normal:
         return Normal(self.net(torch.cat([state, action], -1)).squeeze(-1), 1.0)
@@ -358,9 +359,9 @@ class RewardPredictor(nn.Module):
 class ContinuePredictor(nn.Module):
     """state -> Bernoulli that the episode continues from this state (1 - terminated)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, sizes: Sizes):
         super().__init__()
-        self.net = mlp(cfg.belief_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
+        self.net = mlp(sizes.belief_dim, 1, sizes.hidden_dim, sizes.hidden_layers)
 
     def forward(self, state: torch.Tensor, context: SequenceContext | None = None) -> Bernoulli:
         return Bernoulli(logits=self.net(state).squeeze(-1))
@@ -369,12 +370,12 @@ class ContinuePredictor(nn.Module):
 class PolicyHead(nn.Module):
     """state -> action distribution parameters: logits (Categorical) or mean, std (tanh-squashed Normal)."""
 
-    def __init__(self, cfg: Config, space: SpaceInfo):
+    def __init__(self, sizes: Sizes, space: SpaceInfo):
         super().__init__()
         self.discrete = space.discrete
         self.action_dim = space.action_dim
         out = space.action_dim if space.discrete else 2 * space.action_dim
-        self.net = mlp(cfg.belief_dim, out, cfg.hidden_dim, cfg.hidden_layers)
+        self.net = mlp(sizes.belief_dim, out, sizes.hidden_dim, sizes.hidden_layers)
 
     def params(self, state: torch.Tensor, context: SequenceContext | None = None) -> tuple[torch.Tensor, ...]:
         """The raw outputs that are exported: (logits,) or (mean, std)."""
@@ -456,10 +457,10 @@ class ValueFunction(nn.Module):
     otherwise extrapolate exponentially (the runaway of failure 4).
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, sizes: Sizes, symlog: bool):
         super().__init__()
-        self.net = mlp(cfg.belief_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
-        self.symlog = cfg.symlog
+        self.net = mlp(sizes.belief_dim, 1, sizes.hidden_dim, sizes.hidden_layers)
+        self.symlog = symlog
         self.register_buffer("bounds", torch.tensor([-math.inf, math.inf]))
 
     def raw(self, state: torch.Tensor, context: SequenceContext | None = None) -> torch.Tensor:

@@ -9,6 +9,7 @@ preset, `reverie config` and the table of departures in docs/learning.md are all
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -40,6 +41,23 @@ def seed_value(value: Any, why: str) -> dict[str, Any]:
 
 SEED_SCHEDULE = [{"from_step": 0, "world_model": 2, "actor": 1, "critic": 1},
                  {"from_step": 50_000, "world_model": 1, "actor": 2, "critic": 2}]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The model sizes block (diagram 1), what every component is shaped by: with `belief_dim`, the width
+    the heads read (the state, and a memory beside it), and `context`, the longest sequence a
+    transformer attends over (sequence_length)."""
+
+    feature_dim: int
+    state_dim: int
+    hidden_dim: int
+    hidden_layers: int
+    cnn_depth: int
+    transformer_layers: int
+    attention_heads: int
+    belief_dim: int
+    context: int
 
 
 class Config(BaseModel):
@@ -220,6 +238,11 @@ class Config(BaseModel):
     def belief_dim(self) -> int:
         """What the heads read: the state, and with a memory the memory beside it."""
         return self.state_dim + (self.memory_dim if self.remembers else 0)
+
+    @property
+    def sizes(self) -> Sizes:
+        return Sizes(self.feature_dim, self.state_dim, self.hidden_dim, self.hidden_layers, self.cnn_depth,
+                     self.transformer_layers, self.attention_heads, self.belief_dim, self.sequence_length)
 
     @property
     def env_spec(self) -> EnvSpec:

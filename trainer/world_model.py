@@ -43,11 +43,12 @@ class WorldModel(nn.Module):
         super().__init__()
         self.space = space
         self.normalizer = ObservationNormalizer(space.obs_shape, enabled=cfg.obs_norm and not space.is_image)
-        self.encoder: nn.Module = CNNEncoder(space.obs_shape, cfg) if space.is_image else MLPEncoder(space.obs_shape[0], cfg)
-        self.repr_learner = RepresentationLearner(space.obs_shape, cfg)
-        self.dynamics = DynamicsModel(cfg, space.action_dim)
-        self.reward = RewardPredictor(cfg, space.action_dim)
-        self.continue_ = ContinuePredictor(cfg)
+        sizes = cfg.sizes
+        self.encoder: nn.Module = CNNEncoder(space.obs_shape, sizes) if space.is_image else MLPEncoder(space.obs_shape[0], sizes)
+        self.repr_learner = RepresentationLearner(space.obs_shape, sizes)
+        self.dynamics = DynamicsModel(sizes, space.action_dim, cfg.dynamics, cfg.dynamics_ensemble, cfg.dynamics_std)
+        self.reward = RewardPredictor(sizes, space.action_dim, cfg.symlog)
+        self.continue_ = ContinuePredictor(sizes)
         self.memory = nn.GRUCell(cfg.state_dim + space.action_dim, cfg.memory_dim) if cfg.remembers else None
         self.state_dim, self.memory_dim = cfg.state_dim, cfg.memory_dim
         self.sample_std = cfg.dynamics_std if cfg.dynamics_sample else 0.0  # imagination's next-state noise
