@@ -18,6 +18,8 @@ from .fidelity import imagination_fidelity
 
 @dataclass
 class Evaluation:
+    """An evaluation in the env: its mean return, what its metric row carries, and imagination's fidelity."""
+
     mean_return: float
     row: dict[str, float]  # what the metric row carries beside eval_return
     fidelity: dict | None  # per imagined step, for the status and the curves (None: nothing to measure)

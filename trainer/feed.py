@@ -54,7 +54,7 @@ class _Episode:
     versions: set[int] = field(default_factory=set)  # the model versions that chose its actions
 
 
-class Evaluation(NamedTuple):
+class EvaluationEpisode(NamedTuple):
     """One finished evaluation episode: the version that played all of it, and its return."""
 
     version: int
@@ -91,7 +91,7 @@ class ClientFeed:
         self.open: OrderedDict[str, _Episode] = OrderedDict()  # least recently extended first
         self.ready: deque[Transition] = deque()  # released runs, oldest first, not yet taken
         self.totals = {"steps": 0, "episodes": 0}  # learned from and ended, since the run began
-        self.evaluations: list[Evaluation] = []  # finished evaluation episodes, not yet taken by the trainer
+        self.evaluations: list[EvaluationEpisode] = []  # finished evaluation episodes, not yet taken by the trainer
         self._window: dict = self._new_window()
 
     @staticmethod
@@ -144,7 +144,7 @@ class ClientFeed:
                 self._window["returns"].append(episode.total)
                 self._window["versions"].update(episode.versions)
             elif len(episode.versions) == 1:  # (a server pins one version per evaluation episode)
-                self.evaluations.append(Evaluation(next(iter(episode.versions)), episode.total))
+                self.evaluations.append(EvaluationEpisode(next(iter(episode.versions)), episode.total))
             return
         self.open[fragment.episode] = episode
         while len(self.open) > MAX_OPEN_EPISODES:  # clients that went away mid-episode
@@ -196,7 +196,7 @@ class ClientFeed:
         self._window = self._new_window()
         return row
 
-    def take_evaluations(self) -> list[Evaluation]:
+    def take_evaluations(self) -> list[EvaluationEpisode]:
         """The evaluation episodes finished since the last call."""
         taken, self.evaluations = self.evaluations, []
         return taken
@@ -210,6 +210,6 @@ class ClientFeed:
     def load_state_dict(self, state: dict) -> None:
         self.next_seq, self.totals = state["next_seq"], dict(state["totals"])
         self.ready = deque(Transition(*s) for s in state["ready"])
-        self.evaluations = [Evaluation(*e) for e in state.get("evaluations", [])]
+        self.evaluations = [EvaluationEpisode(*e) for e in state.get("evaluations", [])]
         self.open = OrderedDict((name, _Episode(index, total, [Transition(*s) for s in steps], *extra[:1], set(*extra[1:])))
                                 for name, index, total, steps, *extra in state["open"])
