@@ -61,7 +61,7 @@ class EvaluationEpisode(NamedTuple):
     total: float
 
 
-def check_fragment(fragment: Fragment, space: SpaceInfo) -> str | None:
+def unlearnable(fragment: Fragment, space: SpaceInfo) -> str | None:
     """Why this fragment cannot be learned from by an agent of `space`, or None. The server checked
     it against the model it served; this guards against a log written for another env."""
     obs = fragment.observations
@@ -124,7 +124,7 @@ class ClientFeed:
     def _take(self, seq: int, payload: bytes, model_version: int) -> None:
         try:
             fragment = decode(payload)
-            why = check_fragment(fragment, self.space)
+            why = unlearnable(fragment, self.space)
         except ValueError as error:
             why = str(error)
         if why is not None:
