@@ -236,3 +236,14 @@ def test_a_recent_share_of_each_batch_comes_from_the_newest_steps(capacity):
     torch.testing.assert_close(replay.sample(64, np.random.default_rng(4), recent=(0.0, 20))["reward"], uniform["reward"])
     sequences = replay.sample_sequences(40, 4, np.random.default_rng(5), recent=(1.0, 20))
     assert (sequences["reward"][:, 0] >= 180).all()
+
+
+def test_a_recent_window_wider_than_the_replay_draws_what_is_stored():
+    """A large ring grows as it fills (a trainer's 1M-step replay holds 205 steps in a few slots): a window
+    of 1,000 over 205 stored steps, mid-episode (the next observation's slot claimed past the cursor),
+    draws only stored transitions."""
+    replay = ending_every(10, 205, capacity=1_000_000)
+    batch = replay.sample(1000, np.random.default_rng(6), recent=(1.0, 1000))
+    steps = set(batch["reward"].tolist())
+    assert steps <= set(map(float, range(205))) and len(steps) > 180
+    torch.testing.assert_close(batch["next_obs"][:, 0], batch["reward"] + 1)

@@ -151,15 +151,17 @@ class Replay:
         share, window = recent
         newest = round(n * share) if share > 0 else 0
         return np.concatenate([self._valid(n - newest, rng, self.filled),
-                               (self.cursor - 1 - self._valid(newest, rng, min(window, self.filled), back=True)) % self.capacity])
+                               (self.cursor - 1 - self._valid(newest, rng, min(window, self.filled), back=True)) % self.filled])
 
     def _valid(self, n: int, rng: np.random.Generator, span: int, back: bool = False) -> np.ndarray:
         """`n` offsets into the first `span` slots (`back`: into the `span` slots behind the cursor) that
-        hold a transition."""
+        hold a transition. Behind the cursor counts modulo `filled`: the whole ring once it has wrapped,
+        and before that the slots written so far (the newest episode's last observation may sit at the
+        cursor itself)."""
         out = np.empty(0, np.int64)
         while len(out) < n:
             offsets = rng.integers(0, span, size=2 * (n - len(out)) + 8)
-            slots = (self.cursor - 1 - offsets) % self.capacity if back else offsets
+            slots = (self.cursor - 1 - offsets) % self.filled if back else offsets
             out = np.concatenate([out, offsets[self.data["valid"][slots]]])
         return out[:n]
 
