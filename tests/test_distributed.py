@@ -59,19 +59,26 @@ def states(agent: Agent) -> dict[str, torch.Tensor]:
     return out
 
 
-def _rank_updates(ranks, rank_batches, space, counts, out_dir) -> None:
+def _rank_updates(ranks, rank_batches, space, out_dir) -> None:
     torch.set_num_threads(1)
-    torch.save(states(agent_after(space, rank_batches, counts, ranks)), out_dir / f"rank{ranks.rank}.pt")
+    for name, counts in (("full", FULL), ("world_model", WORLD_MODEL)):
+        torch.save(states(agent_after(space, rank_batches, counts, ranks)), out_dir / f"{name}{ranks.rank}.pt")
 
 
-def run_ranks(tmp_path, counts: UpdateCounts, rank_batches, space) -> list[dict[str, torch.Tensor]]:
-    distributed.spawn(2, _rank_updates, rank_batches, space, counts, tmp_path).join()
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-
-
-def test_every_rank_holds_the_same_parameters_after_updates_on_different_batches(tmp_path):
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory):
+    """Both ranks' states after UPDATES full updates and, from fresh, UPDATES world-model updates, each
+    rank on its own batch (the second's rewards ones the first never sees); one launch of two processes."""
     rank_batches, space = batches(2)
-    first, second = run_ranks(tmp_path, FULL, rank_batches, space)
+    rank_batches[1]["reward"] = 2.0 * rank_batches[1]["reward"]
+    out = tmp_path_factory.mktemp("ranks")
+    distributed.spawn(2, _rank_updates, rank_batches, space, out).join()
+    load = lambda name: [torch.load(out / f"{name}{r}.pt") for r in range(2)]  # noqa: E731
+    return rank_batches, space, load("full"), load("world_model")
+
+
+def test_every_rank_holds_the_same_parameters_after_updates_on_different_batches(ranked):
+    rank_batches, space, (first, second), _ = ranked
     assert first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
@@ -82,18 +89,16 @@ def test_every_rank_holds_the_same_parameters_after_updates_on_different_batches
                            first["world_model.dynamics.members.0.0.weight"])
 
 
-def test_the_world_model_learns_as_one_process_given_both_batches(tmp_path):
-    rank_batches, space = batches(2)
-    rank_batches[1]["reward"] = 2.0 * rank_batches[1]["reward"]  # rewards the other rank never sees
-    ranked, _ = run_ranks(tmp_path, WORLD_MODEL, rank_batches, space)
+def test_the_world_model_learns_as_one_process_given_both_batches(ranked):
+    rank_batches, space, _, (ranked_states, _) = ranked
     joined = {k: torch.cat([b[k] for b in rank_batches]) for k in rank_batches[0]}
     one = states(agent_after(space, [joined], WORLD_MODEL))
     untrained = states(fresh(space))
     assert not torch.equal(one["world_model.dynamics.members.0.0.weight"],
                            untrained["world_model.dynamics.members.0.0.weight"])  # the comparison is of trained weights
     for key in one:
-        assert torch.allclose(one[key], ranked[key], atol=1e-6, rtol=1e-5), key
-    assert torch.equal(ranked["reward_range"], one["reward_range"])  # the extremes of both batches
+        assert torch.allclose(one[key], ranked_states[key], atol=1e-6, rtol=1e-5), key
+    assert torch.equal(ranked_states["reward_range"], one["reward_range"])  # the extremes of both batches
 
 
 def _train_rank(ranks, cfg, run_dir, resume, probe=None) -> None:
