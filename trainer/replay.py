@@ -150,6 +150,8 @@ class Replay:
             raise ValueError("the replay holds no transition yet")
         share, window = recent
         newest = round(n * share) if share > 0 else 0
+        if not newest:  # the uniform draw alone (every update's batch, by default)
+            return self._valid(n, rng, self.filled)
         return np.concatenate([self._valid(n - newest, rng, self.filled),
                                (self.cursor - 1 - self._valid(newest, rng, min(window, self.filled), back=True)) % self.filled])
 
