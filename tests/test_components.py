@@ -232,7 +232,7 @@ def test_imagination_matches_the_exported_step_one_transition_at_a_time(fields):
 
 
 def test_asking_for_cuda_without_one_is_a_clear_error():
-    from reverie.trainer.loop import resolve_device
+    from reverie.trainer.parts import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")

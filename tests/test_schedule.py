@@ -130,7 +130,7 @@ def test_the_trainer_drives_the_parts_it_is_given(tmp_path):
     import numpy as np
 
     from reverie.trainer.checkpoint import load_checkpoint
-    from reverie.trainer.loop import Parts
+    from reverie.trainer.parts import Parts
 
     cfg = small_config(total_steps=100, warmup_steps=50, transition_steps=50, eval_every=10_000, checkpoint_every=100)
     parts = Parts.build(cfg, RunDir(tmp_path))

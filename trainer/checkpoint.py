@@ -9,14 +9,18 @@ resume would pick up.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from reverie.runs import RunDir
+
+log = logging.getLogger("reverie.trainer")
 
 
 def save_checkpoint(run: RunDir, env_step: int, state: dict, keep: int = 2) -> Path:
@@ -52,6 +56,39 @@ def restore_rng(state: dict, rng: np.random.Generator) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class Checkpoints:
+    """A run's checkpoints: its parts' own state_dicts by name, the loop's position, and every rank's
+    generators. In a data-parallel run (`ranks`) the other ranks hand theirs to rank 0, which alone
+    writes; the parts are the same on every rank."""
+
+    def __init__(self, run: RunDir, parts: dict[str, Any], rng: np.random.Generator, ranks=None,
+                 with_replay: bool = True):
+        self.run, self.parts, self.rng, self.ranks, self.with_replay = run, parts, rng, ranks, with_replay
+        self.rank = 0 if ranks is None else ranks.rank
+
+    def save(self, env_step: int, position: dict, space: dict) -> Path | None:
+        """The checkpoint at `env_step` (None on a rank other than 0)."""
+        rngs = [rng_state(self.rng)] if self.ranks is None else self.ranks.collect(rng_state(self.rng))
+        if self.rank != 0:
+            return None
+        state = {name: part.state_dict() for name, part in self.parts.items() if name != "replay" or self.with_replay}
+        state.update(space=space, position=position, rng=rngs[0], rank_rngs=rngs[1:])
+        return save_checkpoint(self.run, env_step, state)
+
+    def restore(self, path: Path) -> dict:
+        """Load every part and this rank's generators; the loop's position, returned."""
+        state = load_checkpoint(path)
+        for name, part in self.parts.items():
+            if state.get(name) is not None:  # a checkpoint without the replay (checkpoint_replay=false) resumes empty
+                part.load_state_dict(state[name])
+        rngs = [state["rng"], *state.get("rank_rngs", [])]
+        if self.rank < len(rngs):
+            restore_rng(rngs[self.rank], self.rng)
+        else:  # resumed with more processes than saved: this rank goes on from its fresh seed
+            log.warning("rank %d: the checkpoint holds %d ranks' generators; this rank draws afresh", self.rank, len(rngs))
+        return state["position"]
 
 
 def load_run_agent(run_dir: Path, env_step: int | None = None):
