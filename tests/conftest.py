@@ -5,10 +5,10 @@ Helpers that tests import by name live in builders.py (learning) and serving.py 
 
 from __future__ import annotations
 
-import signal
-
 import hashlib
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,18 @@ from reverie.trainer.envs import make_env, space_info
 
 # One intra-op thread from the start, before any fixture of wider scope builds a model.
 torch.set_num_threads(1)
+
+# Session fixtures that train (minutes of CPU): under pytest-xdist (`-n 2`, `--dist loadgroup`, the
+# suite's default) every test that uses one runs on the same worker, so each is built once.
+TRAINED = ("trained_cartpole",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in TRAINED:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
 
 
 @pytest.fixture(autouse=True)
@@ -66,9 +78,15 @@ def cached_export(request, tmp_path_factory, name: str, agent, training_step: in
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     kept = cache.mkdir(f"reverie-export-{name}-{digest.hexdigest()[:16]}")
     if not (kept / "export").is_dir():
-        shutil.rmtree(kept / "partial", ignore_errors=True)
-        export_bundle(agent, kept / "partial", training_step=training_step, phase="full", last_eval=last_eval, keep=keep)
-        (kept / "partial").rename(kept / "export")  # complete or absent: an interrupted export is redone
+        # Each process exports under a name of its own (pytest-xdist's workers may race to the same
+        # digest); the first complete one renamed into place wins, an interrupted one is redone.
+        partial = kept / f"partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        export_bundle(agent, partial, training_step=training_step, phase="full", last_eval=last_eval, keep=keep)
+        try:
+            partial.rename(kept / "export")
+        except OSError:  # another worker's landed first
+            shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(kept / "export", out)
     return out
 
