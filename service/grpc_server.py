@@ -22,10 +22,11 @@ from reverie.errors import InputError
 from reverie.history import Recent
 from reverie.wire import SERVICE_NAME, agent_pb2, agent_pb2_grpc, from_tensor, to_tensor
 
+from . import inputs
 from .calls import ActCall, Calls, ImagineCall, Observations, ValueCall
 from .experience import check_tensor_fragment
 from .metrics import ServiceMetrics
-from .requests import FAILURES, failure_status, tensor_observations
+from .requests import FAILURES, failure_status
 from .sessions import Session
 from .settings import ServiceSettings
 
@@ -51,26 +52,29 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             self.metrics.observe("grpc", name, code, time.perf_counter() - started)
 
     @staticmethod
-    def _history(request) -> tuple | None:
-        """A request's History message as (observations, env actions), or None when it has none."""
-        if not request.HasField("history"):
-            return None
-        history = request.history
-        observations = from_tensor(history.observations, "history.observations") if history.observations.dtype else ()
-        actions = from_tensor(history.actions, "history.actions").tolist() if history.actions.dtype else []
-        return observations, actions
+    def _inputs(request) -> tuple[Observations, tuple | None]:
+        """A request's observations and its History message (as observations and env actions, or None),
+        decoded now like the rest of the message; the observations are checked against the model that
+        the call is answered with (the reader returned)."""
+        if not request.obs.dtype:
+            raise InputError("obs", "required")
+        array, history = from_tensor(request.obs, "obs"), None
+        if request.HasField("history"):
+            past = request.history
+            history = (from_tensor(past.observations, "history.observations") if past.observations.dtype else (),
+                       from_tensor(past.actions, "history.actions").tolist() if past.actions.dtype else [])
 
-    @staticmethod
-    def _observations(tensor) -> Observations:
         def read(runtime, max_batch: int) -> tuple[np.ndarray, bool]:
-            batch = tensor_observations(tensor, runtime, max_batch)
+            batch = inputs.check_observation_array(array, runtime.manifest.observation_space, "obs")
+            inputs.check_batch_size(len(batch), "obs", max_batch)
             return batch, len(batch) > 1
-        return read
+        return read, history
 
     def _act(self, request: agent_pb2.ActRequest, context: grpc.ServicerContext,
              stream: Session | None = None) -> agent_pb2.ActResponse:
         """One Act; on a stream, `stream` is its own episode (the memory the stream keeps)."""
-        call = ActCall(self._observations(request.obs), self._history(request), request.session or None, request.reset,
+        observations, history = self._inputs(request)
+        call = ActCall(observations, history, request.session or None, request.reset,
                        request.reward if request.HasField("reward") else None, request.terminated, request.truncated,
                        request.evaluate, request.deterministic, request.seed if request.HasField("seed") else None,
                        dict(context.invocation_metadata()).get("authorization") if request.HasField("reward") else None)
@@ -116,8 +120,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def Value(self, request, context):
         with self._call("Value", context):
-            answer = self.calls.value(ValueCall(self._observations(request.obs), self._history(request),
-                                                request.session or None))
+            answer = self.calls.value(ValueCall(*self._inputs(request), request.session or None))
             return agent_pb2.ValueResponse(values=to_tensor(answer.values), model_version=answer.model_version)
 
     def Imagine(self, request, context):
@@ -125,11 +128,12 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             return self._imagine(request)
 
     def _imagine(self, request: agent_pb2.ImagineRequest) -> agent_pb2.ImagineResponse:
+        observations, history = self._inputs(request)
         answer = self.calls.imagine(ImagineCall(
-            lambda runtime: tensor_observations(request.obs, runtime, 1), request.horizon or None, request.samples or 1,
+            lambda runtime: observations(runtime, 1)[0], request.horizon or None, request.samples or 1,
             request.deterministic, request.seed if request.HasField("seed") else None,
             from_tensor(request.actions, "actions").tolist() if request.actions.dtype else None,
-            self._history(request), request.session or None))
+            history, request.session or None))
         result = answer.imagination
         actions = np.asarray(result.actions, np.int64 if answer.runtime.discrete else np.float32)
         return agent_pb2.ImagineResponse(

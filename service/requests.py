@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from reverie.errors import InputError
-from reverie.wire import from_tensor
 
 from . import inputs
 from .experience import NoExperience
@@ -54,15 +53,6 @@ def json_observations(obs, observations, runtime: Runtime, max_batch: int) -> tu
         return inputs.observation_batch(obs, space, "obs", batched=False), False
     inputs.check_batch_size(len(observations), "observations", max_batch)  # before the checks walk it
     return inputs.observation_batch(observations, space, "observations", batched=True), True
-
-
-def tensor_observations(tensor, runtime: Runtime, max_batch: int, field: str = "obs") -> np.ndarray:
-    """gRPC: one observation or a batch in a Tensor message, as a checked float32 batch."""
-    if not tensor.dtype:
-        raise InputError(field, "required")
-    batch = inputs.check_observation_array(from_tensor(tensor, field), runtime.manifest.observation_space, field)
-    inputs.check_batch_size(len(batch), field, max_batch)
-    return batch
 
 
 def history_of(runtime: Runtime, observations, actions, field: str = "history") -> HistoryInputs | None:
