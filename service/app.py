@@ -32,7 +32,7 @@ from reverie.errors import InputError
 
 from . import inputs, openapi, preview
 from .calls import ActCall, Calls, ImagineCall, ValueCall
-from .experience import NoExperience, check_fragment
+from .experience import NoExperience, UploadedFragment
 from .guard import Guard
 from .hot import HotPaths, HotRoute
 from .live import PAGE, MetricRows, live
@@ -40,7 +40,8 @@ from .metrics import ServiceMetrics
 from .requests import WriteDenied, failure_status, json_observations
 from .responses import error_response, json_response
 from .schemas import (OBSERVATION_FORMS, SEED_MAX, ActBatchResponse, ActRequest, ActResponse, Error, ExperienceResponse,
-                      ExperienceUpload, ImagineRequest, ImagineResponse, ObservationRequest, ValueBatchResponse, ValueResponse)
+                      ExperienceUpload, FragmentBody, ImagineRequest, ImagineResponse, ObservationRequest, ValueBatchResponse,
+                      ValueResponse)
 from .store import NotReady
 
 log = logging.getLogger("reverie.service")
@@ -171,6 +172,25 @@ def served(app: FastAPI) -> ASGIApp:
                           max_age=600)
 
 
+STEP_FIELDS = {"observations": "obs", "actions": "action", "rewards": "reward", "model_versions": "model_version"}
+
+
+def uploaded(body: FragmentBody, field: str) -> UploadedFragment:
+    """A fragment as REST sends it, a list of steps and the observation after them, for the call layer."""
+    steps = body.steps
+
+    def name(part: str, row: int | None) -> str:
+        if part in ("episode", "index"):
+            return f"{field}.{part}"
+        if row is None:
+            return f"{field}.steps"
+        return f"{field}.next_obs" if row == len(steps) else f"{field}.steps[{row}].{STEP_FIELDS[part]}"
+
+    return UploadedFragment(body.episode, body.index, [step.obs for step in steps] + [body.next_obs],
+                            [step.action for step in steps], [step.reward for step in steps],
+                            [step.model_version for step in steps], body.terminated, body.truncated, name)
+
+
 class Endpoints:
     """The REST endpoints, each a translator: its body or query into a call of `calls`, the answer into JSON."""
 
@@ -250,8 +270,7 @@ class Endpoints:
         """Episode fragments acted by the client, for the trainer: durable in the experience log when
         the answer comes; a retried fragment (same episode and index) is stored once."""
         body = await parse(raw, ExperienceUpload)
-        stored = await self.calls.upload(lambda runtime: [check_fragment(f, runtime, self.settings, f"fragments[{i}]")
-                                                          for i, f in enumerate(body.fragments)])
+        stored = await self.calls.upload(uploaded(f, f"fragments[{i}]") for i, f in enumerate(body.fragments))
         return json_response({
             "fragments": [{"episode": f.episode, "index": f.index, "seq": seq, "stored": new} for f, seq, new in stored],
             "steps": sum(f.steps for f, _, new in stored if new)})

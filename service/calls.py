@@ -13,7 +13,7 @@ blocking one for gRPC's worker threads (`act_blocking`, `upload_blocking`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from reverie.runs import RunDir
 
 from . import inputs
 from .batching import ActBatcher
-from .experience import ExperienceLog, NoExperience, check_rewards
+from .experience import ExperienceLog, NoExperience, UploadedFragment, check_fragment, check_rewards
 from .requests import NothingToComplete, WriteDenied, history_of
 from .runtime import ACT_DETAILS, ActResult, HistoryInputs, Imagination, Runtime
 from .sessions import Session, Sessions
@@ -189,19 +189,25 @@ class Calls:
         return ImagineAnswer(runtime.imagine(obs, horizon, samples, call.deterministic, call.seed, plan, history), runtime)
 
     # ------------------------------------------------------------------ experience, status
-    async def upload(self, fragments: Callable[[Runtime], list[Fragment]]) -> list[tuple[Fragment, int, bool]]:
-        """(fragment, position, stored) of each fragment `fragments(runtime)` checks, all durable."""
-        checked = self._fragments(fragments)
+    async def upload(self, uploads: Iterable[UploadedFragment]) -> list[tuple[Fragment, int, bool]]:
+        """(fragment, position, stored) of each uploaded fragment, all checked before any is stored,
+        all durable when this returns."""
+        checked = self._fragments(uploads)
         return [(f, seq, stored) for f, (seq, stored) in zip(checked, await self.experience.store_async(checked))]
 
-    def upload_blocking(self, fragments: Callable[[Runtime], list[Fragment]]) -> list[tuple[Fragment, int, bool]]:
-        checked = self._fragments(fragments)
+    def upload_blocking(self, uploads: Iterable[UploadedFragment]) -> list[tuple[Fragment, int, bool]]:
+        checked = self._fragments(uploads)
         return [(f, seq, stored) for f, (seq, stored) in zip(checked, self.experience.store(checked))]
 
-    def _fragments(self, fragments: Callable[[Runtime], list[Fragment]]) -> list[Fragment]:
+    def _fragments(self, uploads: Iterable[UploadedFragment]) -> list[Fragment]:
+        """Each upload checked as it comes (a gRPC stream's are read one by one) against one runtime."""
         if self.experience is None:
             raise NoExperience()
-        checked = fragments(self.store.require())
+        runtime, checked = self.store.require(), []
+        for i, upload in enumerate(uploads):
+            if i == self.settings.max_batch:
+                raise InputError("fragments", f"at most {self.settings.max_batch} fragments per call")
+            checked.append(check_fragment(upload, runtime, self.settings))
         if not checked:
             raise InputError("fragments", "send at least one fragment")
         return checked

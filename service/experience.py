@@ -12,69 +12,73 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from reverie.experience import Fragment, encode, open_log
 from reverie.experience.records import EPISODE
-from reverie.wire import from_tensor
 
 from . import inputs
 from .batching import settle
 from reverie.errors import InputError
 from .runtime import Runtime
-from .schemas import COUNT_MAX, FragmentBody
+from .schemas import COUNT_MAX
 from .settings import ServiceSettings
 
 
-def check_fragment(body: FragmentBody, runtime: Runtime, settings: ServiceSettings, field: str) -> Fragment:
-    """REST: one uploaded fragment (a list of steps) -> a Fragment of checked arrays; InputError naming
-    the first bad field."""
-    steps = body.steps
-    _check_steps(len(steps), settings, f"{field}.steps")
-    space = runtime.manifest.observation_space
-    observations = np.concatenate(
-        [inputs.observation_batch(step.obs, space, f"{field}.steps[{i}].obs", batched=False) for i, step in enumerate(steps)]
-        + [inputs.observation_batch(body.next_obs, space, f"{field}.next_obs", batched=False)])
-    actions = np.stack([inputs.action(step.action, runtime.manifest.action_space, f"{field}.steps[{i}].action")
-                        for i, step in enumerate(steps)])
-    rewards = np.asarray([step.reward for step in steps], np.float64)
-    check_rewards(rewards, settings, lambda i: f"{field}.steps[{i}].reward")
-    return _fragment(body.episode, body.index, observations, actions, rewards,
-                     np.asarray([step.model_version for step in steps], np.int64), body.terminated, body.truncated, runtime)
+@dataclass
+class UploadedFragment:
+    """One uploaded fragment as a front end read it off its wire, nothing checked yet: `observations`
+    (steps + 1 rows, each in a form `inputs.observation_batch` reads, or one decoded array), env
+    actions, rewards and model versions per step. `name(part, row)` spells where a part (row None:
+    the whole of it) came from on that wire, so that a refusal names the field the client sent."""
+
+    episode: str
+    index: int
+    observations: Sequence | np.ndarray
+    actions: Sequence
+    rewards: Sequence[float] | np.ndarray
+    model_versions: Sequence[int] | np.ndarray
+    terminated: bool
+    truncated: bool
+    name: Callable[[str, int | None], str]
 
 
-def check_tensor_fragment(message, runtime: Runtime, settings: ServiceSettings, field: str) -> Fragment:
-    """gRPC: one Fragment message (tensors) -> a Fragment of checked arrays, with the same checks as REST's."""
-    if not EPISODE.fullmatch(message.episode):
-        raise InputError(f"{field}.episode", "1-128 characters of A-Z a-z 0-9 . _ : -")
-    if message.index > COUNT_MAX:
-        raise InputError(f"{field}.index", f"at most {COUNT_MAX}")
-    for name in ("observations", "actions", "rewards"):
-        if not getattr(message, name).dtype:
-            raise InputError(f"{field}.{name}", "required")
-    rewards = from_tensor(message.rewards, f"{field}.rewards").astype(np.float64)
+def check_fragment(upload: UploadedFragment, runtime: Runtime, settings: ServiceSettings) -> Fragment:
+    """The one check of an uploaded fragment, whichever front end read it: every field against the
+    served model's spaces and the settings -> a Fragment of checked arrays in the agent's form, or an
+    InputError naming the first bad field as its wire spells it."""
+    name = upload.name
+    if not isinstance(upload.episode, str) or not EPISODE.fullmatch(upload.episode):
+        raise InputError(name("episode", None), "1-128 characters of A-Z a-z 0-9 . _ : -")
+    if not 0 <= upload.index <= COUNT_MAX:
+        raise InputError(name("index", None), f"an integer in [0, {COUNT_MAX}]")
+    rewards = np.asarray(upload.rewards, np.float64)
     n = len(rewards) if rewards.ndim == 1 else 0
-    _check_steps(n, settings, f"{field}.rewards")
-    observations = inputs.check_observation_array(from_tensor(message.observations, f"{field}.observations"),
-                                                  runtime.manifest.observation_space, f"{field}.observations")
-    actions = from_tensor(message.actions, f"{field}.actions").tolist()
-    versions = (from_tensor(message.model_versions, f"{field}.model_versions") if message.model_versions.dtype
-                else np.full(n, -1))
-    for name, array, count in (("observations", observations, n + 1), ("actions", actions, n), ("model_versions", versions, n)):
-        if len(array) != count:
-            raise InputError(f"{field}.{name}", f"expected {count} rows for {n} rewards, got {len(array)}")
-    actions = inputs.plan(actions, runtime.manifest.action_space, f"{field}.actions")
-    check_rewards(rewards, settings, lambda i: f"{field}.rewards[{i}]")
-    if versions.dtype.kind != "i" or versions.ndim != 1 or (versions < -1).any():
-        raise InputError(f"{field}.model_versions", "expected int64 model versions, or -1")
-    return _fragment(message.episode, message.index, observations, actions, rewards, versions.astype(np.int64),
-                     message.terminated, message.truncated, runtime)
-
-
-def _check_steps(n: int, settings: ServiceSettings, field: str) -> None:
     if not 1 <= n <= settings.max_fragment_steps:
-        raise InputError(field, f"a fragment holds 1 to {settings.max_fragment_steps} steps, got {n}")
+        raise InputError(name("rewards", None), f"a fragment holds 1 to {settings.max_fragment_steps} steps, got {n}")
+    for part, count in (("observations", n + 1), ("actions", n), ("model_versions", n)):
+        if len(getattr(upload, part)) != count:
+            raise InputError(name(part, None), f"expected {count} rows for {n} steps, got {len(getattr(upload, part))}")
+    space, action_space = runtime.manifest.observation_space, runtime.manifest.action_space
+    if isinstance(upload.observations, np.ndarray):
+        observations = inputs.check_observation_array(upload.observations, space, name("observations", None))
+    else:
+        observations = np.concatenate([inputs.observation_batch(obs, space, name("observations", i), batched=False)
+                                       for i, obs in enumerate(upload.observations)])
+    actions = np.stack([inputs.action(a, action_space, name("actions", i)) for i, a in enumerate(upload.actions)])
+    check_rewards(rewards, settings, lambda i: name("rewards", i))
+    versions = np.asarray(upload.model_versions)
+    if versions.dtype.kind not in "iu" or versions.ndim != 1:
+        raise InputError(name("model_versions", None), "expected integer model versions, or -1")
+    if (versions < -1).any():
+        raise InputError(name("model_versions", int(np.argmax(versions < -1))), "expected a model version, or -1")
+    return Fragment(episode=upload.episode, index=upload.index, observations=observations.astype(space.dtype),
+                    actions=actions.astype(np.int64 if runtime.discrete else np.float32), rewards=rewards.astype(np.float32),
+                    model_versions=versions.astype(np.int64), terminated=upload.terminated, truncated=upload.truncated,
+                    source="upload")
 
 
 def check_rewards(rewards: np.ndarray, settings: ServiceSettings, field) -> None:
@@ -82,13 +86,6 @@ def check_rewards(rewards: np.ndarray, settings: ServiceSettings, field) -> None
     bad = ~(np.abs(rewards) <= settings.reward_bound)  # NaN fails the comparison too
     if bad.any():
         raise InputError(field(int(np.argmax(bad))), f"expected a finite reward within ±{settings.reward_bound:g}")
-
-
-def _fragment(episode: str, index: int, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
-              versions: np.ndarray, terminated: bool, truncated: bool, runtime: Runtime) -> Fragment:
-    return Fragment(episode=episode, index=index, observations=observations.astype(runtime.manifest.observation_space.dtype),
-                    actions=actions.astype(np.int64 if runtime.discrete else np.float32), rewards=rewards.astype(np.float32),
-                    model_versions=versions, terminated=terminated, truncated=truncated, source="upload")
 
 
 class NoExperience(Exception):

@@ -24,7 +24,7 @@ from reverie.wire import SERVICE_NAME, agent_pb2, agent_pb2_grpc, from_tensor, t
 
 from . import inputs
 from .calls import ActCall, Calls, ImagineCall, Observations, ValueCall
-from .experience import check_tensor_fragment
+from .experience import UploadedFragment
 from .metrics import ServiceMetrics
 from .requests import FAILURES, failure_status
 from .sessions import Session
@@ -70,6 +70,20 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             return batch, len(batch) > 1
         return read, history
 
+    @staticmethod
+    def _uploaded(message: agent_pb2.Fragment, field: str) -> UploadedFragment:
+        """A Fragment message (tensors) for the call layer."""
+        for part in ("observations", "actions", "rewards"):
+            if not getattr(message, part).dtype:
+                raise InputError(f"{field}.{part}", "required")
+        rewards = from_tensor(message.rewards, f"{field}.rewards")
+        versions = (from_tensor(message.model_versions, f"{field}.model_versions") if message.model_versions.dtype
+                    else np.full(len(rewards) if rewards.ndim == 1 else 0, -1))
+        return UploadedFragment(message.episode, message.index, from_tensor(message.observations, f"{field}.observations"),
+                                from_tensor(message.actions, f"{field}.actions").tolist(), rewards, versions,
+                                message.terminated, message.truncated,
+                                lambda part, row: f"{field}.{part}" if row is None else f"{field}.{part}[{row}]")
+
     def _act(self, request: agent_pb2.ActRequest, context: grpc.ServicerContext,
              stream: Session | None = None) -> agent_pb2.ActResponse:
         """One Act; on a stream, `stream` is its own episode (the memory the stream keeps)."""
@@ -102,17 +116,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def UploadExperience(self, request_iterator, context):
         with self._call("UploadExperience", context):
-            max_batch = self.calls.settings.max_batch
-
-            def check(runtime) -> list:  # checked as they come; stored together at the end
-                fragments = []
-                for i, message in enumerate(request_iterator):
-                    if i == max_batch:
-                        raise InputError("fragments", f"at most {max_batch} fragments per call")
-                    fragments.append(check_tensor_fragment(message, runtime, self.calls.settings, f"fragments[{i}]"))
-                return fragments
-
-            stored = self.calls.upload_blocking(check)
+            stored = self.calls.upload_blocking(  # checked as they come, stored together at the end
+                self._uploaded(message, f"fragments[{i}]") for i, message in enumerate(request_iterator))
             return agent_pb2.UploadSummary(
                 fragments=[agent_pb2.StoredFragment(episode=f.episode, index=f.index, seq=seq, stored=new)
                            for f, seq, new in stored],

@@ -85,6 +85,7 @@ def test_a_bad_grpc_fragment_is_invalid_argument_naming_it_and_nothing_of_the_ca
         for bad, field in (({"actions": [0, 2]}, "fragments[1].actions[1]"),
                            ({"rewards": [1.0, float("inf")]}, "fragments[1].rewards[1]"),
                            ({"observations": [[0.0] * 4] * 2}, "fragments[1].observations"),
+                           ({"model_versions": [1, -2]}, "fragments[1].model_versions[1]"),
                            ({"episode": "no spaces"}, "fragments[1].episode")):
             with pytest.raises(ApiError) as refused:
                 client.upload([{**PLAYED, "episode": "g-ok"}, {**PLAYED, "episode": "g-bad", **bad}])
