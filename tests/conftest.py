@@ -21,8 +21,11 @@ from reverie.trainer.envs import make_env, space_info
 torch.set_num_threads(1)
 
 # Session fixtures that train (minutes of CPU): under pytest-xdist (`-n 2`, `--dist loadgroup`, the
-# suite's default) every test that uses one runs on the same worker, so each is built once.
+# suite's default) every test that uses one runs on the same worker, so each is built once. The
+# first such test carries the training in its setup: 3 minutes on a quiet 2-core machine, several
+# times that with the CPU shared, so their hang guard is wider than the suite's 300 s.
 TRAINED = ("trained_cartpole",)
+TRAINED_TIMEOUT_S = 3600
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,6 +33,7 @@ def pytest_collection_modifyitems(config, items):
         for name in TRAINED:
             if name in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(name))
+                item.add_marker(pytest.mark.timeout(TRAINED_TIMEOUT_S))
                 break
 
 
@@ -169,7 +173,7 @@ def trained_cartpole(tmp_path_factory):
         run_dir = tmp_path_factory.mktemp("trained") / f"cartpole-{seed}"
         subprocess.run([sys.executable, "-m", "reverie.cli", "train", "--preset", "cartpole", "--seed", str(seed),
                         "--run-dir", str(run_dir), "--set", "target_return=475", "--set", "threads=1"],
-                       check=True, timeout=600, capture_output=True)
+                       check=True, timeout=TRAINED_TIMEOUT_S / 3, capture_output=True)  # a hang guard per seed
         if load_manifest(latest_bundle(run_dir)).last_eval_return >= 475:
             return run_dir
     pytest.fail("no cartpole seed reached an eval return of 475 within 2,500 env steps")
