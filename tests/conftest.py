@@ -28,6 +28,7 @@ TRAINED = ("trained_cartpole",)
 TRAINED_TIMEOUT_S = 3600
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in TRAINED:
