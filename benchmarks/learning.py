@@ -1,6 +1,8 @@
 """Sample efficiency and update cost: CartPole-v1, Pendulum-v1 and Acrobot-v1, several seeds, one table.
 
     python benchmarks/learning.py --envs cartpole --seeds 0 1 2 3 4 --steps 10000   # the defaults, as a user gets them
+    python benchmarks/learning.py --envs cartpole --seeds 0 1 2 3 4 --steps 10000 --extend --out DIR
+                                                       # a 5,000-step screen in DIR confirmed at 10,000: each run continues
     python benchmarks/learning.py --envs cartpole --presets none seed_values --steps 10000  # the defaults beside the seed's numbers
     python benchmarks/learning.py --envs cartpole --presets actor_lr=3e-5 entropy_coef=0.01  # one seed value at a time
     python benchmarks/learning.py --baselines          # + stable-baselines3 PPO and DQN rows on CartPole
@@ -46,11 +48,14 @@ def time_update(trainer: Trainer) -> dict[str, float]:
 
 
 def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, threads: int | None = None,
-                eval_every: int | None = None, common: tuple[str, ...] = (), threshold: float | None = None) -> dict:
+                eval_every: int | None = None, common: tuple[str, ...] = (), threshold: float | None = None,
+                extend: bool = False) -> dict:
     """One training run. `preset`: "env" (the env's own preset), "none" (the defaults), a preset name,
     or `key=value` (the defaults with that one key changed: the measured effect of one setting).
     `common`: key=value overrides of every run (`--set`), e.g. a partially observed env; `threshold`:
-    the eval return that counts as reached, when not the env's."""
+    the eval return that counts as reached, when not the env's. `extend`: a run `out` already holds
+    goes on from its newest checkpoint to `steps` (its saved configuration and generators, as
+    `reverie train --resume` would), and the row covers all of it."""
     env_id, env_threshold = THRESHOLDS[env]
     threshold = env_threshold if threshold is None else threshold
     override = "=" in preset
@@ -58,8 +63,9 @@ def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, 
     cfg = build_config(name, [*common, *([preset] if override else [])], env_id=env_id, seed=seed, total_steps=steps,
                        threads=threads, eval_every=eval_every)
     run_dir = out / re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join([env, *common, preset, f"seed{seed}"]))
-    trainer = Trainer(cfg, run_dir)
-    start = time.perf_counter()
+    resume = extend and RunDir(run_dir).latest_checkpoint() is not None
+    trainer = Trainer(cfg, run_dir, resume=resume, given=frozenset({"threads"} if threads else ()))
+    start, first_step, first_updates = time.perf_counter(), trainer.env_step, trainer.updates  # 0, 0 unless extended
     trainer.run()
     wall = time.perf_counter() - start
     evals = [(r["env_step"], r["eval_return"], r.get("eval_value"), r.get("eval_discounted_return"), r.get("eval_terminated"))
@@ -68,7 +74,8 @@ def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, 
     parts = time_update(trainer)
     return {"agent": f"reverie ({' '.join([*common, preset])})", "env": env_id, "seed": seed, "steps_to_threshold": reached,
             "final_eval": evals[-1][1] if evals else None, "wall_s": wall,
-            "updates_per_s": trainer.updates / wall, "env_steps_per_s": trainer.env_step / wall, "update_ms": parts,
+            "updates_per_s": (trainer.updates - first_updates) / wall, "env_steps_per_s": (trainer.env_step - first_step) / wall,
+            "update_ms": parts,
             "evals": evals, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process's, so far
             "threshold": threshold, "wall_to_threshold": _wall_at(run_dir, reached)}
 
@@ -205,6 +212,9 @@ def main() -> None:
                              "process may use; wall times then share the CPU)")
     parser.add_argument("--baselines", action="store_true", help="add stable-baselines3 PPO and DQN on CartPole")
     parser.add_argument("--summarize", metavar="RESULTS", help="print the tables of a results.json(l) and exit")
+    parser.add_argument("--extend", action="store_true",
+                        help="continue the runs --out holds to --steps from their newest checkpoints (a screen "
+                             "confirmed at a longer budget without training its first part again); runs it lacks start fresh")
     args = parser.parse_args()
     if args.summarize:
         text = Path(args.summarize).read_text()
@@ -216,7 +226,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     threads = args.threads or (1 if args.jobs > 1 else None)
     # Seed by seed, every setting of a seed before the next seed: a comparison stopped early is still paired.
-    runs = [(env, preset, seed, args.steps, out, threads, args.eval_every, tuple(args.set), args.threshold)
+    runs = [(env, preset, seed, args.steps, out, threads, args.eval_every, tuple(args.set), args.threshold, args.extend)
             for env in args.envs for seed in args.seeds for preset in args.presets]
     partial = out / "results.jsonl"  # each run's row as it finishes (the summary of a stopped benchmark: --summarize)
     partial.unlink(missing_ok=True)
