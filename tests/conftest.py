@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock  # (a torch dependency)
 
 from builders import pixel_run, small_config
 from reverie.trainer.envs import make_env, space_info
@@ -20,22 +21,19 @@ from reverie.trainer.envs import make_env, space_info
 # One intra-op thread from the start, before any fixture of wider scope builds a model.
 torch.set_num_threads(1)
 
-# Session fixtures that train (minutes of CPU): under pytest-xdist (`-n 2`, `--dist loadgroup`, the
-# suite's default) every test that uses one runs on the same worker, so each is built once. The
-# first such test carries the training in its setup: 3 minutes on a quiet 2-core machine, several
-# times that with the CPU shared, so their hang guard is wider than the suite's 300 s.
+# Session fixtures that train (minutes of CPU). Under pytest-xdist (`-n 2`, the suite's default) each
+# is trained once, by the first worker to need it, under a file lock beside the workers' temporary
+# folders; the other worker waits and takes the same run. The first test to use one carries the
+# training in its setup: 3 minutes on a quiet 2-core machine, several times that with the CPU shared,
+# so these tests' hang guard is wider than the suite's 300 s.
 TRAINED = ("trained_cartpole",)
 TRAINED_TIMEOUT_S = 3600
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        for name in TRAINED:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
-                item.add_marker(pytest.mark.timeout(TRAINED_TIMEOUT_S))
-                break
+        if any(name in getattr(item, "fixturenames", ()) for name in TRAINED):
+            item.add_marker(pytest.mark.timeout(TRAINED_TIMEOUT_S))
 
 
 @pytest.fixture(autouse=True)
@@ -157,7 +155,7 @@ def pixel_agent(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_cartpole(tmp_path_factory):
+def trained_cartpole(tmp_path_factory, worker_id):
     """A run dir holding a CartPole agent trained by the real CLI until its eval reached 475.
 
     Seed 0 of the cartpole preset gets there in 1,500 env steps (about 1.5 minutes on 2 cores); the
@@ -170,13 +168,17 @@ def trained_cartpole(tmp_path_factory):
 
     from reverie.bundle import latest_bundle, load_manifest
 
-    for seed in (0, 2, 1):
-        run_dir = tmp_path_factory.mktemp("trained") / f"cartpole-{seed}"
-        subprocess.run([sys.executable, "-m", "reverie.cli", "train", "--preset", "cartpole", "--seed", str(seed),
-                        "--run-dir", str(run_dir), "--set", "target_return=475", "--set", "threads=1"],
-                       check=True, timeout=TRAINED_TIMEOUT_S / 3, capture_output=True)  # a hang guard per seed
-        if load_manifest(latest_bundle(run_dir)).last_eval_return >= 475:
-            return run_dir
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    with FileLock(str(shared / "trained_cartpole.lock")):  # one worker trains; the other takes its run
+        for seed in (0, 2, 1):
+            run_dir = shared / "trained" / f"cartpole-{seed}"
+            if not (run_dir / "export").is_dir():
+                shutil.rmtree(run_dir, ignore_errors=True)
+                subprocess.run([sys.executable, "-m", "reverie.cli", "train", "--preset", "cartpole", "--seed", str(seed),
+                                "--run-dir", str(run_dir), "--set", "target_return=475", "--set", "threads=1"],
+                               check=True, timeout=TRAINED_TIMEOUT_S / 3, capture_output=True)  # a hang guard per seed
+            if load_manifest(latest_bundle(run_dir)).last_eval_return >= 475:
+                return run_dir
     pytest.fail("no cartpole seed reached an eval return of 475 within 2,500 env steps")
 
 
