@@ -131,6 +131,7 @@ def test_seed_values_preset_is_the_seeds_stated_numbers():
     assert (cfg.warmup_steps, cfg.transition_steps) == (5000, 5000)
     assert (cfg.world_model_lr, cfg.actor_lr, cfg.critic_lr, cfg.entropy_coef) == (1e-4, 3e-5, 3e-5, 0.01)
     assert cfg.return_norm is False and cfg.symlog is False
+    assert build_config("seed_values", ["pixels=true"]).symlog is False  # raw returns on frames too
     schedule = Schedule(cfg)
     assert schedule.critic_real_mix(5000) == 1.0 and schedule.critic_real_mix(7500) == 0.5
     assert schedule.critic_real_mix(10_000) == 0.0
@@ -162,6 +163,8 @@ def test_resolve_config_names_where_each_value_came_from():
     cfg, sources = resolve_config(None, ["pixels=true", "eval_every=100"])
     assert (cfg.sequence_mode, cfg.replay_ratio, cfg.eval_every) == (True, 0.25, 100)
     assert sources["sequence_mode"] == sources["replay_ratio"] == "frames default" and sources["eval_every"] == "--set"
+    # Raw returns on vectors (measured there); frames keep the symlog they were measured with.
+    assert (cfg.symlog, sources["symlog"], Config().symlog) == (True, "frames default", False)
     assert resolve_config()[1]["sequence_mode"] == "default"
 
 

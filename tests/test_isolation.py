@@ -23,15 +23,24 @@ from reverie.trainer.imagination import imagine
 from reverie.trainer.losses import actor_loss, replay_lambda_return
 
 ENVS = ["CartPole-v1", "Pendulum-v1"]
-@pytest.fixture(params=ENVS)
-def setup(request):
-    """(agent, batch, start states) for one env; the agent's normaliser has seen the batch, as in training."""
-    batch, space = real_batch(request.param, batch_size=16)
-    agent = Agent(small_config(env_id=request.param), space)
+def make_setup(env_id: str, **fields):
+    """(agent, batch, start states, next states) for one env; the agent's normaliser has seen the batch, as in training."""
+    batch, space = real_batch(env_id, batch_size=16)
+    agent = Agent(small_config(env_id=env_id, **fields), space)
     agent.world_model.normalizer.update(batch["obs"])
     with torch.no_grad():
         states, next_states = agent.world_model.encode(torch.cat([batch["obs"], batch["next_obs"]])).chunk(2)
     return agent, batch, states, next_states
+
+
+@pytest.fixture(params=ENVS)
+def setup(request):
+    return make_setup(request.param)
+
+
+def value_space(agent: Agent):
+    """What the critic regresses in: symlog of the returns, or the returns themselves."""
+    return symlog if agent.cfg.symlog else (lambda x: x)
 
 
 def test_parameter_groups_partition_the_agent(setup):
@@ -86,18 +95,22 @@ def test_critic_step_changes_only_the_critic(setup):
     assert metrics["critic_grad_norm"] > 0
 
 
-def test_critic_real_mix_blends_real_one_step_targets(setup):
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("symlog_values", [False, True])
+def test_critic_real_mix_blends_real_one_step_targets(env_id, symlog_values):
     """real_mix=1 regresses the start states on r + gamma * (1 - terminated) * V_target(s') alone, real_mix=0
-    on the imagined lambda-returns alone, and a mix in between is their weighted sum: the blend is in the loss."""
-    agent, batch, states, next_states = setup
+    on the imagined lambda-returns alone, and a mix in between is their weighted sum: the blend is in the loss,
+    in the space the critic regresses in (raw returns, or their symlog)."""
+    agent, batch, states, next_states = make_setup(env_id, symlog=symlog_values)
+    space = value_space(agent)
     with torch.no_grad():
         trajectory = imagine(agent.world_model, agent.policy, states, agent.cfg.horizon)
         returns, weights, _ = agent.imagined_returns(trajectory)
         prediction = agent.value.raw(trajectory.states[:, :-1])
         real = batch["reward"] + agent.cfg.gamma * (1 - batch["terminated"]) * agent.target_value(next_states)
         imagined = returns.clamp(*agent.return_bounds())
-        expected_real = (prediction[:, 0] - symlog(real)).pow(2).mean()
-        expected_imagined = ((prediction - symlog(imagined)).pow(2) * weights).mean()
+        expected_real = (prediction[:, 0] - space(real)).pow(2).mean()
+        expected_imagined = ((prediction - space(imagined)).pow(2) * weights).mean()
     losses = {}
     for mix in (0.0, 1.0, 0.25):
         probe = copy.deepcopy(agent)
@@ -125,7 +138,7 @@ def test_critic_real_targets_from_replayed_sequences_are_their_lambda_returns():
         mask = real["mask"]
         targets = replay_lambda_return(real["reward"], real["terminated"], agent.target_value(encoded[:, 1:]), mask,
                                        agent.cfg.gamma, agent.cfg.lambda_)
-        expected = (agent.value.raw(encoded[:, :-1][mask]) - symlog(targets[mask])).pow(2).mean()
+        expected = (agent.value.raw(encoded[:, :-1][mask]) - value_space(agent)(targets[mask])).pow(2).mean()
     loss = agent.critic_step(trajectory, returns, weights, agent.real_targets(batch, next_states, real), real_mix=1.0)
     torch.testing.assert_close(loss["critic_loss"], expected)
 
