@@ -3,7 +3,7 @@
 REST (app.py) and gRPC (grpc_server.py) only translate: their wire forms into the plain call types
 here, and the answers back. `Calls` owns everything in between, in one order for both:
 
-    model -> inputs -> memory -> outcome -> graph call (coalesced) -> durable store -> session step -> answer
+    model -> inputs -> memory -> outcome -> graph call (coalesced), durable store -> session step -> answer
 
 so a check, its place in the order and its message exist once. Each call comes in two spellings
 that differ only in how they wait: a coroutine for the REST event loop (`act`, `upload`) and a
@@ -23,7 +23,7 @@ from reverie.runs import RunDir
 
 from . import inputs
 from .batching import ActBatcher
-from .experience import ExperienceLog, NoExperience, UploadedFragment, check_fragment, check_rewards
+from .experience import ExperienceLog, NoExperience, UploadedFragment, check_fragment, check_reward
 from .requests import NothingToComplete, WriteDenied, history_of
 from .runtime import ACT_DETAILS, ActResult, HistoryInputs, Imagination, Runtime
 from .sessions import Session, Sessions
@@ -122,9 +122,14 @@ class Calls:
     # ------------------------------------------------------------------ act
     async def act(self, call: ActCall, stream: Session | None = None) -> ActAnswer:
         act = self._begin_act(call, stream)
-        result = await self.batcher.act(act.runtime, act.obs, act.deterministic, call.seed, act.history)
-        if act.transition is not None:
-            await self.experience.store_async([act.transition])  # durable before the answer
+        # The reported outcome is written while the graph runs: it completes the session's last step,
+        # whatever this act answers (a retry of a failed act stores it once: the log keys it).
+        writing = None if act.transition is None else self.experience.store_async([act.transition])
+        try:
+            result = await self.batcher.act(act.runtime, act.obs, act.deterministic, call.seed, act.history)
+        finally:
+            if writing is not None:
+                await writing  # durable before the answer
         return self._end_act(act, result, call, stream)
 
     def act_blocking(self, call: ActCall, stream: Session | None = None) -> ActAnswer:
@@ -262,14 +267,15 @@ def outcome(session: Session | None, reward: float | None, terminated: bool, tru
         raise NoExperience()
     if not may_write():
         raise WriteDenied()
-    check_rewards(np.asarray([reward]), settings, lambda _: "reward")
+    check_reward(reward, settings, "reward")
     with session.lock:
         last, episode, step = session.last, session.episode, session.step
     if last is None:
         raise NothingToComplete()
     previous, action, version = last
-    space = runtime.manifest.observation_space
-    return Fragment(episode=episode, index=step - 1, observations=np.stack([previous, obs[0].astype(space.dtype)]),
+    observations = np.empty((2, *previous.shape), runtime.manifest.observation_space.dtype)
+    observations[0], observations[1] = previous, obs[0]  # (a tenth of np.stack's cost, on every reported step)
+    return Fragment(episode=episode, index=step - 1, observations=observations,
                     actions=action[None].astype(np.int64 if runtime.discrete else np.float32),
                     rewards=np.asarray([reward], np.float32), model_versions=np.asarray([version], np.int64),
                     terminated=terminated, truncated=truncated, source=session.source,

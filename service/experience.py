@@ -85,7 +85,17 @@ def check_rewards(rewards: np.ndarray, settings: ServiceSettings, field) -> None
     """Finite and within `reward_bound`, or InputError naming the first bad one (`field(i)`)."""
     bad = ~(np.abs(rewards) <= settings.reward_bound)  # NaN fails the comparison too
     if bad.any():
-        raise InputError(field(int(np.argmax(bad))), f"expected a finite reward within ±{settings.reward_bound:g}")
+        raise InputError(field(int(np.argmax(bad))), _reward_message(settings))
+
+
+def check_reward(reward: float, settings: ServiceSettings, field: str) -> None:
+    """`check_rewards` for one reported reward, in plain Python (it runs on every reported step)."""
+    if not abs(reward) <= settings.reward_bound:
+        raise InputError(field, _reward_message(settings))
+
+
+def _reward_message(settings: ServiceSettings) -> str:
+    return f"expected a finite reward within ±{settings.reward_bound:g}"
 
 
 class NoExperience(Exception):
@@ -112,12 +122,13 @@ class ExperienceLog:
         """(position, stored) of each fragment, once all are durable."""
         return self.log.append([(fragment.key, encode(fragment)) for fragment in fragments])
 
-    async def store_async(self, fragments: list[Fragment]) -> list[tuple[int, bool]]:
-        """`store` by the writer thread, for a coroutine: the event loop goes on serving meanwhile."""
+    def store_async(self, fragments: list[Fragment]) -> asyncio.Future:
+        """`store` by the writer thread, for the event loop: a future of its result, and the write under
+        way at once, so that a caller may do other work (an act's graph call) before awaiting it."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((fragments, loop, future))
-        return await future
+        return future
 
     def _write_groups(self) -> None:
         while (first := self._queue.get()) is not None:

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 EPISODE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _FORMAT = 1
@@ -106,7 +107,7 @@ def encode(fragment: Fragment) -> bytes:
         **({"evaluation": True} if fragment.evaluation else {}),  # optional: records written before it still read
         "arrays": [[name, dtype, list(array.shape)] for name, array, (dtype, _) in zip(_ARRAYS, arrays, forms)],
     }
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header)  # compact JSON, as json.dumps with tight separators writes it, ~40x faster
     return b"".join([_HEADER_LENGTH.pack(len(head)), head, *(array.tobytes() for array in arrays)])
 
 
