@@ -68,7 +68,8 @@ def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, 
     start, first_step, first_updates = time.perf_counter(), trainer.env_step, trainer.updates  # 0, 0 unless extended
     trainer.run()
     wall = time.perf_counter() - start
-    evals = [(r["env_step"], r["eval_return"], r.get("eval_value"), r.get("eval_discounted_return"), r.get("eval_terminated"))
+    evals = [(r["env_step"], r["eval_return"], r.get("eval_value"), r.get("eval_discounted_return"), r.get("eval_terminated"),
+              off_track(r) if env_id == "CartPole-v1" else None)
              for r in RunDir(run_dir).metrics() if "eval_return" in r]
     reached = next((s for s, v, *_ in evals if v >= threshold), None)
     parts = time_update(trainer)
@@ -78,6 +79,14 @@ def run_reverie(env: str, preset: str, seed: int, steps: int | None, out: Path, 
             "update_ms": parts,
             "evals": evals, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process's, so far
             "threshold": threshold, "wall_to_threshold": _wall_at(run_dir, reached)}
+
+
+def off_track(row: dict) -> int | None:
+    """CartPole: how many of an evaluation's episodes ended with the cart past the track's end (its
+    position, the observation's first entry, beyond the env's x_threshold of 2.4); its other terminal
+    endings are the pole falling. None for a row that recorded no endings (written before they were)."""
+    ends = row.get("eval_terminal_obs")
+    return None if ends is None else sum(abs(obs[0]) > 2.4 for obs in ends)
 
 
 def _wall_at(run_dir: Path, step: int | None) -> float | None:
@@ -156,10 +165,11 @@ def held(r: dict) -> tuple[int, int]:
 def print_summary(rows: list[dict]) -> None:
     """Per agent and env, over its seeds: the median and the worst seed's steps to threshold, the
     share of later evaluations that held, and the most episodes of one evaluation (from 3,000 env
-    steps on) that ended in a terminal state (CartPole: the pole fell or the cart left the track)."""
+    steps on) that ended in a terminal state (CartPole: the pole fell or the cart left the track) and,
+    on CartPole, with the cart off the track."""
     print("\n| agent | env | seeds | median steps to thr. | worst seed | later evals held (all seeds) | "
-          "worst seed held | most terminated of one eval from 3,000 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "worst seed held | most terminated of one eval from 3,000 | most off the track |")
+    print("|---|---|---|---|---|---|---|---|---|")
     fmt = lambda v: "never" if v == float("inf") else f"{v:,}"  # noqa: E731
     for env in sorted({r["env"] for r in rows}):
         for agent in sorted({r["agent"] for r in rows if r["env"] == env and not r["agent"].startswith("sb3")}):
@@ -168,10 +178,12 @@ def print_summary(rows: list[dict]) -> None:
             holds = [held(r) for r in runs]
             shares = [h / n for h, n in holds if n]
             ended = [e[4] for r in runs for e in r["evals"] if e[0] >= 3000 and len(e) > 4 and e[4] is not None]
+            off = [e[5] for r in runs for e in r["evals"] if e[0] >= 3000 and len(e) > 5 and e[5] is not None]
             worst = max(runs, key=lambda r: (r["steps_to_threshold"] is None, r["steps_to_threshold"] or 0))
             print(f"| {agent} | {env} | {len(runs)} | {fmt(reached[(len(reached) - 1) // 2])} | "
                   f"{fmt(reached[-1])} (seed {worst['seed']}) | {sum(h for h, _ in holds)}/{sum(n for _, n in holds)} | "
-                  f"{f'{min(shares):.0%}' if shares else '–'} | {max(ended) if ended else '–':} |")
+                  f"{f'{min(shares):.0%}' if shares else '–'} | {max(ended) if ended else '–':} | "
+                  f"{max(off) if off else '–'} |")
 
 
 def print_evaluations(rows: list[dict]) -> None:
@@ -181,12 +193,13 @@ def print_evaluations(rows: list[dict]) -> None:
     for r in rows:
         if r["agent"].startswith("sb3"):
             continue
-        print(f"\n{r['agent']} {r['env']} seed {r['seed']}: step eval_return critic_value observed_discounted_return terminated")
+        print(f"\n{r['agent']} {r['env']} seed {r['seed']}: step eval_return critic_value observed_discounted_return "
+              "terminated off_track")
         nan = float("nan")
-        for step, ret, value, observed, *ended in r["evals"]:
-            ended = ended[0] if ended and ended[0] is not None else nan
+        for step, ret, value, observed, *endings in r["evals"]:
+            ended, off = [e if e is not None else nan for e in endings] + [nan] * (2 - len(endings))
             print(f"  {step:>6,} {ret:8.1f} {value if value is not None else nan:10.1f} "
-                  f"{observed if observed is not None else nan:10.1f} {ended:5.0f}")
+                  f"{observed if observed is not None else nan:10.1f} {ended:5.0f} {off:5.0f}")
         kept, later = held(r)
         if later:
             print(f"  after first reaching {r['threshold']:g}: {kept}/{later} later evaluations held")

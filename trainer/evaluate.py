@@ -47,6 +47,8 @@ def evaluate(agent: Agent, eval_env: gym.Env, env_step: int) -> Evaluation:
            "eval_discounted_return": float(np.mean([e.discounted for e in episodes])),
            # Episodes that ended in a terminal state, not by the time limit (CartPole: the pole or the track's end).
            "eval_terminated": float(sum(e.terminated for e in episodes)), **means}
+    if episodes[0].observations.ndim == 2:  # vectors: where each terminal ending happened, to tell endings apart
+        row["eval_terminal_obs"] = [[round(float(v), 4) for v in e.observations[-1]] for e in episodes if e.terminated]
     return Evaluation(float(np.mean([e.total for e in episodes])), row,
                       None if fidelity is None else {"env_step": env_step, **fidelity})
 
