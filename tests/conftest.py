@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from filelock import FileLock  # (a torch dependency)
+from filelock import FileLock  # (the test extra)
 
 from builders import pixel_run, small_config
 from reverie.trainer.envs import make_env, space_info
