@@ -170,7 +170,7 @@ def print_summary(rows: list[dict]) -> None:
     print("\n| agent | env | seeds | median steps to thr. | worst seed | later evals held (all seeds) | "
           "worst seed held | most terminated of one eval from 3,000 | most off the track |")
     print("|---|---|---|---|---|---|---|---|---|")
-    fmt = lambda v: "never" if v == float("inf") else f"{v:,}"  # noqa: E731
+    fmt = lambda v: "never" if v == float("inf") else f"{v:,.0f}"  # noqa: E731
     for env in sorted({r["env"] for r in rows}):
         for agent in sorted({r["agent"] for r in rows if r["env"] == env and not r["agent"].startswith("sb3")}):
             runs = [r for r in rows if r["env"] == env and r["agent"] == agent]
@@ -180,7 +180,8 @@ def print_summary(rows: list[dict]) -> None:
             ended = [e[4] for r in runs for e in r["evals"] if e[0] >= 3000 and len(e) > 4 and e[4] is not None]
             off = [e[5] for r in runs for e in r["evals"] if e[0] >= 3000 and len(e) > 5 and e[5] is not None]
             worst = max(runs, key=lambda r: (r["steps_to_threshold"] is None, r["steps_to_threshold"] or 0))
-            print(f"| {agent} | {env} | {len(runs)} | {fmt(reached[(len(reached) - 1) // 2])} | "
+            median = (reached[(len(reached) - 1) // 2] + reached[len(reached) // 2]) / 2  # of an even count: the middle two's mean
+            print(f"| {agent} | {env} | {len(runs)} | {fmt(median)} | "
                   f"{fmt(reached[-1])} (seed {worst['seed']}) | {sum(h for h, _ in holds)}/{sum(n for _, n in holds)} | "
                   f"{f'{min(shares):.0%}' if shares else '–'} | {max(ended) if ended else '–':} | "
                   f"{max(off) if off else '–'} |")
