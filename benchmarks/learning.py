@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import resource
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -180,8 +181,7 @@ def print_summary(rows: list[dict]) -> None:
             ended = [e[4] for r in runs for e in r["evals"] if e[0] >= 3000 and len(e) > 4 and e[4] is not None]
             off = [e[5] for r in runs for e in r["evals"] if e[0] >= 3000 and len(e) > 5 and e[5] is not None]
             worst = max(runs, key=lambda r: (r["steps_to_threshold"] is None, r["steps_to_threshold"] or 0))
-            median = (reached[(len(reached) - 1) // 2] + reached[len(reached) // 2]) / 2  # of an even count: the middle two's mean
-            print(f"| {agent} | {env} | {len(runs)} | {fmt(median)} | "
+            print(f"| {agent} | {env} | {len(runs)} | {fmt(statistics.median(reached))} | "
                   f"{fmt(reached[-1])} (seed {worst['seed']}) | {sum(h for h, _ in holds)}/{sum(n for _, n in holds)} | "
                   f"{f'{min(shares):.0%}' if shares else '–'} | {max(ended) if ended else '–':} | "
                   f"{max(off) if off else '–'} |")
