@@ -16,7 +16,7 @@ from reverie.trainer.envs import make_env, space_info
 from reverie.trainer.export import export_bundle, graph_specs
 
 
-@pytest.fixture(scope="module", params=[("CartPole-v1", {}), ("Pendulum-v1", {"dynamics_sample": True, "obs_symlog": True}), pytest.param(
+@pytest.fixture(scope="module", params=[("CartPole-v1", {}), ("Pendulum-v1", {"dynamics_sample": True}), pytest.param(
     ("CartPole-v1", {"dynamics": "transformer", "sequence_mode": True}), marks=pytest.mark.slow)],  # its export: tens of seconds
                 ids=["CartPole-v1", "Pendulum-v1", "CartPole-v1-transformer-memory"])
 def exported(request, export_cache):

@@ -51,26 +51,22 @@ def orthogonal_init(module: nn.Module) -> None:
 
 
 class ObservationNormalizer(nn.Module):
-    """Running mean/variance of observations (diagram 6: 'obs should be ~ N(0,1)'), of their symlog
-    with `symlog` (DreamerV3's vector input: a fixed squashing whose meaning never moves, for worlds
-    whose readings' scale nobody knows in advance).
+    """Running mean/variance of observations (diagram 6: 'obs should be ~ N(0,1)').
 
     Lives in the encoder's graph so that an exported encoder takes raw observations.
     """
 
-    def __init__(self, shape: tuple[int, ...], enabled: bool, symlog: bool = False):
+    def __init__(self, shape: tuple[int, ...], enabled: bool):
         super().__init__()
-        self.enabled, self.symlog = enabled, symlog
+        self.enabled = enabled
         self.register_buffer("mean", torch.zeros(shape))
         self.register_buffer("var", torch.ones(shape))
         self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
 
     @torch.no_grad()
     def update(self, batch: torch.Tensor) -> None:
-        """Fold raw observations [N, ...] into the running statistics."""
         if not self.enabled:
             return
-        batch = symlog(batch) if self.symlog else batch
         n = batch.shape[0]
         b_mean, b_var = batch.mean(0), batch.var(0, unbiased=False)
         total = self.count + n
@@ -81,15 +77,14 @@ class ObservationNormalizer(nn.Module):
         self.count.copy_(total)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        obs = symlog(obs) if self.symlog else obs
         if not self.enabled:
             return obs
         return ((obs - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10.0, 10.0)
 
     def denormalize(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            obs = obs * torch.sqrt(self.var + 1e-8) + self.mean
-        return symexp(obs) if self.symlog else obs
+        if not self.enabled:
+            return obs
+        return obs * torch.sqrt(self.var + 1e-8) + self.mean
 
 
 class MLPEncoder(nn.Module):

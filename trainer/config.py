@@ -179,8 +179,6 @@ class Config(BaseModel):
     # remedies of diagram 6
     orthogonal_init: bool = Field(True, description="orthogonal weights, zero biases (failure 1, remedy 4)")
     obs_norm: bool = Field(True, description="running observation normalisation inside the encoder (failure 1, remedy 3)")
-    obs_symlog: bool = Field(False, description="vector observations enter the encoder as their symlog (DreamerV3's input), "
-                             "before obs_norm's statistics when both are on")
     dynamics_ensemble: int = Field(1, ge=1, description="dynamics members voting by their mean (failure 2, remedy 4)")
     world_model_weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay of the world model (failure 2, remedy 3)")
     target_critic: bool = Field(True, description="bootstrap from a slow EMA copy of the critic (failure 4, remedy 2)")
@@ -322,7 +320,7 @@ BLOCKS: dict[str, tuple[str, ...]] = {
                                             "batch_size"),
     "schedule (diagram 5)": ("warmup_steps", "transition_steps", "critic_real_mix_final", "critic_real_length",
                              "replay_ratio", "learning_starts", "update_schedule"),
-    "remedies (diagram 6)": ("orthogonal_init", "obs_norm", "obs_symlog", "dynamics_ensemble", "world_model_weight_decay",
+    "remedies (diagram 6)": ("orthogonal_init", "obs_norm", "dynamics_ensemble", "world_model_weight_decay",
                              "target_critic", "target_critic_tau", "critic_target_clip", "return_bounds",
                              "adaptive_entropy", "target_entropy", "epsilon"),
     "replay": ("replay_capacity", "checkpoint_replay", "recent_share", "recent_window"),

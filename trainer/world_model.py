@@ -42,8 +42,7 @@ class WorldModel(nn.Module):
     def __init__(self, cfg: Config, space: SpaceInfo):
         super().__init__()
         self.space = space
-        self.normalizer = ObservationNormalizer(space.obs_shape, enabled=cfg.obs_norm and not space.is_image,
-                                                symlog=cfg.obs_symlog and not space.is_image)
+        self.normalizer = ObservationNormalizer(space.obs_shape, enabled=cfg.obs_norm and not space.is_image)
         sizes = cfg.sizes
         self.encoder: nn.Module = CNNEncoder(space.obs_shape, sizes) if space.is_image else MLPEncoder(space.obs_shape[0], sizes)
         self.repr_learner = RepresentationLearner(space.obs_shape, sizes)
