@@ -18,6 +18,20 @@ mode; "Q1", the action that maximises r + gamma c V one model step ahead (the cr
 the actions); and "Q-H", each first action followed by the policy's mode for `horizon` imagined steps,
 scored by the discounted imagined rewards and the critic at the end (the model's foresight plus the
 critic). Returns and how many episodes ended off the track, per player.
+
+Under the table, the policy's local gains: the mean derivative of (logit push right - logit push
+left) by each observation over the replay's newest 2,000 states, as ratios to the pole angle's. A
+linear controller that balances and stays centred (LQR for CartPole) has position and velocity
+gains of the angle's sign, about 5% and 10% of it; a drifting one has them near zero or reversed.
+
+    python benchmarks/cartpole_edge.py RUN:STEP --frozen 1000 --every 250 [--ema 0.005] [--set actor_lr=0.0001]
+
+then goes on learning inside the checkpoint's own world model, frozen: N more actor and critic
+updates (no world-model step, batches from its own replay, no new experience), playing the
+evaluation episodes every `--every` updates (off the track / pole fallen / to the limit; with
+`--ema`, also those of an exponential average of the policy's weights). A policy that centres here
+learns it from what the model and critic already hold; one that centres and then drives off again
+shows the actor and critic not settling.
 """
 
 from __future__ import annotations
@@ -28,11 +42,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tqdm import tqdm
+
+from cartpole_endings import played_endings  # benchmarks/, the folder of this script, is on sys.path
 from reverie.evaluation import play_episodes
 from reverie.trainer.agent import EpisodePlayer
 from reverie.trainer.checkpoint import load_run_agent
+from reverie.trainer.config import UpdateCounts, parse_override
+from reverie.trainer.replay import Replay
 
 BINS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.4, np.inf)
+OBSERVATIONS = ("x", "v", "theta", "omega")
 TRACK = 2.4
 
 
@@ -98,17 +118,78 @@ def players(agent) -> dict:
                 f"Q-{agent.cfg.horizon}": lambda obs: int(lookahead(agent, state(obs), agent.cfg.horizon).argmax())}
 
 
+def policy_gains(agent, replay: Replay, newest: int = 2000) -> np.ndarray:
+    """Mean d(logit of action 1 - logit of action 0) / d(observation) over the replay's newest states."""
+    obs = torch.as_tensor(replay.steps()["obs"][-newest:], dtype=torch.float32).requires_grad_(True)
+    log_probs = agent.policy(agent.world_model.first_belief(obs)).log_probs
+    (log_probs[:, 1] - log_probs[:, 0]).sum().backward()
+    return obs.grad.mean(0).numpy()
+
+
+def endings(agent, episodes: int, weights: list[torch.Tensor] | None = None) -> str:
+    """'off / fallen / to the limit' of the policy, or of the policy with `weights` put in for the play."""
+    if weights is None:
+        return " / ".join(map(str, played_endings(agent, episodes)))
+    params = list(agent.policy.parameters())
+    own = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, w in zip(params, weights):
+            p.copy_(w)
+        played = endings(agent, episodes)
+        for p, w in zip(params, own):
+            p.copy_(w)
+    return played
+
+
+def frozen(agent, state, replay: Replay, updates: int, every: int, episodes: int, ema: float) -> None:
+    """Actor and critic updates with the world model fixed, printing where the evaluation episodes end
+    (and, with `ema`, where those of an exponential average of the policy's weights end)."""
+    agent.actor_optimizer.load_state_dict(state["actor_optimizer"])
+    agent.critic_optimizer.load_state_dict(state["critic_optimizer"])
+    agent.apply_rates()  # a --set actor_lr / critic_lr over the checkpoint's
+    rng, counts = np.random.default_rng(0), UpdateCounts(world_model=0, actor=1, critic=1)
+    average = [p.detach().clone() for p in agent.policy.parameters()] if ema else None
+    title = f"off the track / pole fallen / to the limit ({episodes} episodes)"
+    print(f"| updates | {title} |" + (" the average's |" if ema else "") + "\n|---|---|" + ("---|" if ema else ""))
+    print(f"| 0 | {endings(agent, episodes)} |" + (f" {endings(agent, episodes)} |" if ema else ""))
+    for k in tqdm(range(1, updates + 1), desc="frozen model", leave=False):
+        agent.update(replay.sample(agent.cfg.batch_size, rng, agent.device), counts, 0.0)
+        if average is not None:
+            with torch.no_grad():
+                for a, p in zip(average, agent.policy.parameters()):
+                    a.lerp_(p, ema)
+        if k % every == 0:
+            tqdm.write(f"| {k:,} | {endings(agent, episodes)} |" + (f" {endings(agent, episodes, average)} |" if ema else ""))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR:STEP")
     parser.add_argument("--players", action="store_true", help="the policy against the critic's lookahead controllers")
+    parser.add_argument("--frozen", type=int, default=0, metavar="N", help="N actor and critic updates in the frozen model")
+    parser.add_argument("--every", type=int, default=250, help="updates between plays with --frozen")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="RATE",
+                        help="with --frozen, also play an exponential average of the policy's weights (RATE per update)")
+    parser.add_argument("--torch-seed", type=int, default=0, help="imagination's draws in the frozen updates (they differ by seed)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --frozen, a setting for the updates (batch_size, horizon, actor_lr, critic_lr, ...)")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     if args.players:
         print("| run | player | mean return | returns | off the track |\n|---|---|---|---|---|")
     for spec in args.runs:
         run, _, step = spec.partition(":")
+        torch.manual_seed(args.torch_seed)
         agent, state = load_run_agent(Path(run), int(step) if step else None)
         cfg = agent.cfg
+        replay = Replay(cfg.replay_capacity, agent.space.obs_shape, ())
+        replay.load_state_dict(state["replay"])
+        if args.frozen:
+            for key, value in map(parse_override, args.set):
+                object.__setattr__(cfg, key, type(getattr(cfg, key))(value))
+            print(f"\n{Path(run).name} at env step {state['position']['env_step']:,}, frozen model {' '.join(args.set)}")
+            frozen(agent, state, replay, args.frozen, args.every, cfg.eval_episodes, args.ema)
+            continue
         if args.players:
             for name, act in players(agent).items():
                 episodes = play_episodes(act, cfg.env_spec, cfg.eval_episodes, cfg.seed)
@@ -133,6 +214,8 @@ def main() -> int:
                 print(f"| {low:g}-{high:g} | {m.sum()} | {c['v'][m].mean():.2f} | {c['value'][m].mean():.1f} | "
                       f"{c['target'][m].mean():.1f} | {c['observed'][m].mean():.1f} | {error} | {c['lasts'][m].mean():.3f} | "
                       f"{c['ended'][m].mean():.3f} | {c['sure'][m].mean():.2f} |")
+        gains = policy_gains(agent, replay)
+        print("\npolicy gains / the pole angle's: " + ", ".join(f"{n} {g / gains[2]:+.3f}" for n, g in zip(OBSERVATIONS, gains)))
     return 0
 
 
