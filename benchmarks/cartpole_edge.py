@@ -44,7 +44,7 @@ import torch
 
 from tqdm import tqdm
 
-from cartpole_endings import played_endings  # benchmarks/, the folder of this script, is on sys.path
+from cartpole_endings import played_endings, replay_of  # benchmarks/, the folder of this script, is on sys.path
 from reverie.evaluation import play_episodes
 from reverie.trainer.agent import EpisodePlayer
 from reverie.trainer.checkpoint import load_run_agent
@@ -151,7 +151,8 @@ def frozen(agent, state, replay: Replay, updates: int, every: int, episodes: int
     average = [p.detach().clone() for p in agent.policy.parameters()] if ema else None
     title = f"off the track / pole fallen / to the limit ({episodes} episodes)"
     print(f"| updates | {title} |" + (" the average's |" if ema else "") + "\n|---|---|" + ("---|" if ema else ""))
-    print(f"| 0 | {endings(agent, episodes)} |" + (f" {endings(agent, episodes)} |" if ema else ""))
+    start = endings(agent, episodes)  # the average starts as the policy itself
+    print(f"| 0 | {start} |" + (f" {start} |" if ema else ""))
     for k in tqdm(range(1, updates + 1), desc="frozen model", leave=False):
         agent.update(replay.sample(agent.cfg.batch_size, rng, agent.device), counts, 0.0)
         if average is not None:
@@ -182,13 +183,11 @@ def main() -> int:
         torch.manual_seed(args.torch_seed)
         agent, state = load_run_agent(Path(run), int(step) if step else None)
         cfg = agent.cfg
-        replay = Replay(cfg.replay_capacity, agent.space.obs_shape, ())
-        replay.load_state_dict(state["replay"])
         if args.frozen:
             for key, value in map(parse_override, args.set):
                 object.__setattr__(cfg, key, type(getattr(cfg, key))(value))
             print(f"\n{Path(run).name} at env step {state['position']['env_step']:,}, frozen model {' '.join(args.set)}")
-            frozen(agent, state, replay, args.frozen, args.every, cfg.eval_episodes, args.ema)
+            frozen(agent, state, replay_of(agent, state), args.frozen, args.every, cfg.eval_episodes, args.ema)
             continue
         if args.players:
             for name, act in players(agent).items():
@@ -214,7 +213,7 @@ def main() -> int:
                 print(f"| {low:g}-{high:g} | {m.sum()} | {c['v'][m].mean():.2f} | {c['value'][m].mean():.1f} | "
                       f"{c['target'][m].mean():.1f} | {c['observed'][m].mean():.1f} | {error} | {c['lasts'][m].mean():.3f} | "
                       f"{c['ended'][m].mean():.3f} | {c['sure'][m].mean():.2f} |")
-        gains = policy_gains(agent, replay)
+        gains = policy_gains(agent, replay_of(agent, state))
         print("\npolicy gains / the pole angle's: " + ", ".join(f"{n} {g / gains[2]:+.3f}" for n, g in zip(OBSERVATIONS, gains)))
     return 0
 

@@ -27,13 +27,17 @@ from reverie.trainer.replay import Replay
 TRACK = 2.4  # |x| beyond which CartPole-v1 terminates
 
 
+def replay_of(agent, state) -> Replay:
+    """The checkpoint's own replay."""
+    replay = Replay(agent.cfg.replay_capacity, agent.space.obs_shape, ())
+    replay.load_state_dict(state["replay"])
+    return replay
+
+
 def continue_at_endings(run_dir: Path, step: int | None):
     """(agent, env step, p(continue) at edge endings, p(continue) at pole endings) of one checkpoint."""
     agent, state = load_run_agent(run_dir, step)
-    cfg, space = agent.cfg, agent.space
-    replay = Replay(cfg.replay_capacity, space.obs_shape, ())
-    replay.load_state_dict(state["replay"])
-    steps = replay.steps()
+    steps = replay_of(agent, state).steps()
     endings = steps["next_obs"][steps["terminated"].astype(bool)]
     with torch.no_grad():
         wm = agent.world_model
