@@ -185,7 +185,7 @@ def main() -> int:
         cfg = agent.cfg
         if args.frozen:
             for key, value in map(parse_override, args.set):
-                object.__setattr__(cfg, key, type(getattr(cfg, key))(value))
+                object.__setattr__(cfg, key, getattr(type(cfg).model_validate({**cfg.model_dump(), key: value}), key))
             print(f"\n{Path(run).name} at env step {state['position']['env_step']:,}, frozen model {' '.join(args.set)}")
             frozen(agent, state, replay_of(agent, state), args.frozen, args.every, cfg.eval_episodes, args.ema)
             continue
