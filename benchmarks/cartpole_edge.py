@@ -126,6 +126,24 @@ def policy_gains(agent, replay: Replay, newest: int = 2000) -> np.ndarray:
     return obs.grad.mean(0).numpy()
 
 
+def at_centre(agent) -> tuple[float, np.ndarray]:
+    """(logit of action 1 - logit of action 0, its gradient in the observation) at the resting state
+    x = v = theta = omega = 0: a deterministic policy's switching surface near the centre, b + g.obs = 0."""
+    obs = torch.zeros(1, len(OBSERVATIONS), requires_grad=True)
+    log_probs = agent.policy(agent.world_model.first_belief(obs)).log_probs
+    difference = log_probs[0, 1] - log_probs[0, 0]
+    difference.backward()
+    return float(difference), obs.grad[0].numpy()
+
+
+def outward_slopes(agent, replay: Replay, newest: int = 2000) -> np.ndarray:
+    """Mean d(value)/d(observation) times the sign of x over the replay's newest states: how much the
+    critic's value falls as the cart moves (x) or heads (v) away from the centre; near 0, a flat critic."""
+    obs = torch.as_tensor(replay.steps()["obs"][-newest:], dtype=torch.float32).requires_grad_(True)
+    agent.value(agent.world_model.first_belief(obs)).sum().backward()
+    return (obs.grad * torch.sign(obs.detach()[:, :1])).mean(0).numpy()
+
+
 def endings(agent, episodes: int, weights: list[torch.Tensor] | None = None) -> str:
     """'off / fallen / to the limit' of the policy, or of the policy with `weights` put in for the play."""
     if weights is None:
@@ -150,9 +168,18 @@ def frozen(agent, state, replay: Replay, updates: int, every: int, episodes: int
     rng, counts = np.random.default_rng(0), UpdateCounts(world_model=0, actor=1, critic=1)
     average = [p.detach().clone() for p in agent.policy.parameters()] if ema else None
     title = f"off the track / pole fallen / to the limit ({episodes} episodes)"
-    print(f"| updates | {title} |" + (" the average's |" if ema else "") + "\n|---|---|" + ("---|" if ema else ""))
+    print(f"| updates | {title} | policy gains x, v / the pole angle's | critic's outward slope in x, v |"
+          " at rest: logit difference, gains x, v / the pole angle's, x where it switches |"
+          + (" the average's |" if ema else "") + "\n|---|---|---|---|---|" + ("---|" if ema else ""))
+
+    def learned() -> str:  # what the policy and the critic hold about the centre, beside where they end
+        gains, slopes = policy_gains(agent, replay), outward_slopes(agent, replay)
+        b, g = at_centre(agent)
+        return (f" {gains[0] / gains[2]:+.3f}, {gains[1] / gains[2]:+.3f} | {slopes[0]:+.2f}, {slopes[1]:+.2f} |"
+                f" {b:+.2f}, {g[0] / g[2]:+.3f}, {g[1] / g[2]:+.3f}, {-b / g[0]:+.2f} |")
+
     start = endings(agent, episodes)  # the average starts as the policy itself
-    print(f"| 0 | {start} |" + (f" {start} |" if ema else ""))
+    print(f"| 0 | {start} |{learned()}" + (f" {start} |" if ema else ""))
     for k in tqdm(range(1, updates + 1), desc="frozen model", leave=False):
         agent.update(replay.sample(agent.cfg.batch_size, rng, agent.device), counts, 0.0)
         if average is not None:
@@ -160,7 +187,7 @@ def frozen(agent, state, replay: Replay, updates: int, every: int, episodes: int
                 for a, p in zip(average, agent.policy.parameters()):
                     a.lerp_(p, ema)
         if k % every == 0:
-            tqdm.write(f"| {k:,} | {endings(agent, episodes)} |" + (f" {endings(agent, episodes, average)} |" if ema else ""))
+            tqdm.write(f"| {k:,} | {endings(agent, episodes)} |{learned()}" + (f" {endings(agent, episodes, average)} |" if ema else ""))
 
 
 def main() -> int:

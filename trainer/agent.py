@@ -279,6 +279,10 @@ class Agent(nn.Module):
         else:
             objective, entropies = returns, trajectory.entropies
         loss = actor_loss(objective, entropies, weights, self.entropy_coef(), scale)
+        if self.cfg.logit_penalty and self.space.discrete:
+            log_probs = self.policy(trajectory.states[:, :-1].detach()).log_probs
+            centred = log_probs - log_probs.mean(-1, keepdim=True)
+            loss = loss + self.cfg.logit_penalty * (weights.detach() * centred.pow(2).mean(-1)).mean()
         entropy = entropies.mean()
         if self.cfg.adaptive_entropy:
             loss = loss + self.log_alpha * (entropy.detach() - self.target_entropy)

@@ -144,6 +144,9 @@ class Config(BaseModel):
         3e-5, "returns are normalised to order 1 (return_norm), so the seed's rate, set for raw returns, would move the policy 10x slower"))
     critic_lr: float = Field(3e-4, gt=0, description="critic optimizer learning rate", json_schema_extra=seed_value(
         3e-5, "the critic must follow a policy that changes at actor_lr"))
+    logit_penalty: float = Field(0.0, ge=0, description="weight of the mean squared centred logit of a discrete policy in the "
+                                 "actor loss: where no action is better (a balanced cart at rest) nothing else stops the logits "
+                                 "drifting, since a saturated policy's entropy has no gradient")
     entropy_coef: float = Field(3e-4, ge=0, description="weight of the entropy bonus in the actor loss", json_schema_extra=seed_value(
         0.01, "returns are divided by their spread (return_norm), so the bonus is relative to returns of order 1"))
     return_norm: bool = Field(True, description="scale actor returns by their 5-95 percentile spread", json_schema_extra=seed_value(
@@ -315,7 +318,7 @@ BLOCKS: dict[str, tuple[str, ...]] = {
     "sequences and memory (diagram 4)": ("sequence_mode", "sequence_length", "memory", "memory_dim"),
     "world model (diagram 2)": ("dynamics_weight", "reward_weight", "continue_weight", "decoder_weight", "dynamics_std",
                                 "dynamics_sample", "world_model_lr", "symlog", "continue_endings", "continue_endings_adjusted"),
-    "actor and critic (diagrams 2 and 3)": ("horizon", "gamma", "lambda_", "actor_lr", "critic_lr", "entropy_coef",
+    "actor and critic (diagrams 2 and 3)": ("horizon", "gamma", "lambda_", "actor_lr", "critic_lr", "entropy_coef", "logit_penalty",
                                             "return_norm", "grad_clip", "actor_gradient", "actor_grad_normalize",
                                             "batch_size"),
     "schedule (diagram 5)": ("warmup_steps", "transition_steps", "critic_real_mix_final", "critic_real_length",
