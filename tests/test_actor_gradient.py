@@ -102,3 +102,26 @@ def test_all_actions_is_refused_for_continuous_actions():
     batch, space = real_batch("Pendulum-v1", batch_size=4)
     with pytest.raises(ValueError, match="all_actions needs a discrete action space"):
         Agent(small_config(env_id="Pendulum-v1", actor_gradient="all_actions"), space)
+
+
+@pytest.mark.parametrize("penalty", [0.0, 0.05])
+def test_logit_penalty_pulls_a_saturated_policy_back_where_no_action_is_better(penalty):
+    """Where every action earns the same, a saturated policy's entropy has no gradient, so its logits
+    stay where they drifted; `logit_penalty` pulls them back toward each other."""
+    agent, states = rigged_agent("CartPole-v1", "dynamics", 0)
+    agent.cfg.logit_penalty = penalty
+    with torch.no_grad():
+        agent.world_model.reward.net[0].weight.zero_()  # no action is preferred any more
+        agent.policy.net[-1].bias.copy_(torch.tensor([8.0, -8.0]))  # a saturated preference for action 0
+
+    def gap() -> float:
+        logits = agent.policy.params(states)[0]
+        return (logits[:, 0] - logits[:, 1]).abs().mean().item()
+
+    before = gap()
+    for _ in range(30):
+        agent.actor_step(states)
+    if penalty:
+        assert gap() < 0.5 * before, (before, gap())
+    else:
+        assert gap() > 0.9 * before, (before, gap())
