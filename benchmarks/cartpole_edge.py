@@ -118,22 +118,25 @@ def players(agent) -> dict:
                 f"Q-{agent.cfg.horizon}": lambda obs: int(lookahead(agent, state(obs), agent.cfg.horizon).argmax())}
 
 
+def preference(agent, obs: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """(logit of action 1 - logit of action 0 [N], its gradient in the observation [N, 4]) at `obs`."""
+    obs = obs.detach().requires_grad_(True)
+    log_probs = agent.policy(agent.world_model.first_belief(obs)).log_probs
+    difference = log_probs[:, 1] - log_probs[:, 0]
+    difference.sum().backward()
+    return difference.detach(), obs.grad.numpy()
+
+
 def policy_gains(agent, replay: Replay, newest: int = 2000) -> np.ndarray:
     """Mean d(logit of action 1 - logit of action 0) / d(observation) over the replay's newest states."""
-    obs = torch.as_tensor(replay.steps()["obs"][-newest:], dtype=torch.float32).requires_grad_(True)
-    log_probs = agent.policy(agent.world_model.first_belief(obs)).log_probs
-    (log_probs[:, 1] - log_probs[:, 0]).sum().backward()
-    return obs.grad.mean(0).numpy()
+    return preference(agent, torch.as_tensor(replay.steps()["obs"][-newest:], dtype=torch.float32))[1].mean(0)
 
 
 def at_centre(agent) -> tuple[float, np.ndarray]:
     """(logit of action 1 - logit of action 0, its gradient in the observation) at the resting state
     x = v = theta = omega = 0: a deterministic policy's switching surface near the centre, b + g.obs = 0."""
-    obs = torch.zeros(1, len(OBSERVATIONS), requires_grad=True)
-    log_probs = agent.policy(agent.world_model.first_belief(obs)).log_probs
-    difference = log_probs[0, 1] - log_probs[0, 0]
-    difference.backward()
-    return float(difference), obs.grad[0].numpy()
+    difference, gradient = preference(agent, torch.zeros(1, len(OBSERVATIONS)))
+    return float(difference[0]), gradient[0]
 
 
 def outward_slopes(agent, replay: Replay, newest: int = 2000) -> np.ndarray:
