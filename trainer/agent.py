@@ -21,7 +21,8 @@ from .config import Config, UpdateCounts
 from .distributed import Ranks
 from .envs import SpaceInfo
 from .imagination import Imagination, imagine
-from .losses import actor_loss, critic_loss, discount_weights, lambda_return, replay_lambda_return, world_model_loss
+from .losses import (actor_loss, critic_loss, discount_weights, lambda_return, logit_penalty, replay_lambda_return,
+                     world_model_loss)
 from .world_model import WorldModel
 
 
@@ -267,22 +268,21 @@ class Agent(nn.Module):
                 spread = high - low
                 self.return_scale.mul_(0.99).add_(0.01 * spread)
         scale = torch.clamp(self.return_scale, min=1.0) if self.cfg.return_norm else 1.0
+        penalised = self.cfg.logit_penalty > 0 and self.space.discrete
+        # The policy again at the imagined states (no gradient back into the rollout), where a loss needs it.
+        dist = self.policy(trajectory.states[:, :-1].detach()) if self.reinforce or self.all_actions or penalised else None
         if self.reinforce:
-            dist = self.policy(trajectory.states[:, :-1])
             objective = dist.log_prob(trajectory.actions) * (returns - values[:, :-1])
             entropies = dist.rsample()[1]
         elif self.all_actions:
-            dist = self.policy(trajectory.states[:, :-1])
             advantages = self.action_values(trajectory.states[:, :-1]) - values[:, :-1, None]
             objective = (dist.probs * advantages).sum(-1)
             entropies = dist.rsample()[1]
         else:
             objective, entropies = returns, trajectory.entropies
         loss = actor_loss(objective, entropies, weights, self.entropy_coef(), scale)
-        if self.cfg.logit_penalty and self.space.discrete:
-            log_probs = self.policy(trajectory.states[:, :-1].detach()).log_probs
-            centred = log_probs - log_probs.mean(-1, keepdim=True)
-            loss = loss + self.cfg.logit_penalty * (weights.detach() * centred.pow(2).mean(-1)).mean()
+        if penalised:
+            loss = loss + self.cfg.logit_penalty * logit_penalty(dist.log_probs, weights)
         entropy = entropies.mean()
         if self.cfg.adaptive_entropy:
             loss = loss + self.log_alpha * (entropy.detach() - self.target_entropy)

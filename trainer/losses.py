@@ -159,6 +159,13 @@ def actor_loss(
     return -(weights * returns).mean() / return_scale - entropy_coef * (weights * entropy).mean()
 
 
+def logit_penalty(log_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """mean(w * mean over actions of the centred logit squared): a pull toward indifference that, unlike
+    the entropy bonus, keeps its gradient when the policy saturates. log_probs [B, H, actions]."""
+    centred = log_probs - log_probs.mean(-1, keepdim=True)
+    return (weights.detach() * centred.pow(2).mean(-1)).mean()
+
+
 def critic_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """MSE(V, R.detach()): the target never carries gradient back to the policy or world model."""
     err = (prediction - target.detach()).pow(2)
